@@ -1,0 +1,114 @@
+"""High-level entry points shared by the CLI and by users' scripts.
+
+`train(cfg)` runs a configured training job; `load_model(path)` rebuilds the model saved in a
+checkpoint (quantized layers included); `evaluate_checkpoint(path)` measures it on its dataset's
+full test set.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.config import RunConfig, build_config
+from lowbit.data import DatasetSplits, load_dataset
+from lowbit.engine import checkpoint as ckpt
+from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
+from lowbit.engine.rundir import RunDir
+from lowbit.engine.trainer import Trainer, evaluate
+from lowbit.models import create_model
+from lowbit.recipes import Recipe, build_recipe
+
+log = logging.getLogger(__name__)
+
+
+def build_model(cfg: RunConfig, data: DatasetSplits) -> tuple[nn.Module, Recipe | None]:
+    """The float model of `cfg` (initialised from `train.init` if set), prepared by its recipe."""
+    model = create_model(cfg.model.name, num_classes=data.train.num_classes,
+                         in_channels=data.train.in_channels, width=cfg.model.width,
+                         **cfg.model.kwargs)
+    if cfg.train.init:
+        tensors, _ = ckpt.load_checkpoint(cfg.train.init)
+        ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), cfg.train.init)
+    recipe = build_recipe(cfg.quant) if cfg.quant else None
+    if recipe is not None:
+        model = recipe.prepare(model)
+    return model, recipe
+
+
+def default_run_name(cfg: RunConfig) -> str:
+    tag = cfg.quant["method"] if cfg.quant else "float"
+    return f"{cfg.model.name}-{cfg.data.name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def train(cfg: RunConfig, resume: str | Path | None = None,
+          run_path: str | Path | None = None) -> dict[str, Any]:
+    """Train per `cfg` in a run directory; `resume` continues from that run's last checkpoint."""
+    dist = init_distributed()
+    try:
+        return _train(cfg, dist, resume, run_path)
+    finally:
+        cleanup(dist)
+
+
+def _train(cfg: RunConfig, dist: DistInfo, resume: str | Path | None,
+           run_path: str | Path | None) -> dict[str, Any]:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    model, recipe = build_model(cfg, data)
+    path = Path(resume) if resume else Path(run_path or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
+    run_dir = RunDir(path) if dist.is_main else None
+    meta = {"model": cfg.model.name, "dataset": cfg.data.name,
+            "num_classes": data.train.num_classes, "in_channels": data.train.in_channels}
+    trainer = Trainer(cfg, model, data, recipe.hooks() if recipe else [], run_dir, dist, meta)
+    if run_dir is not None:
+        if not resume:
+            run_dir.write_config(cfg.to_dict())
+        run_dir.attach_log()
+    try:
+        if resume:
+            trainer.resume(path / "last.safetensors")
+        trainer.fit()
+        if recipe is not None:
+            trainer.model = recipe.convert(trainer.model)
+        # The reported numbers are fp32 on the full test set: what `lowbit eval` reproduces.
+        final = evaluate(trainer.model, data.test, cfg.data.eval_batch_size, bf16=False, dist=dist)
+        trainer.meta["final_test"] = final
+        if run_dir is not None:
+            trainer.save(run_dir.final, full=False)
+            log.info("final checkpoint: %s  top1=%.2f", run_dir.final, final["top1"])
+        return {"run_dir": str(path), "epochs": trainer.epoch, **final}
+    finally:
+        if run_dir is not None:
+            run_dir.detach_log()
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model stored in a lowbit checkpoint, with its weights; returns (model, meta)."""
+    tensors, meta = ckpt.load_checkpoint(path)
+    cfg = build_config(base=meta["config"])
+    model = create_model(cfg.model.name, num_classes=meta["num_classes"],
+                         in_channels=meta["in_channels"], width=cfg.model.width, **cfg.model.kwargs)
+    if cfg.quant:
+        model = build_recipe(cfg.quant).prepare(model)
+    ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), path)
+    model.eval()
+    return model, meta
+
+
+def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
+                        batch_size: int = 500) -> dict[str, Any]:
+    """Top-1/top-5 of a checkpoint on its dataset's full test set."""
+    model, meta = load_model(path)
+    cfg = build_config(base=meta["config"])
+    data = load_dataset(meta["dataset"], data_dir or cfg.data.data_dir)
+    result = evaluate(model, data.test, batch_size, bf16=False)
+    return {"checkpoint": str(path), "model": meta["model"], "dataset": meta["dataset"],
+            "num_test": len(data.test), **result}

@@ -1,0 +1,129 @@
+"""`lowbit <verb>`: train, eval, models, datasets, demo, quantize, inspect, export, study.
+
+User errors print one line (`lowbit: error: ...`) and exit with code 2; `--verbose` shows the
+traceback too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from lowbit.errors import LowbitError
+
+log = logging.getLogger("lowbit")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML recipe (defaults < --config < --set)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import yaml
+
+    from lowbit.api import train
+    from lowbit.config import build_config, load_yaml
+
+    base = load_yaml(f"{args.resume}/config.yaml") if args.resume else None
+    overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    cfg = build_config(base=base, config_file=args.config, overrides=overrides)
+    if args.dry_run:
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    result = train(cfg, resume=args.resume, run_path=args.run_dir)
+    print(json.dumps(result) if args.json else
+          f"run {result['run_dir']}: test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from lowbit.api import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.data_dir)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {result['dataset']} ({result['num_test']} test images): "
+              f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from lowbit.models import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def cmd_datasets(args: argparse.Namespace) -> int:
+    from lowbit.data import list_datasets
+
+    for name, text in list_datasets().items():
+        print(f"{name:16s} {text}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from lowbit.demo import run_demo
+
+    run_demo(epochs=args.epochs, seed=args.seed)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", "-v", action="store_true", help="debug logs and tracebacks")
+    sub = parser.add_subparsers(dest="verb", required=True)
+
+    p = sub.add_parser("train", help="train (float or with a quant: section)")
+    _add_config_args(p)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--run-dir", help="where to write the run (default: out_dir/name)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's full test set")
+    p.add_argument("checkpoint")
+    p.add_argument("--data-dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_eval)
+
+    sub.add_parser("models", help="list registered models").set_defaults(fn=cmd_models)
+    sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
+
+    p = sub.add_parser("demo", help="embedded end-to-end demo (digits, no downloads)")
+    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(message)s", stream=sys.stderr)
+    fn: Callable[[argparse.Namespace], Any] = args.fn
+    try:
+        return int(fn(args) or 0)
+    except (LowbitError, ValueError, TypeError, OSError, FloatingPointError) as exc:
+        if args.verbose:
+            raise
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"lowbit: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lowbit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

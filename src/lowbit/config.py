@@ -1,0 +1,168 @@
+"""The run configuration: defaults < `--config file.yaml` < `--set a.b=c`.
+
+A YAML recipe is validated into `RunConfig` at load time (see `lowbit.schema`). The `quant:`
+section is checked by the chosen method's own schema (`lowbit.recipes`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from lowbit.schema import ConfigError, from_dict, require, to_dict
+
+
+@dataclass
+class ModelConfig:
+    name: str = "resnet20"
+    width: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        require(self.width > 0, f"width must be > 0, got {self.width}")
+
+
+@dataclass
+class DataConfig:
+    name: str = "cifar10"
+    data_dir: str | None = None
+    download: bool = False
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    augment: bool = True
+
+    def validate(self) -> None:
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    name: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    decay_bn_and_bias: bool = False
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+
+    def validate(self) -> None:
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        require(len(self.betas) == 2, "betas must have two values")
+
+
+@dataclass
+class ScheduleConfig:
+    name: Literal["cosine", "step", "multistep", "constant"] = "cosine"
+    warmup_epochs: float = 0.0
+    step_size: int = 30
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr: float = 0.0
+
+    def validate(self) -> None:
+        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0")
+        require(self.step_size >= 1, "step_size must be >= 1")
+        require(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        require(list(self.milestones) == sorted(self.milestones), "milestones must be increasing")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 200
+    seed: int = 0
+    bf16: bool = False
+    channels_last: bool = False
+    label_smoothing: float = 0.0
+    eval_every: int = 1
+    init: str | None = None
+    threads: int | None = None
+    save_every: int = 1
+    progress: bool = True
+
+    def validate(self) -> None:
+        require(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
+        require(self.eval_every >= 1 and self.save_every >= 1, "eval_every/save_every must be >= 1")
+        require(self.threads is None or self.threads >= 1, "threads must be >= 1")
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    quant: dict[str, Any] | None = None
+    expected: dict[str, Any] | None = None
+    out_dir: str = "runs"
+    name: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(to_dict(self))
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree['a']['b'] = value` for `dotted='a.b'`, creating mappings on the way."""
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {dotted}: '{part}' is not a section")
+        node = child
+    node[leaf] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`a.b=c` -> ('a.b', yaml value of c)."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from exc
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return data
+
+
+def build_config(base: dict[str, Any] | None = None, config_file: str | Path | None = None,
+                 overrides: list[str] | None = None) -> RunConfig:
+    """defaults < `base` < `config_file` < `overrides` ('a.b=c'), validated."""
+    tree: dict[str, Any] = {}
+    for layer in (base or {}, load_yaml(config_file) if config_file else {}):
+        _merge(tree, layer)
+    for text in overrides or []:
+        set_dotted(tree, *parse_override(text))
+    cfg = from_dict(RunConfig, tree)
+    if cfg.quant is not None:
+        from lowbit.recipes import validate_quant_section
+
+        cfg.quant = validate_quant_section(cfg.quant)
+    return cfg
+
+
+def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value)
+        else:
+            dst[key] = value

@@ -1,0 +1,74 @@
+"""In-memory image datasets: uint8 tensors, held whole, with their normalisation statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from lowbit.errors import DataError
+
+
+@dataclass
+class ImageData:
+    """One split of an image-classification dataset, held in memory.
+
+    Attributes:
+        images: uint8 tensor (N, C, H, W).
+        labels: int64 tensor (N,).
+        num_classes: number of classes.
+        mean, std: per-channel normalisation statistics on the 0..1 scale.
+        flip: whether horizontal flips are a valid augmentation (not for digits).
+        pad: padding for random-crop augmentation (0 disables cropping).
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool = True
+    pad: int = 4
+    classes: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} "
+                            f"{tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise DataError(f"{len(self.labels)} labels for {self.images.shape[0]} images")
+        self.labels = self.labels.long()
+        if len(self.labels) and (self.labels.min() < 0 or self.labels.max() >= self.num_classes):
+            raise DataError(f"labels must lie in 0..{self.num_classes - 1}")
+        if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
+            raise DataError("mean/std must have one value per channel")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
+    def subset(self, index: torch.Tensor) -> ImageData:
+        return ImageData(self.images[index], self.labels[index], self.num_classes, self.mean,
+                         self.std, self.flip, self.pad, self.classes)
+
+
+@dataclass
+class DatasetSplits:
+    """The train and test split of one dataset, plus its registry name."""
+
+    name: str
+    train: ImageData
+    test: ImageData
+
+
+def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images on the 0..1 scale."""
+    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
+    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
