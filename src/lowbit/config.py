@@ -22,6 +22,10 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        from lowbit.models import list_models
+
+        require(self.name in list_models(),
+                f"unknown model {self.name!r}; choose one of {', '.join(list_models())}")
         require(self.width > 0, f"width must be > 0, got {self.width}")
 
 
@@ -35,6 +39,11 @@ class DataConfig:
     augment: bool = True
 
     def validate(self) -> None:
+        from lowbit.data import list_datasets
+
+        known = [n for n in list_datasets() if ":" not in n]
+        require(self.name in known or self.name.startswith("folder:"),
+                f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path>")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
 

@@ -9,16 +9,26 @@ from lowbit.models.registry import register_model, scaled
 
 
 class SmallCNN(nn.Module):
-    """conv-bn-relu x3 (the last two with stride 2), global pooling, linear classifier."""
+    """conv-norm-relu x3 (the last two with stride 2), global pooling, linear classifier.
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> None:
+    `norm="none"` drops batch norm (convs get biases): the distributed tests need a model whose
+    gradient does not depend on how a batch is split across processes.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
+                 norm: str = "bn") -> None:
         super().__init__()
-        c1, c2, c3 = (scaled(c, width) for c in (32, 64, 128))
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, 3, 1, 1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
-            nn.Conv2d(c1, c2, 3, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
-            nn.Conv2d(c2, c3, 3, 2, 1, bias=False), nn.BatchNorm2d(c3), nn.ReLU(inplace=True),
-        )
+        if norm not in ("bn", "none"):
+            raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for cout, stride in ((scaled(32, width), 1), (scaled(64, width), 2), (scaled(128, width), 2)):
+            layers.append(nn.Conv2d(cin, cout, 3, stride, 1, bias=norm == "none"))
+            layers += [nn.BatchNorm2d(cout)] if norm == "bn" else []
+            layers.append(nn.ReLU(inplace=True))
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        c3 = cin
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(c3, num_classes)
 
@@ -27,6 +37,7 @@ class SmallCNN(nn.Module):
 
 
 @register_model
-def small_cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0) -> nn.Module:
+def small_cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
+              norm: str = "bn") -> nn.Module:
     """Three-conv CNN for 8x8..32x32 inputs (the demo model)."""
-    return SmallCNN(num_classes, in_channels, width)
+    return SmallCNN(num_classes, in_channels, width, norm)

@@ -1,0 +1,69 @@
+"""The quantizer interface every method shares.
+
+A quantizer is a small `nn.Module`: `forward(x)` returns the fake-quantized tensor (values on
+the quantization grid, float dtype, gradients by the quantizer's straight-through rule).
+It declares `bits`, can list the `levels(x)` it would use for tensor `x` (its codebook), and
+`encode(x)` -> (integer codes, scale) such that `decode(codes, scale) == forward(x)` exactly.
+Its constructor arguments are its config: `to_config()` returns them with a `name`, and
+`lowbit.quant.get_quantizer(config)` rebuilds an equal quantizer.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+
+class Quantizer(nn.Module):
+    """Base class. Subclasses set `name`, implement `forward`, `levels` and `encode`."""
+
+    name: ClassVar[str] = ""
+    bits: int
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            raise TypeError(f"bits must be an int, got {bits!r}")
+        self.bits = bits
+
+    def levels(self, x: torch.Tensor) -> torch.Tensor:
+        """Sorted 1-d tensor of every value `forward(x)` may output (per tensor).
+
+        Per-channel quantizers return shape (C, L): one row of levels per output channel.
+        """
+        raise NotImplementedError
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(integer codes, scale) with `decode(codes, scale)` equal to `forward(x)`."""
+        raise NotImplementedError
+
+    def decode(self, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Default: value = code * scale (scale broadcast per tensor or per channel)."""
+        return codes.to(scale.dtype) * _broadcast(scale, codes)
+
+    def to_config(self) -> dict[str, Any]:
+        """Constructor arguments plus `name`: `get_quantizer(q.to_config())` rebuilds `q`."""
+        params = inspect.signature(type(self).__init__).parameters
+        cfg = {k: getattr(self, k) for k in params if k != "self"}
+        return {"name": self.name, **cfg}
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v}" for k, v in self.to_config().items() if k != "name")
+
+
+def _broadcast(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reshape a per-channel scale (C,) to broadcast over dim 0 of `like`."""
+    if scale.dim() == 1 and scale.numel() > 1:
+        return scale.view(-1, *([1] * (like.dim() - 1)))
+    return scale
+
+
+def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
+    """Raise a clear ValueError on empty input or NaN/inf values."""
+    if x.numel() == 0:
+        raise ValueError(f"cannot quantize an empty {what}")
+    if not torch.isfinite(x).all():
+        raise ValueError(f"cannot quantize a {what} holding NaN or inf values")

@@ -1,0 +1,133 @@
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowbit.api import train
+from lowbit.config import ScheduleConfig, build_config
+from lowbit.data import load_dataset
+from lowbit.engine import Hook, Trainer
+from lowbit.engine.optim import build_optimizer, lr_at
+from lowbit.engine.rundir import RunDir
+from lowbit.models import create_model
+
+
+def test_training_learns_synthetic_data(tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=4))
+    result = train(cfg, run_path=tmp_path / "run")
+    assert result["top1"] > 70.0  # 4 classes: chance is 25 %
+    run = tmp_path / "run"
+    for name in ("config.yaml", "run.json", "metrics.jsonl", "train.log", "last.safetensors",
+                 "final.safetensors"):
+        assert (run / name).is_file(), name
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+class Crash(Hook):
+    """Simulates a crash at the start of `epoch` (after the previous epoch's checkpoint)."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+        if epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+
+def _trainer(cfg, run_dir: Path, hooks: list[Hook]) -> Trainer:
+    torch.manual_seed(cfg.train.seed)
+    model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
+    return Trainer(cfg, model, load_dataset("synthetic"), hooks, RunDir(run_dir))
+
+
+def test_resume_gives_identical_results(tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=4))
+    full = _trainer(cfg, tmp_path / "a", [Crash(-1)])
+    full.fit()
+    crashed = _trainer(cfg, tmp_path / "b", [Crash(2)])
+    with pytest.raises(RuntimeError, match="simulated"):
+        crashed.fit()
+    resumed = _trainer(cfg, tmp_path / "b", [Crash(-1)])
+    resumed.resume(tmp_path / "b" / "last.safetensors")
+    assert resumed.epoch == 2
+    resumed.fit()
+    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+    rows_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    rows_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(r).items() if "seconds" not in k and "per_s" not in k}
+             for r in rows_a + rows_b]
+    assert len(strip) == 8 and strip[:4] == strip[4:]
+
+
+class Recorder(Hook):
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        self.calls.append("fit_start")
+
+    def before_step(self, trainer: Trainer) -> None:
+        # A method masks gradients here: freeze the classifier bias completely.
+        trainer.model.fc.bias.grad = torch.zeros_like(trainer.model.fc.bias)
+        self.calls.append("before")
+
+    def after_step(self, trainer: Trainer) -> None:
+        self.calls.append("after")
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
+        self.calls.append(f"epoch{epoch}")
+
+    def phase(self, epoch: int, total: int) -> tuple[float, int]:
+        return float(epoch % 1), 1  # restart the schedule every epoch
+
+
+def test_hooks_are_called_and_can_mask_gradients(tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=2),
+                       overrides=["optim.weight_decay=0", "optim.momentum=0"])
+    data = load_dataset("synthetic")
+    model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
+    bias0 = model.fc.bias.detach().clone()
+    hook = Recorder()
+    trainer = Trainer(cfg, model, data, [hook])
+    trainer.fit()
+    assert hook.calls[0] == "fit_start" and "epoch0" in hook.calls and "epoch1" in hook.calls
+    assert hook.calls.count("before") == hook.calls.count("after") == trainer.step
+    assert torch.equal(model.fc.bias, bias0)
+    # The phase hook restarts the cosine schedule each epoch: the first LR of epoch 2 is high again.
+    assert trainer.lr < cfg.optim.lr
+
+
+def test_lr_schedules() -> None:
+    cos = ScheduleConfig(name="cosine", warmup_epochs=2)
+    assert lr_at(1.0, 10, 0.1, cos) == pytest.approx(0.05)
+    assert lr_at(2.0, 10, 0.1, cos) == pytest.approx(0.1)
+    assert lr_at(6.0, 10, 0.1, cos) == pytest.approx(0.05)
+    assert lr_at(10.0, 10, 0.1, cos) == pytest.approx(0.0, abs=1e-12)
+    step = ScheduleConfig(name="step", step_size=3, gamma=0.5)
+    assert [lr_at(e, 10, 1.0, step) for e in (0, 2.9, 3, 6)] == [1.0, 1.0, 0.5, 0.25]
+    multi = ScheduleConfig(name="multistep", milestones=[2, 5])
+    assert [lr_at(e, 10, 1.0, multi) for e in (1, 2, 5)] == pytest.approx([1.0, 0.1, 0.01])
+    assert math.isclose(lr_at(3, 10, 0.3, ScheduleConfig(name="constant")), 0.3)
+
+
+def test_bn_and_bias_are_not_decayed() -> None:
+    model = create_model("resnet20")
+    cfg = build_config(overrides=["optim.weight_decay=0.001"]).optim
+    opt = build_optimizer(model, cfg)
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert id(model.conv1.weight) in decayed and id(model.fc.weight) in decayed
+    assert id(model.bn1.weight) not in decayed and id(model.fc.bias) not in decayed
+
+
+def test_nan_loss_stops_with_a_clear_error(tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=1))
+    model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        Trainer(cfg, model, load_dataset("synthetic")).fit()
