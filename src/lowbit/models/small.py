@@ -15,14 +15,19 @@ class SmallCNN(nn.Module):
     gradient does not depend on how a batch is split across processes.
     """
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
-                 norm: str = "bn") -> None:
+    def __init__(
+        self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0, norm: str = "bn"
+    ) -> None:
         super().__init__()
         if norm not in ("bn", "none"):
             raise ValueError(f"norm must be 'bn' or 'none', got {norm!r}")
         layers: list[nn.Module] = []
         cin = in_channels
-        for cout, stride in ((scaled(32, width), 1), (scaled(64, width), 2), (scaled(128, width), 2)):
+        for cout, stride in (
+            (scaled(32, width), 1),
+            (scaled(64, width), 2),
+            (scaled(128, width), 2),
+        ):
             layers.append(nn.Conv2d(cin, cout, 3, stride, 1, bias=norm == "none"))
             layers += [nn.BatchNorm2d(cout)] if norm == "bn" else []
             layers.append(nn.ReLU(inplace=True))
@@ -37,7 +42,8 @@ class SmallCNN(nn.Module):
 
 
 @register_model
-def small_cnn(num_classes: int = 10, in_channels: int = 1, width: float = 1.0,
-              norm: str = "bn") -> nn.Module:
+def small_cnn(
+    num_classes: int = 10, in_channels: int = 1, width: float = 1.0, norm: str = "bn"
+) -> nn.Module:
     """Three-conv CNN for 8x8..32x32 inputs (the demo model)."""
     return SmallCNN(num_classes, in_channels, width, norm)
