@@ -24,13 +24,16 @@ def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, s
         (["train", "--set", "train.epochs=abc"], "expected int"),
         (["train", "--set", "train.epoch=3"], "did you mean"),
         (["train", "--config", "missing.yaml"], "not found"),
-        (["train", "--set", "data.name=cifar10", "--data-dir", "/nonexistent-dir"],
-         "cifar10 not found"),
+        (
+            ["train", "--set", "data.name=cifar10", "--data-dir", "/nonexistent-dir"],
+            "cifar10 not found",
+        ),
         (["eval", "missing.safetensors"], "not found"),
     ],
 )
-def test_bad_input_exits_2_with_one_line(capsys: pytest.CaptureFixture[str], args: list[str],
-                                          message: str) -> None:
+def test_bad_input_exits_2_with_one_line(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     code, _, err = run_cli(capsys, *args)
     assert code == 2
     assert message in err
@@ -50,10 +53,23 @@ def test_models_and_datasets(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_train_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
-    code, out, _ = run_cli(capsys, "train", "--set", "model.name=small_cnn", "--set",
-                           "model.width=0.25", "--set", "data.name=synthetic", "--set",
-                           "train.epochs=2", "--set", "train.progress=false", "--run-dir",
-                           str(run), "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "train",
+        "--set",
+        "model.name=small_cnn",
+        "--set",
+        "model.width=0.25",
+        "--set",
+        "data.name=synthetic",
+        "--set",
+        "train.epochs=2",
+        "--set",
+        "train.progress=false",
+        "--run-dir",
+        str(run),
+        "--json",
+    )
     assert code == 0
     trained = json.loads(out)
     code, out, _ = run_cli(capsys, "eval", str(run / "final.safetensors"), "--json")
@@ -64,6 +80,7 @@ def test_train_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_console_script_entry_point() -> None:
-    result = subprocess.run([sys.executable, "-m", "lowbit.cli", "--help"], capture_output=True,
-                            text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "lowbit.cli", "--help"], capture_output=True, text=True, check=True
+    )
     assert "train" in result.stdout and "eval" in result.stdout

@@ -29,9 +29,13 @@ log = logging.getLogger(__name__)
 
 def build_model(cfg: RunConfig, data: DatasetSplits) -> tuple[nn.Module, Recipe | None]:
     """The float model of `cfg` (initialised from `train.init` if set), prepared by its recipe."""
-    model = create_model(cfg.model.name, num_classes=data.train.num_classes,
-                         in_channels=data.train.in_channels, width=cfg.model.width,
-                         **cfg.model.kwargs)
+    model = create_model(
+        cfg.model.name,
+        num_classes=data.train.num_classes,
+        in_channels=data.train.in_channels,
+        width=cfg.model.width,
+        **cfg.model.kwargs,
+    )
     if cfg.train.init:
         tensors, _ = ckpt.load_checkpoint(cfg.train.init)
         ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), cfg.train.init)
@@ -46,8 +50,9 @@ def default_run_name(cfg: RunConfig) -> str:
     return f"{cfg.model.name}-{cfg.data.name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def train(cfg: RunConfig, resume: str | Path | None = None,
-          run_path: str | Path | None = None) -> dict[str, Any]:
+def train(
+    cfg: RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None
+) -> dict[str, Any]:
     """Train per `cfg` in a run directory; `resume` continues from that run's last checkpoint."""
     dist = init_distributed()
     try:
@@ -56,17 +61,26 @@ def train(cfg: RunConfig, resume: str | Path | None = None,
         cleanup(dist)
 
 
-def _train(cfg: RunConfig, dist: DistInfo, resume: str | Path | None,
-           run_path: str | Path | None) -> dict[str, Any]:
+def _train(
+    cfg: RunConfig, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None
+) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
     model, recipe = build_model(cfg, data)
-    path = Path(resume) if resume else Path(run_path or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
+    path = (
+        Path(resume)
+        if resume
+        else Path(run_path or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
+    )
     run_dir = RunDir(path) if dist.is_main else None
-    meta = {"model": cfg.model.name, "dataset": cfg.data.name,
-            "num_classes": data.train.num_classes, "in_channels": data.train.in_channels}
+    meta = {
+        "model": cfg.model.name,
+        "dataset": cfg.data.name,
+        "num_classes": data.train.num_classes,
+        "in_channels": data.train.in_channels,
+    }
     trainer = Trainer(cfg, model, data, recipe.hooks() if recipe else [], run_dir, dist, meta)
     if run_dir is not None:
         if not resume:
@@ -94,8 +108,13 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored in a lowbit checkpoint, with its weights; returns (model, meta)."""
     tensors, meta = ckpt.load_checkpoint(path)
     cfg = build_config(base=meta["config"])
-    model = create_model(cfg.model.name, num_classes=meta["num_classes"],
-                         in_channels=meta["in_channels"], width=cfg.model.width, **cfg.model.kwargs)
+    model = create_model(
+        cfg.model.name,
+        num_classes=meta["num_classes"],
+        in_channels=meta["in_channels"],
+        width=cfg.model.width,
+        **cfg.model.kwargs,
+    )
     if cfg.quant:
         model = build_recipe(cfg.quant).prepare(model)
     ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), path)
@@ -103,12 +122,18 @@ def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     return model, meta
 
 
-def evaluate_checkpoint(path: str | Path, data_dir: str | None = None,
-                        batch_size: int = 500) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path, data_dir: str | None = None, batch_size: int = 500
+) -> dict[str, Any]:
     """Top-1/top-5 of a checkpoint on its dataset's full test set."""
     model, meta = load_model(path)
     cfg = build_config(base=meta["config"])
     data = load_dataset(meta["dataset"], data_dir or cfg.data.data_dir)
     result = evaluate(model, data.test, batch_size, bf16=False)
-    return {"checkpoint": str(path), "model": meta["model"], "dataset": meta["dataset"],
-            "num_test": len(data.test), **result}
+    return {
+        "checkpoint": str(path),
+        "model": meta["model"],
+        "dataset": meta["dataset"],
+        "num_test": len(data.test),
+        **result,
+    }

@@ -20,8 +20,14 @@ log = logging.getLogger("lowbit")
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML recipe (defaults < --config < --set)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one config value, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config value, e.g. --set train.epochs=10 (repeatable)",
+    )
     p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
@@ -39,8 +45,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
     result = train(cfg, resume=args.resume, run_path=args.run_dir)
-    print(json.dumps(result) if args.json else
-          f"run {result['run_dir']}: test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%")
+    print(
+        json.dumps(result)
+        if args.json
+        else f"run {result['run_dir']}: test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%"
+    )
     return 0
 
 
@@ -51,8 +60,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        print(f"{result['model']} on {result['dataset']} ({result['num_test']} test images): "
-              f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}")
+        print(
+            f"{result['model']} on {result['dataset']} ({result['num_test']} test images): "
+            f"top1 {result['top1']:.2f}%  top5 {result['top5']:.2f}%  loss {result['loss']:.4f}"
+        )
     return 0
 
 
@@ -109,8 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
     fn: Callable[[argparse.Namespace], Any] = args.fn
     try:
         return int(fn(args) or 0)

@@ -24,8 +24,10 @@ class ModelConfig:
     def validate(self) -> None:
         from lowbit.models import list_models
 
-        require(self.name in list_models(),
-                f"unknown model {self.name!r}; choose one of {', '.join(list_models())}")
+        require(
+            self.name in list_models(),
+            f"unknown model {self.name!r}; choose one of {', '.join(list_models())}",
+        )
         require(self.width > 0, f"width must be > 0, got {self.width}")
 
 
@@ -42,8 +44,10 @@ class DataConfig:
         from lowbit.data import list_datasets
 
         known = [n for n in list_datasets() if ":" not in n]
-        require(self.name in known or self.name.startswith("folder:"),
-                f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path>")
+        require(
+            self.name in known or self.name.startswith("folder:"),
+            f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path>",
+        )
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
 
@@ -153,8 +157,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(base: dict[str, Any] | None = None, config_file: str | Path | None = None,
-                 overrides: list[str] | None = None) -> RunConfig:
+def build_config(
+    base: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    overrides: list[str] | None = None,
+) -> RunConfig:
     """defaults < `base` < `config_file` < `overrides` ('a.b=c'), validated."""
     tree: dict[str, Any] = {}
     for layer in (base or {}, load_yaml(config_file) if config_file else {}):

@@ -38,8 +38,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{key}: {value!r} fits none of "
-                          f"{' | '.join(_type_name(a) for a in args)}")
+        raise ConfigError(
+            errors[0]
+            if len(errors) == 1
+            else f"{key}: {value!r} fits none of {' | '.join(_type_name(a) for a in args)}"
+        )
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(repr, args))}")
@@ -55,12 +58,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()}
+        return {
+            str(k): _coerce(v, args[1] if args else Any, f"{key}.{k}") for k, v in value.items()
+        }
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp in (int, float, str, bool) and (type(value) is not tp):
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} "
-                          f"({type(value).__name__})")
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
     return value
 
 

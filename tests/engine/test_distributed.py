@@ -11,10 +11,28 @@ import torch
 
 from lowbit.engine.checkpoint import load_checkpoint
 
-ARGS = ["--set", "model.name=small_cnn", "--set", "model.width=0.25",
-        "--set", "model.kwargs={norm: none}", "--set", "data.name=synthetic",
-        "--set", "data.batch_size=32", "--set", "train.epochs=2", "--set", "train.seed=3",
-        "--set", "optim.lr=0.05", "--set", "optim.weight_decay=0", "--set", "train.progress=false"]
+ARGS = [
+    "--set",
+    "model.name=small_cnn",
+    "--set",
+    "model.width=0.25",
+    "--set",
+    "model.kwargs={norm: none}",
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "data.batch_size=32",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "train.seed=3",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "optim.weight_decay=0",
+    "--set",
+    "train.progress=false",
+]
 
 
 def free_port() -> int:
@@ -27,13 +45,33 @@ def free_port() -> int:
 def test_two_processes_match_one(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
-    subprocess.run([sys.executable, "-m", "lowbit.cli", "train", *ARGS, "--run-dir", str(one)],
-                   env=env, check=True, capture_output=True, timeout=300)
+    subprocess.run(
+        [sys.executable, "-m", "lowbit.cli", "train", *ARGS, "--run-dir", str(one)],
+        env=env,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-         "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-         "-m", "lowbit.cli", "train", *ARGS, "--run-dir", str(two)],
-        env=env, capture_output=True, text=True, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_addr=127.0.0.1",
+            f"--master_port={free_port()}",
+            "-m",
+            "lowbit.cli",
+            "train",
+            *ARGS,
+            "--run-dir",
+            str(two),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     a, meta_a = load_checkpoint(one / "final.safetensors")
     b, meta_b = load_checkpoint(two / "final.safetensors")

@@ -11,9 +11,24 @@ import torch
 
 from lowbit.engine.checkpoint import load_checkpoint
 
-ARGS = ["--set", "model.name=small_cnn", "--set", "model.width=0.25", "--set", "data.name=synthetic",
-        "--set", "data.batch_size=64", "--set", "train.epochs=25", "--set", "train.seed=5",
-        "--set", "optim.lr=0.05", "--set", "train.progress=false"]
+ARGS = [
+    "--set",
+    "model.name=small_cnn",
+    "--set",
+    "model.width=0.25",
+    "--set",
+    "data.name=synthetic",
+    "--set",
+    "data.batch_size=64",
+    "--set",
+    "train.epochs=25",
+    "--set",
+    "train.seed=5",
+    "--set",
+    "optim.lr=0.05",
+    "--set",
+    "train.progress=false",
+]
 
 
 def lowbit(*args: str) -> list[str]:
@@ -26,8 +41,12 @@ def env() -> dict[str, str]:
 
 def test_kill_dash_nine_then_resume(tmp_path: Path) -> None:
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen(lowbit("train", *ARGS, "--run-dir", str(killed)), env=env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        lowbit("train", *ARGS, "--run-dir", str(killed)),
+        env=env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     metrics = killed / "metrics.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -39,10 +58,12 @@ def test_kill_dash_nine_then_resume(tmp_path: Path) -> None:
     proc.wait()
     _, meta = load_checkpoint(killed / "last.safetensors")
     assert 1 <= meta["epoch"] < 25
-    subprocess.run(lowbit("train", "--resume", str(killed)), env=env(), check=True,
-                   capture_output=True)
-    subprocess.run(lowbit("train", *ARGS, "--run-dir", str(clean)), env=env(), check=True,
-                   capture_output=True)
+    subprocess.run(
+        lowbit("train", "--resume", str(killed)), env=env(), check=True, capture_output=True
+    )
+    subprocess.run(
+        lowbit("train", *ARGS, "--run-dir", str(clean)), env=env(), check=True, capture_output=True
+    )
     a, meta_a = load_checkpoint(killed / "final.safetensors")
     b, meta_b = load_checkpoint(clean / "final.safetensors")
     assert meta_a["final_test"] == meta_b["final_test"]

@@ -19,8 +19,14 @@ def test_training_learns_synthetic_data(tmp_path: Path, tiny_config) -> None:
     result = train(cfg, run_path=tmp_path / "run")
     assert result["top1"] > 70.0  # 4 classes: chance is 25 %
     run = tmp_path / "run"
-    for name in ("config.yaml", "run.json", "metrics.jsonl", "train.log", "last.safetensors",
-                 "final.safetensors"):
+    for name in (
+        "config.yaml",
+        "run.json",
+        "metrics.jsonl",
+        "train.log",
+        "last.safetensors",
+        "final.safetensors",
+    ):
         assert (run / name).is_file(), name
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1, 2, 3]
@@ -55,12 +61,16 @@ def test_resume_gives_identical_results(tmp_path: Path, tiny_config) -> None:
     resumed.resume(tmp_path / "b" / "last.safetensors")
     assert resumed.epoch == 2
     resumed.fit()
-    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+    for (name, p), q in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
         assert torch.equal(p, q), name
     rows_a = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
     rows_b = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
-    strip = [{k: v for k, v in json.loads(r).items() if "seconds" not in k and "per_s" not in k}
-             for r in rows_a + rows_b]
+    strip = [
+        {k: v for k, v in json.loads(r).items() if "seconds" not in k and "per_s" not in k}
+        for r in rows_a + rows_b
+    ]
     assert len(strip) == 8 and strip[:4] == strip[4:]
 
 
@@ -87,8 +97,9 @@ class Recorder(Hook):
 
 
 def test_hooks_are_called_and_can_mask_gradients(tmp_path: Path, tiny_config) -> None:
-    cfg = build_config(base=tiny_config(tmp_path, epochs=2),
-                       overrides=["optim.weight_decay=0", "optim.momentum=0"])
+    cfg = build_config(
+        base=tiny_config(tmp_path, epochs=2), overrides=["optim.weight_decay=0", "optim.momentum=0"]
+    )
     data = load_dataset("synthetic")
     model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
     bias0 = model.fc.bias.detach().clone()

@@ -41,8 +41,9 @@ def atomic_write_bytes(path: Path, payload: bytes) -> None:
         raise
 
 
-def save_checkpoint(path: str | os.PathLike[str], tensors: dict[str, torch.Tensor],
-                    meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    path: str | os.PathLike[str], tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> Path:
     """Save named tensors plus JSON-able `meta` to `path` atomically."""
     path = Path(path)
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
@@ -60,15 +61,18 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tenso
     try:
         tensors = st_load(payload)
         header_len = int.from_bytes(payload[:8], "little")
-        header = json.loads(payload[8:8 + header_len])
+        header = json.loads(payload[8 : 8 + header_len])
         meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "null"))
     except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"checkpoint {path} is truncated or not a safetensors file ({exc}); "
-                              f"use an intact copy (runs keep last.safetensors and "
-                              f"final.safetensors)") from exc
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or not a safetensors file ({exc}); "
+            f"use an intact copy (runs keep last.safetensors and "
+            f"final.safetensors)"
+        ) from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is a safetensors file but not a lowbit checkpoint "
-                              f"(no {META_KEY} metadata)")
+        raise CheckpointError(
+            f"{path} is a safetensors file but not a lowbit checkpoint (no {META_KEY} metadata)"
+        )
     return tensors, meta
 
 
@@ -95,8 +99,9 @@ def optimizer_state(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor]
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
-                         meta: dict[str, Any]) -> None:
+def load_optimizer_state(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for flat, value in [*tensors.items(), *meta["scalars"].items()]:
         idx, key = flat.split("/", 1)
@@ -106,14 +111,21 @@ def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Te
 
 def load_model_state(model: torch.nn.Module, state: dict[str, torch.Tensor], path: Any) -> None:
     """`load_state_dict(strict=True)` with a one-line error naming what does not match."""
-    missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+    missing, unexpected = (
+        model.state_dict().keys() - state.keys(),
+        state.keys() - model.state_dict().keys(),
+    )
     if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match the model: missing "
-                              f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}")
+        raise CheckpointError(
+            f"checkpoint {path} does not match the model: missing "
+            f"{sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
     for key, ref in model.state_dict().items():
         if ref.shape != state[key].shape:
-            raise CheckpointError(f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, "
-                                  f"the model expects {tuple(ref.shape)}")
+            raise CheckpointError(
+                f"checkpoint {path}: {key} has shape {tuple(state[key].shape)}, "
+                f"the model expects {tuple(ref.shape)}"
+            )
         if state[key].is_floating_point() and not torch.isfinite(state[key]).all():
             raise CheckpointError(f"checkpoint {path}: {key} holds NaN or inf values")
     model.load_state_dict(state)

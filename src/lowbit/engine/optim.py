@@ -12,7 +12,8 @@ from lowbit.config import OptimConfig, ScheduleConfig
 
 def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
     """Two groups: weights with decay, and BN/bias (1-d tensors) without, unless configured."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for _, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -26,8 +27,9 @@ def param_groups(model: nn.Module, cfg: OptimConfig) -> list[dict]:
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
     groups = param_groups(model, cfg)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum,
-                               nesterov=cfg.nesterov and cfg.momentum > 0)
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0
+        )
     betas = (cfg.betas[0], cfg.betas[1])
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=betas)

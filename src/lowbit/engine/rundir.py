@@ -20,10 +20,16 @@ def git_commit() -> str:
     """The current git commit (with '+dirty' when the tree has changes), or 'unknown'."""
     try:
         here = Path(__file__).resolve().parent
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -32,9 +38,14 @@ def git_commit() -> str:
 def machine_info() -> dict[str, Any]:
     import os
 
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "platform": platform.platform(), "processor": platform.processor() or platform.machine()}
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 class RunDir:
@@ -55,9 +66,14 @@ class RunDir:
         return self.path / "final.safetensors"
 
     def write_config(self, config: dict[str, Any]) -> None:
-        atomic_write_bytes(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode())
-        info = {"commit": git_commit(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                "machine": machine_info()}
+        atomic_write_bytes(
+            self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode()
+        )
+        info = {
+            "commit": git_commit(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "machine": machine_info(),
+        }
         atomic_write_bytes(self.path / "run.json", json.dumps(info, indent=2).encode())
 
     def attach_log(self) -> None:
@@ -79,8 +95,11 @@ class RunDir:
         """Drop rows of epochs >= `before_epoch` (written after the checkpoint we resume from)."""
         if not self.metrics_path.exists():
             return
-        rows = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("epoch", -1) < before_epoch]
+        rows = [
+            line
+            for line in self.metrics_path.read_text().splitlines()
+            if line.strip() and json.loads(line).get("epoch", -1) < before_epoch
+        ]
         atomic_write_bytes(self.metrics_path, "".join(r + "\n" for r in rows).encode())
 
     def read_metrics(self) -> list[dict[str, Any]]:

@@ -35,14 +35,26 @@ def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: ImageData, batch_size: int = 500, bf16: bool = False,
-             channels_last: bool = False, dist: DistInfo | None = None) -> dict[str, float]:
+def evaluate(
+    model: nn.Module,
+    data: ImageData,
+    batch_size: int = 500,
+    bf16: bool = False,
+    channels_last: bool = False,
+    dist: DistInfo | None = None,
+) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean loss of `model` on the whole of `data`."""
     dist = dist or DistInfo()
     was_training = model.training
     model.eval()
-    loader = BatchLoader(data, batch_size * dist.world_size, train=False, rank=dist.rank,
-                         world_size=dist.world_size, channels_last=channels_last)
+    loader = BatchLoader(
+        data,
+        batch_size * dist.world_size,
+        train=False,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        channels_last=channels_last,
+    )
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
     k = min(5, data.num_classes)
     for x, y in loader:
@@ -63,20 +75,33 @@ def evaluate(model: nn.Module, data: ImageData, batch_size: int = 500, bf16: boo
 class Trainer:
     """Trains `model` on `data.train` per `cfg`, evaluating on `data.test` (rank 0 writes files)."""
 
-    def __init__(self, cfg: RunConfig, model: nn.Module, data: DatasetSplits,
-                 hooks: list[Hook] | None = None, run_dir: RunDir | None = None,
-                 dist: DistInfo | None = None, meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        data: DatasetSplits,
+        hooks: list[Hook] | None = None,
+        run_dir: RunDir | None = None,
+        dist: DistInfo | None = None,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.cfg, self.data, self.hooks = cfg, data, list(hooks or [])
         self.dist, self.run_dir, self.meta = dist or DistInfo(), run_dir, dict(meta or {})
         tc = cfg.train
-        self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model
+        self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model  # type: ignore[call-overload]
         self.net: nn.Module = self.model
         if self.dist.enabled:
             self.net = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.loader = BatchLoader(data.train, cfg.data.batch_size, train=True, seed=tc.seed,
-                                  rank=self.dist.rank, world_size=self.dist.world_size,
-                                  channels_last=tc.channels_last)
+        self.loader = BatchLoader(
+            data.train,
+            cfg.data.batch_size,
+            train=True,
+            seed=tc.seed,
+            rank=self.dist.rank,
+            world_size=self.dist.world_size,
+            channels_last=tc.channels_last,
+        )
         if cfg.data.augment is False:
             self.loader.data = _no_augment(data.train)
         self.epoch, self.step, self.history = 0, 0, []  # type: ignore[var-annotated]
@@ -85,8 +110,13 @@ class Trainer:
     # ---- state -------------------------------------------------------------------------
     def state(self, full: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = ckpt.with_prefix("model", self.model.state_dict())
-        meta: dict[str, Any] = {**self.meta, "config": self.cfg.to_dict(), "epoch": self.epoch,
-                                "step": self.step, "metrics": self.history[-1] if self.history else {}}
+        meta: dict[str, Any] = {
+            **self.meta,
+            "config": self.cfg.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "metrics": self.history[-1] if self.history else {},
+        }
         if full:
             opt_t, meta["optim"] = ckpt.optimizer_state(self.optimizer)
             tensors.update(ckpt.with_prefix("optim", opt_t))
@@ -104,7 +134,9 @@ class Trainer:
         if "optim" not in meta:
             raise ckpt.CheckpointError(f"{path} holds no optimizer state: it cannot be resumed")
         ckpt.load_model_state(self.model, ckpt.split_prefix(tensors, "model"), path)
-        ckpt.load_optimizer_state(self.optimizer, ckpt.split_prefix(tensors, "optim"), meta["optim"])
+        ckpt.load_optimizer_state(
+            self.optimizer, ckpt.split_prefix(tensors, "optim"), meta["optim"]
+        )
         torch.set_rng_state(tensors["rng/torch"])
         for i, hook in enumerate(self.hooks):
             hook.load_state_dict(ckpt.split_prefix(tensors, f"hook{i}"), meta["hooks"][i])
@@ -143,13 +175,23 @@ class Trainer:
             self.run_dir.log_metrics(row)
             if self.epoch % self.cfg.train.save_every == 0 or self.epoch == self.cfg.train.epochs:
                 self.save(self.run_dir.last)
-        log.info("epoch %d/%d %s", self.epoch, self.cfg.train.epochs,
-                 " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)))
+        log.info(
+            "epoch %d/%d %s",
+            self.epoch,
+            self.cfg.train.epochs,
+            " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
+        )
 
     def evaluate(self) -> dict[str, float]:
         tc = self.cfg.train
-        return evaluate(self.model, self.data.test, self.cfg.data.eval_batch_size, tc.bf16,
-                        tc.channels_last, self.dist)
+        return evaluate(
+            self.model,
+            self.data.test,
+            self.cfg.data.eval_batch_size,
+            tc.bf16,
+            tc.channels_last,
+            self.dist,
+        )
 
     def _lr_for(self, epoch: float) -> float:
         total = self.cfg.train.epochs
@@ -167,8 +209,9 @@ class Trainer:
             hook.on_epoch_start(self, epoch)
         self.net.train()
         sums, n_batches = [0.0, 0.0, 0.0], len(self.loader)
-        bar = progress_bar(n_batches, f"epoch {epoch + 1}/{tc.epochs}",
-                           enabled=tc.progress and self.dist.is_main)
+        bar = progress_bar(
+            n_batches, f"epoch {epoch + 1}/{tc.epochs}", enabled=tc.progress and self.dist.is_main
+        )
         for i, (x, y) in enumerate(self.loader):
             self.lr = self._lr_for(epoch + i / n_batches)
             set_lr(self.optimizer, self.lr)
@@ -180,17 +223,26 @@ class Trainer:
         bar.close()
         loss, correct, count = all_reduce_sum(sums, self.dist)
         seconds = time.perf_counter() - start
-        return {"epoch": epoch, "lr": self.lr, "train_loss": loss / max(count, 1),
-                "train_top1": 100 * correct / max(count, 1), "epoch_seconds": seconds,
-                "images_per_s": count / max(seconds, 1e-9)}
+        return {
+            "epoch": epoch,
+            "lr": self.lr,
+            "train_loss": loss / max(count, 1),
+            "train_top1": 100 * correct / max(count, 1),
+            "epoch_seconds": seconds,
+            "images_per_s": count / max(seconds, 1e-9),
+        }
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         with autocast(self.cfg.train.bf16):
             logits = self.net(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=self.cfg.train.label_smoothing)
+            loss = F.cross_entropy(
+                logits.float(), y, label_smoothing=self.cfg.train.label_smoothing
+            )
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {self.step}; lower the "
-                                     f"learning rate or check the data")
+            raise FloatingPointError(
+                f"loss became {loss.item()} at step {self.step}; lower the "
+                f"learning rate or check the data"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         for hook in self.hooks:
@@ -203,5 +255,13 @@ class Trainer:
 
 
 def _no_augment(data: ImageData) -> ImageData:
-    return ImageData(data.images, data.labels, data.num_classes, data.mean, data.std, flip=False,
-                     pad=0, classes=data.classes)
+    return ImageData(
+        data.images,
+        data.labels,
+        data.num_classes,
+        data.mean,
+        data.std,
+        flip=False,
+        pad=0,
+        classes=data.classes,
+    )

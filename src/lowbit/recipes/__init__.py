@@ -46,7 +46,9 @@ class _Entry:
 _RECIPES: dict[str, _Entry] = {}
 
 
-def register_recipe(name: str, schema: type) -> Callable[[Callable[[Any], Recipe]], Callable[[Any], Recipe]]:
+def register_recipe(
+    name: str, schema: type
+) -> Callable[[Callable[[Any], Recipe]], Callable[[Any], Recipe]]:
     def deco(build: Callable[[Any], Recipe]) -> Callable[[Any], Recipe]:
         _RECIPES[name] = _Entry(schema, build)
         return build
@@ -75,10 +77,12 @@ def validate_quant_section(section: dict[str, Any]) -> dict[str, Any]:
     _load_all()
     method = section.get("method")
     if method not in _RECIPES:
-        raise ConfigError(f"quant.method: {method!r} is not a method; choose one of "
-                          f"{', '.join(sorted(_RECIPES)) or '(none installed)'}")
+        raise ConfigError(
+            f"quant.method: {method!r} is not a method; choose one of "
+            f"{', '.join(sorted(_RECIPES)) or '(none installed)'}"
+        )
     body = {k: v for k, v in section.items() if k != "method"}
-    cfg = from_dict(_RECIPES[method].schema, body, "quant")
+    cfg: Any = from_dict(_RECIPES[method].schema, body, "quant")
     return {"method": method, **to_dict(cfg)}
 
 

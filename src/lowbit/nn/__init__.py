@@ -1,0 +1,5 @@
+"""Quantized layers: drop-in fake-quantized replacements for the float conv/linear layers."""
+
+from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
+
+__all__ = ["QuantAct", "QuantConv2d", "QuantLinear"]
