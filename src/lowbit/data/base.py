@@ -48,13 +48,16 @@ class ImageData:
 
     @property
     def in_channels(self) -> int:
+        """Number of image channels (C)."""
         return int(self.images.shape[1])
 
     @property
     def image_size(self) -> int:
+        """Image width (W); the datasets here are square."""
         return int(self.images.shape[-1])
 
     def subset(self, index: torch.Tensor) -> ImageData:
+        """The images at `index` (a tensor of indices or a mask), with the same metadata."""
         return ImageData(self.images[index], self.labels[index], self.num_classes, self.mean,
                          self.std, self.flip, self.pad, self.classes)
 
@@ -68,7 +71,21 @@ class DatasetSplits:
     test: ImageData
 
 
-def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images on the 0..1 scale."""
-    x = images.float().div_(255).transpose(0, 1).reshape(images.shape[1], -1)
-    return tuple(x.mean(1).tolist()), tuple(x.std(1).clamp_min(1e-3).tolist())
+def channel_stats(images: torch.Tensor,
+                  chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and (unbiased) std of uint8 images (N, C, H, W) on the 0..1 scale.
+
+    Sums run over chunks in float64, so a large folder dataset needs no float copy of itself
+    and the result does not drift with the number of pixels.
+    """
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start:start + chunk].transpose(0, 1).reshape(c, -1).double().div_(255)
+        total += x.sum(1)
+        total_sq += x.square().sum(1)
+    n = images.numel() // max(c, 1)
+    mean = total / max(n, 1)
+    var = (total_sq - n * mean.square()) / max(n - 1, 1)
+    return tuple(mean.tolist()), tuple(var.clamp_min(0).sqrt().clamp_min(1e-3).tolist())

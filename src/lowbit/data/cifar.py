@@ -23,8 +23,12 @@ from lowbit.errors import DataError
 URL = "https://www.cs.toronto.edu/~kriz/"
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                   "truck"]
+RECORD = 3 * 32 * 32
 
-# (folder, {split: [(file, md5)]}, label bytes per record (binary) or label key (python))
+# Per version: folder, kind, archive (name, md5), {split: [(file, md5)]}, and where the label is:
+# label bytes per record and the fine label's offset (binary) or the label key (python).
 LAYOUTS: dict[str, list[dict[str, Any]]] = {
     "cifar10": [
         {"dir": "cifar-10-batches-bin", "kind": "bin", "label_bytes": 1, "label_at": 0,
@@ -59,10 +63,18 @@ LAYOUTS: dict[str, list[dict[str, Any]]] = {
 
 
 class _SafeUnpickler(pickle.Unpickler):
-    """Only numpy arrays and builtins: the CIFAR pickles need nothing else."""
+    """Only numpy arrays and builtins: the CIFAR pickles need nothing else.
 
-    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
-               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar")}
+    Every global a pickle names goes through `find_class`, so refusing all but these few means a
+    crafted file cannot call anything (os.system, eval, ...) while it is read. `_codecs.encode`
+    is how protocols 0-2 written by Python 3 store bytes, and `_frombuffer` how protocol 5 stores
+    arrays; both only build data.
+    """
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (f"numpy.{core}.{mod}", fn) for core in ("core", "_core")
+        for mod, fn in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                        ("numeric", "_frombuffer"))}
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
@@ -72,7 +84,7 @@ class _SafeUnpickler(pickle.Unpickler):
 
 def _read_bin(path: Path, label_bytes: int, label_at: int) -> tuple[np.ndarray, np.ndarray]:
     raw = np.fromfile(path, dtype=np.uint8)
-    rec = label_bytes + 3072
+    rec = label_bytes + RECORD
     if raw.size == 0 or raw.size % rec:
         raise DataError(f"corrupt data file {path}: {raw.size} bytes is not a whole number of "
                         f"{rec}-byte records; obtain the file again")
@@ -81,49 +93,93 @@ def _read_bin(path: Path, label_bytes: int, label_at: int) -> tuple[np.ndarray, 
 
 
 def _read_py(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
+    # Truncated or crafted pickles fail in many ways; each must become a one-line DataError.
+    bad = (pickle.UnpicklingError, KeyError, EOFError, TypeError, ValueError, AttributeError,
+           IndexError)
     try:
         with open(path, "rb") as fh:
             entry = _SafeUnpickler(fh, encoding="latin1").load()
-        data, labels = entry["data"], entry[label_key]
-    except (pickle.UnpicklingError, KeyError, EOFError, TypeError) as exc:
+        data, labels = entry["data"], np.asarray(entry[label_key], dtype=np.int64)
+    except bad as exc:
         raise DataError(f"corrupt data file {path}: {exc}; obtain the file again") from exc
-    return np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32), np.asarray(labels, np.int64)
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.size % RECORD:
+        raise DataError(f"corrupt data file {path}: 'data' is not a uint8 array of "
+                        f"{RECORD}-value rows; obtain the file again")
+    return data.reshape(-1, 3, 32, 32), labels.reshape(-1)
+
+
+def _check_labels(path: Path, images: np.ndarray, labels: np.ndarray, num_classes: int) -> None:
+    if len(labels) != len(images):
+        raise DataError(f"corrupt data file {path}: {len(labels)} labels for {len(images)} "
+                        f"images; obtain the file again")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise DataError(f"corrupt data file {path}: labels outside 0..{num_classes - 1}; "
+                        f"obtain the file again")
+
+
+def _extract(archive: Path, root: Path) -> None:
+    """Unpack a downloaded archive; the "data" filter refuses absolute paths, links out, devices."""
+    if not hasattr(tarfile, "data_filter"):
+        raise DataError(f"this Python cannot extract archives safely (needs 3.10.12+ or 3.11.4+); "
+                        f"extract {archive} into {root} by hand")
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(root, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"cannot extract {archive}: {exc}; delete it and try again") from exc
+
+
+def _complete(root: Path, layout: dict[str, Any]) -> bool:
+    folder = root / layout["dir"]
+    return all((folder / f).is_file() for split in ("train", "test") for f, _ in layout[split])
 
 
 def _find_layout(name: str, root: Path, download_ok: bool) -> dict[str, Any]:
-    layouts = LAYOUTS[name]
-    for layout in layouts:
-        if (root / layout["dir"]).is_dir():
-            return layout
-    if download_ok:
-        layout = layouts[0]
+    present = [lay for lay in LAYOUTS[name] if (root / lay["dir"]).is_dir()]
+    complete = [lay for lay in present if _complete(root, lay)]
+    if complete:
+        return complete[0]
+    if download_ok:  # nothing usable here: a half-extracted folder is completed by re-extracting
+        layout = LAYOUTS[name][0]
         archive, md5 = layout["archive"]
-        path = download(URL + archive, root / archive, md5)
-        with tarfile.open(path) as tar:
-            tar.extractall(root, filter="data")
+        _extract(download(URL + archive, root / archive, md5), root)
         return layout
-    dirs = " or ".join(f"{root / lay['dir']}/" for lay in layouts)
+    if present:  # let check_file name the first missing file
+        return present[0]
+    dirs = " or ".join(f"{root / lay['dir']}/" for lay in LAYOUTS[name])
     raise DataError(f"{name} not found: expected {dirs}; pass --data-dir (or set LOWBIT_DATA) to "
                     f"the folder holding it, or add --download")
 
 
+def _read_split(root: Path, layout: dict[str, Any], split: str,
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    hint = f"it is part of {URL}{layout['archive'][0]}; add --download to fetch it"
+    images, labels = [], []
+    for fname, md5 in layout[split]:
+        path = check_file(root / layout["dir"] / fname, md5, hint)
+        if layout["kind"] == "bin":
+            x, y = _read_bin(path, layout["label_bytes"], layout["label_at"])
+        else:
+            x, y = _read_py(path, layout["label_key"])
+        _check_labels(path, x, y, num_classes)
+        images.append(x)
+        labels.append(y)
+    return torch.from_numpy(np.concatenate(images)), torch.from_numpy(np.concatenate(labels))
+
+
 def load_cifar(name: str, root: Path, download_ok: bool = False) -> DatasetSplits:
-    """Load `cifar10` or `cifar100` from `root`, verifying every file's md5 where one is known."""
+    """Load `cifar10` or `cifar100` from `root`, verifying every file's md5 where one is known.
+
+    Raises:
+        DataError: the files are missing, corrupt or not in the official layout.
+    """
     layout = _find_layout(name, root, download_ok)
-    hint = f"it is part of {URL}{layout['archive'][0]}"
+    c10 = name == "cifar10"
+    num_classes = 10 if c10 else 100
+    mean, std = (CIFAR10_MEAN, CIFAR10_STD) if c10 else (CIFAR100_MEAN, CIFAR100_STD)
     splits = {}
     for split in ("train", "test"):
-        parts = []
-        for fname, md5 in layout[split]:
-            path = check_file(root / layout["dir"] / fname, md5, hint)
-            if layout["kind"] == "bin":
-                parts.append(_read_bin(path, layout["label_bytes"], layout["label_at"]))
-            else:
-                parts.append(_read_py(path, layout["label_key"]))
-        images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
-        labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-        c10 = name == "cifar10"
-        splits[split] = ImageData(images, labels, 10 if c10 else 100,
-                                  CIFAR10_MEAN if c10 else CIFAR100_MEAN,
-                                  CIFAR10_STD if c10 else CIFAR100_STD, flip=True, pad=4)
+        images, labels = _read_split(root, layout, split, num_classes)
+        splits[split] = ImageData(images, labels, num_classes, mean, std, flip=True, pad=4,
+                                  classes=list(CIFAR10_CLASSES) if c10 else [])
     return DatasetSplits(name, splits["train"], splits["test"])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import logging
 import os
-import shutil
 import tempfile
 import urllib.request
 from pathlib import Path
@@ -26,6 +26,7 @@ def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex md5 digest of the file at `path`, read in `chunk`-byte blocks."""
     digest = hashlib.md5()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
@@ -47,26 +48,61 @@ def check_file(path: Path, md5: str | None, how_to_get: str) -> Path:
     return path
 
 
+def _fetch(url: str, out_path: Path, timeout: float) -> None:
+    """Copy the body of `url` into `out_path`, refusing a body shorter than its Content-Length."""
+    written = 0
+    with open(out_path, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
+        expected = resp.headers.get("Content-Length")
+        while block := resp.read(1 << 20):
+            out.write(block)
+            written += len(block)
+    # http.client returns b"" (no error) when the server closes early, so a truncated body
+    # would otherwise pass whenever no md5 is known.
+    if expected is not None and expected.isdigit() and written != int(expected):
+        raise DataError(f"download of {url} was cut short: {written} of {expected} bytes; "
+                        f"try again")
+
+
+def _have(dest: Path, md5: str | None) -> bool:
+    """Whether `dest` is already good; a corrupt copy is deleted so none survives a failure."""
+    if not dest.is_file():
+        return False
+    if md5 is None or md5sum(dest) == md5:
+        return True
+    log.warning("%s has the wrong md5; downloading it again", dest)
+    dest.unlink()
+    return False
+
+
 def download(url: str, dest: Path, md5: str | None, timeout: float = 60.0) -> Path:
     """Download `url` to `dest` atomically (temp file + rename), verifying `md5` before the rename.
 
-    An existing file with the right checksum is kept as is. A failed or corrupt download leaves
-    nothing behind at `dest`.
+    An existing file with the right checksum is kept; one with the wrong checksum is removed
+    first, so a failed or corrupt download leaves nothing behind at `dest`.
+
+    Raises:
+        DataError: server unreachable or erroring, a short body, or the wrong md5.
     """
-    if dest.is_file() and (md5 is None or md5sum(dest) == md5):
+    if _have(dest, md5):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=dest.name, suffix=".tmp")
-    tmp = Path(tmp_name)
+    tmp: Path | None = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
         log.info("downloading %s -> %s", url, dest)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
-            shutil.copyfileobj(resp, out)
+        _fetch(url, tmp, timeout)
         if md5 is not None and (got := md5sum(tmp)) != md5:
-            raise DataError(f"download of {url} is corrupt: md5 {got}, expected {md5}")
+            raise DataError(f"download of {url} is corrupt: md5 {got}, expected {md5}; try again "
+                            f"later or fetch the file by hand into {dest}")
+        tmp.chmod(0o644)  # mkstemp makes 0600 files; data files are meant to be shared
         os.replace(tmp, dest)
-    except OSError as exc:
+    except DataError:
+        raise
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a bad URL
         raise DataError(f"could not download {url}: {exc}") from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
     return dest

@@ -17,20 +17,28 @@ from lowbit.data.base import ImageData
 
 
 def augment_batch(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random-crop (zero padding `pad`) and random horizontal flip of a uint8 batch (B, C, H, W)."""
-    b, _, h, w = images.shape
+    """Random-crop (zero padding `pad`) and random horizontal flip of a uint8 batch (B, C, H, W).
+
+    Draws, in this order: row offsets, column offsets (both only if `pad` > 0), flip coins (only
+    if `flip`). Crop and flip are one `gather` with per-image source indices: a flip just reverses
+    the column indices, so the batch is read once and no per-image Python runs.
+    """
+    if pad <= 0 and not flip:
+        return images
+    b, c, h, w = images.shape
+    cols = torch.arange(w).expand(b, w)
+    rows = torch.arange(h).expand(b, h)
     if pad > 0:
-        padded = F.pad(images, (pad, pad, pad, pad))
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]  # (B, H, 1)
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]  # (B, 1, W)
-        bidx = torch.arange(b)[:, None, None]
-        images = padded.permute(0, 2, 3, 1)[bidx, rows, cols].permute(0, 3, 1, 2)
+        images = F.pad(images, (pad, pad, pad, pad))
+        rows, cols = rows + oy[:, None], cols + ox[:, None]
     if flip:
         mask = torch.rand(b, generator=gen) < 0.5
-        images = torch.where(mask[:, None, None, None], images.flip(3), images)
-    return images
+        cols = torch.where(mask[:, None], cols.flip(1), cols)
+    index = rows[:, :, None] * images.shape[-1] + cols[:, None, :]  # (B, H, W) into the plane
+    out = images.flatten(2).gather(2, index.view(b, 1, h * w).expand(b, c, h * w))
+    return out.view(b, c, h, w)
 
 
 class BatchLoader:
@@ -48,7 +56,13 @@ class BatchLoader:
     def __init__(self, data: ImageData, batch_size: int, train: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
         if batch_size < world_size or batch_size % world_size:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of world size {world_size}")
+            raise ValueError(f"batch_size {batch_size} must be a multiple of world size "
+                             f"{world_size}")
+        if train and len(data) < batch_size:  # an epoch of zero steps would pass silently
+            raise ValueError(f"batch_size {batch_size} exceeds the {len(data)} training images; "
+                             f"lower the batch size")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside 0..{world_size - 1}")
         self.data, self.batch_size, self.train, self.seed = data, batch_size, train, seed
         self.rank, self.world_size, self.channels_last = rank, world_size, channels_last
         self.epoch = 0
@@ -56,6 +70,7 @@ class BatchLoader:
         self._inv_std = 1.0 / (torch.tensor(data.std).view(1, -1, 1, 1) * 255)
 
     def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose permutation and augmentation the next iteration draws."""
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -63,8 +78,12 @@ class BatchLoader:
         return n // self.batch_size if self.train else -(-n // self.batch_size)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, C, H, W) -> float32 `(x / 255 - mean) / std` in the requested memory format."""
         x = (images.float() - self._mean) * self._inv_std
-        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        # The crop gather leaves batches channels_last-strided; without the flag callers expect
+        # plain contiguous NCHW, so make it explicit either way.
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=fmt)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n = len(self.data)

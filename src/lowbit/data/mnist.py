@@ -6,6 +6,7 @@ import gzip
 import struct
 import zlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from lowbit.data.base import DatasetSplits, ImageData
 from lowbit.data.files import check_file, download
 from lowbit.errors import DataError
 
-SOURCES = {
+SOURCES: dict[str, dict[str, Any]] = {
     "mnist": {
         "dir": "mnist", "url": "https://ossci-datasets.s3.amazonaws.com/mnist/",
         "mean": (0.1307,), "std": (0.3081,),
@@ -34,7 +35,11 @@ SOURCES = {
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read a gzip-compressed big-endian IDX file (magic 2049 labels, 2051 images)."""
+    """Read a gzip-compressed big-endian IDX file (magic 2049 labels, 2051 images).
+
+    Raises:
+        DataError: the file is not valid gzip, not IDX, or its body does not match its header.
+    """
     try:
         with gzip.open(path, "rb") as fh:
             raw = fh.read()
@@ -44,27 +49,38 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = {2049: 1, 2051: 3}.get(magic)
     if ndim is None:
         raise DataError(f"corrupt data file {path}: not an IDX label/image file (magic {magic})")
-    dims = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    body = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    header = 4 + 4 * ndim
+    if len(raw) < header:  # struct.unpack would raise a bare struct.error
+        raise DataError(f"corrupt data file {path}: IDX header cut short; obtain the file again")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    body = np.frombuffer(raw, dtype=np.uint8, offset=header)
     if body.size != int(np.prod(dims)):
         raise DataError(f"corrupt data file {path}: {body.size} values for shape {dims}")
     return body.reshape(dims)
 
 
 def load_mnist(name: str, root: Path, download_ok: bool = False) -> DatasetSplits:
-    """Load `mnist` or `fashion_mnist` from `root/<dir>/`."""
+    """Load `mnist` or `fashion_mnist` from `root/<dir>/`, md5-checking every file.
+
+    Raises:
+        DataError: a file is missing or corrupt, or images and labels do not pair up.
+    """
     src = SOURCES[name]
     folder = root / src["dir"]
     arrays = {}
     for fname, md5 in src["files"].items():
         path = folder / fname
-        if download_ok and not path.is_file():
+        if download_ok:  # download() keeps a good file and replaces a corrupt one
             download(src["url"] + fname, path, md5)
         check_file(path, md5, f"download it from {src['url']}{fname} (or add --download)")
         arrays[fname.split("-")[0] + "-" + fname.split("-")[1]] = read_idx(path)
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
-        images = torch.from_numpy(arrays[f"{prefix}-images"].copy()).unsqueeze(1)
-        labels = torch.from_numpy(arrays[f"{prefix}-labels"].astype(np.int64))
-        splits[split] = ImageData(images, labels, 10, src["mean"], src["std"], flip=False, pad=2)
+        images, labels = arrays[f"{prefix}-images"], arrays[f"{prefix}-labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise DataError(f"{folder}: {prefix}-images {images.shape} and {prefix}-labels "
+                            f"{labels.shape} do not pair up; obtain the files again")
+        splits[split] = ImageData(torch.from_numpy(images.copy()).unsqueeze(1),
+                                  torch.from_numpy(labels.astype(np.int64)), 10, src["mean"],
+                                  src["std"], flip=False, pad=2)
     return DatasetSplits(name, splits["train"], splits["test"])

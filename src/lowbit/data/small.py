@@ -16,15 +16,17 @@ def load_digits(test_fraction: float = 0.25, seed: int = 0) -> DatasetSplits:
 
     The copy ships inside lowbit (`data/assets/digits.csv.gz`), so it works offline. Pixel values
     0..16 are scaled to 0..255; the split is a fixed seeded shuffle, stratified by nothing.
+    Normalisation statistics come from the training part only, so no test pixel leaks into them.
     """
-    with resources.files("lowbit.data").joinpath("assets/digits.csv.gz").open("rb") as fh:
-        table = np.loadtxt(gzip.open(fh), delimiter=",", dtype=np.float32)
+    asset = resources.files("lowbit.data").joinpath("assets/digits.csv.gz")
+    with asset.open("rb") as fh, gzip.open(fh) as gz:
+        table = np.loadtxt(gz, delimiter=",", dtype=np.float32)
     images = torch.from_numpy(np.round(table[:, :-1] * (255 / 16)).astype(np.uint8))
     images = images.view(-1, 1, 8, 8)
     labels = torch.from_numpy(table[:, -1].astype(np.int64))
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
     n_test = int(len(labels) * test_fraction)
-    mean, std = channel_stats(images)
+    mean, std = channel_stats(images[order[n_test:]])
     full = ImageData(images, labels, 10, mean, std, flip=False, pad=1)
     return DatasetSplits("digits", full.subset(order[n_test:]), full.subset(order[:n_test]))
 
