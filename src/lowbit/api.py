@@ -104,22 +104,46 @@ def _train(
             run_dir.detach_log()
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model stored in a lowbit checkpoint, with its weights; returns (model, meta)."""
-    tensors, meta = ckpt.load_checkpoint(path)
-    cfg = build_config(base=meta["config"])
+def build_quant_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
+    """The (untrained) model a saved config describes, with its method's layers in place."""
+    cfg = build_config(base=config)
     model = create_model(
         cfg.model.name,
-        num_classes=meta["num_classes"],
-        in_channels=meta["in_channels"],
+        num_classes=num_classes,
+        in_channels=in_channels,
         width=cfg.model.width,
         **cfg.model.kwargs,
     )
     if cfg.quant:
         model = build_recipe(cfg.quant).prepare(model)
+    return model
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model in a lowbit checkpoint or packed `.lowbit` file: (model, meta)."""
+    from lowbit.export.packed import FORMAT as PACKED
+    from lowbit.export.packed import load_packed
+
+    if _format_of(path) == PACKED:
+        return load_packed(path)
+    tensors, meta = ckpt.load_checkpoint(path)
+    model = build_quant_model(meta["config"], meta["num_classes"], meta["in_channels"])
     ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), path)
     model.eval()
     return model, meta
+
+
+def _format_of(path: str | Path) -> str | None:
+    """The lowbit format tag in a safetensors header, without loading the tensors."""
+    import json
+
+    try:
+        with open(path, "rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(min(size, 1 << 24)))
+        return json.loads(header["__metadata__"][ckpt.META_KEY]).get("format")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # load_checkpoint gives the precise error
 
 
 def evaluate_checkpoint(
@@ -127,7 +151,7 @@ def evaluate_checkpoint(
 ) -> dict[str, Any]:
     """Top-1/top-5 of a checkpoint on its dataset's full test set."""
     model, meta = load_model(path)
-    cfg = build_config(base=meta["config"])
+    cfg = build_config(base=meta["config"])  # data location and batch size of the run
     data = load_dataset(meta["dataset"], data_dir or cfg.data.data_dir)
     result = evaluate(model, data.test, batch_size, bf16=False)
     return {

@@ -82,6 +82,83 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from lowbit.api import train
+    from lowbit.config import build_config, load_yaml
+    from lowbit.engine.checkpoint import load_checkpoint
+    from lowbit.recipes import quant_section_for
+
+    _, meta = load_checkpoint(args.source)
+    base = dict(meta["config"])
+    base.update(quant=quant_section_for(args.method, args.bits), name=None, expected=None)
+    base["train"] = {**base["train"], "init": str(args.source)}
+    if args.config:  # a recipe file refines the method's section and the schedule
+        recipe = load_yaml(args.config)
+        base["quant"] = {**base["quant"], **recipe.pop("quant", {})}
+        base.update(recipe)
+    overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+    cfg = build_config(base=base, overrides=overrides)
+    if args.dry_run:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    result = train(cfg, run_path=args.run_dir)
+    print(
+        json.dumps(result)
+        if args.json
+        else f"run {result['run_dir']}: test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%"
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from lowbit.inspect import inspect_target
+
+    report = inspect_target(args.target, hist_dir=args.hist)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        report.print()
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from lowbit.export import export_packed
+
+    out = export_packed(args.checkpoint, args.output or f"{args.checkpoint}.lowbit")
+    size = out.stat().st_size
+    print(
+        json.dumps({"output": str(out), "bytes": size})
+        if args.json
+        else f"wrote {out} ({size / 1024:.1f} KiB)"
+    )
+    return 0
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from lowbit.reproduce import reproduce
+
+    result = reproduce(
+        args.experiment,
+        args.run_dir,
+        args.data_dir,
+        resume=args.resume,
+        record_only=args.record_only,
+        results_dir=args.results_dir,
+        checkpoints_dir=args.checkpoints_dir,
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        verdict = {True: "PASS", False: "MISS", None: "recorded"}[result["passed"]]
+        print(
+            f"{args.experiment}: top1 {result['top1']:.2f}% (threshold {result['threshold']}) "
+            f"{verdict}; {result['checkpoint']}"
+        )
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lowbit.demo import run_demo
 
@@ -109,6 +186,38 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list registered models").set_defaults(fn=cmd_models)
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
+
+    p = sub.add_parser("quantize", help="fine-tune a trained checkpoint with a low-bit method")
+    _add_config_args(p)
+    p.add_argument("--method", required=True, help="qat, inq, lbw, gdrq, groupnet")
+    p.add_argument("--bits", type=int, required=True, help="weight bits")
+    p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT")
+    p.add_argument("--run-dir", help="where to write the run")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_quantize)
+
+    p = sub.add_parser("inspect", help="per-layer bits, bytes, MACs, BOPs, codebook compliance")
+    p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--hist", metavar="DIR", help="also draw weight histograms (PNG) into DIR")
+    p.set_defaults(fn=cmd_inspect)
+
+    p = sub.add_parser("export", help="write the bit-packed deployable artifact (.lowbit)")
+    p.add_argument("checkpoint")
+    p.add_argument("-o", "--output")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("reproduce", help="run an experiments/*.yaml row and record the result")
+    p.add_argument("experiment")
+    p.add_argument("--data-dir")
+    p.add_argument("--run-dir", help="run directory (default: out_dir/<experiment name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--record-only", action="store_true", help="record a finished run, no training")
+    p.add_argument("--results-dir", default="benchmarks/results")
+    p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("demo", help="embedded end-to-end demo (digits, no downloads)")
     p.add_argument("--epochs", type=int, default=15)

@@ -170,9 +170,12 @@ def build_config(
         set_dotted(tree, *parse_override(text))
     cfg = from_dict(RunConfig, tree)
     if cfg.quant is not None:
-        from lowbit.recipes import validate_quant_section
+        from lowbit.recipes import build_recipe, validate_quant_section
 
         cfg.quant = validate_quant_section(cfg.quant)
+        epochs = build_recipe(cfg.quant).epochs()
+        if epochs is not None:  # a method with its own schedule (INQ's steps) sets the length
+            cfg.train.epochs = epochs
     return cfg
 
 

@@ -33,31 +33,20 @@ def test_training_learns_synthetic_data(tmp_path: Path, tiny_config) -> None:
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
-class Crash(Hook):
-    """Simulates a crash at the start of `epoch` (after the previous epoch's checkpoint)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if epoch == self.epoch:
-            raise RuntimeError("simulated crash")
-
-
 def _trainer(cfg, run_dir: Path, hooks: list[Hook]) -> Trainer:
     torch.manual_seed(cfg.train.seed)
     model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
     return Trainer(cfg, model, load_dataset("synthetic"), hooks, RunDir(run_dir))
 
 
-def test_resume_gives_identical_results(tmp_path: Path, tiny_config) -> None:
+def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -> None:
     cfg = build_config(base=tiny_config(tmp_path, epochs=4))
-    full = _trainer(cfg, tmp_path / "a", [Crash(-1)])
+    full = _trainer(cfg, tmp_path / "a", [crash_at(-1)])
     full.fit()
-    crashed = _trainer(cfg, tmp_path / "b", [Crash(2)])
+    crashed = _trainer(cfg, tmp_path / "b", [crash_at(2)])
     with pytest.raises(RuntimeError, match="simulated"):
         crashed.fit()
-    resumed = _trainer(cfg, tmp_path / "b", [Crash(-1)])
+    resumed = _trainer(cfg, tmp_path / "b", [crash_at(-1)])
     resumed.resume(tmp_path / "b" / "last.safetensors")
     assert resumed.epoch == 2
     resumed.fit()

@@ -22,7 +22,10 @@ def list_quantizers() -> list[str]:
 
 
 def get_quantizer(config: dict[str, Any] | str | Quantizer) -> Quantizer:
-    """Build a quantizer from a config dict (`{"name": ..., **kwargs}`), a name, or pass one through."""
+    """Build a quantizer from a config dict (`{"name": ..., **kwargs}`) or a name.
+
+    A `Quantizer` instance is passed through unchanged.
+    """
     if isinstance(config, Quantizer):
         return config
     if isinstance(config, str):
@@ -30,7 +33,8 @@ def get_quantizer(config: dict[str, Any] | str | Quantizer) -> Quantizer:
     config = dict(config)
     name = config.pop("name", None)
     if name not in _QUANTIZERS:
-        raise LowbitError(f"unknown quantizer {name!r}; choose one of {', '.join(list_quantizers())}")
+        choices = ", ".join(list_quantizers())
+        raise LowbitError(f"unknown quantizer {name!r}; choose one of {choices}")
     try:
         return _QUANTIZERS[name](**config)
     except TypeError as exc:

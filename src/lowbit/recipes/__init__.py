@@ -7,6 +7,7 @@ validated by that method's schema when the config is loaded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -84,6 +85,20 @@ def validate_quant_section(section: dict[str, Any]) -> dict[str, Any]:
     body = {k: v for k, v in section.items() if k != "method"}
     cfg: Any = from_dict(_RECIPES[method].schema, body, "quant")
     return {"method": method, **to_dict(cfg)}
+
+
+def quant_section_for(method: str, bits: int) -> dict[str, Any]:
+    """The `quant:` section `lowbit quantize --method M --bits B` starts from."""
+    _load_all()
+    if method not in _RECIPES:
+        raise ConfigError(
+            f"--method {method!r} is not a method; choose one of {', '.join(sorted(_RECIPES))}"
+        )
+    if method == "qat":
+        return {"method": "qat", "weight": {"name": "uniform", "bits": bits}}
+    fields = {f.name for f in dataclasses.fields(_RECIPES[method].schema)}
+    key = "bits" if "bits" in fields else "weight_bits"
+    return {"method": method, key: bits}
 
 
 def build_recipe(section: dict[str, Any]) -> Recipe:

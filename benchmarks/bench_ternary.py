@@ -1,0 +1,97 @@
+"""Speed of the exact LBW ternary solver against a plain `torch.sort` of the same tensor.
+
+The exact solver is one sort of |W| plus a few linear passes, so its cost should stay close to
+the sort's (target: ratio <= 1.5). Both are timed in the same process, interleaved (the order
+alternates every repeat), and compared by their medians, because the machine is shared.
+
+    python benchmarks/bench_ternary.py --per-channel-rows 100   # 1e7 and 1e6, 2 then 1 thread
+    python benchmarks/bench_ternary.py --sizes 1000000 --repeats 9 --out /tmp/t.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from lowbit.engine.checkpoint import atomic_write_bytes
+from lowbit.engine.rundir import git_commit, machine_info
+from lowbit.quant.functional import ternary_exact
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "ternary_speed.json"
+
+
+def _time(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(n: int, repeats: int, per_channel_rows: int = 0) -> dict[str, float | int]:
+    """Interleaved timings of torch.sort(w) and ternary_exact(w) on N(0,1) weights."""
+    threads = torch.get_num_threads()
+    w = torch.randn(n, generator=torch.Generator().manual_seed(n))
+    if per_channel_rows:
+        w = w.reshape(per_channel_rows, -1)
+    sort = lambda: torch.sort(w, dim=-1)  # noqa: E731
+    tern = lambda: ternary_exact(w, per_channel=bool(per_channel_rows))  # noqa: E731
+    sort(), tern()  # warm-up: allocator and thread pool
+    t_sort, t_tern = [], []
+    for r in range(repeats):
+        pair = (sort, tern) if r % 2 == 0 else (tern, sort)
+        first, second = _time(pair[0]), _time(pair[1])
+        a, b = (first, second) if r % 2 == 0 else (second, first)
+        t_sort.append(a)
+        t_tern.append(b)
+    med_sort, med_tern = statistics.median(t_sort), statistics.median(t_tern)
+    return {"n": n, "rows": per_channel_rows or 1, "threads": threads, "repeats": repeats,
+            "sort_median_s": med_sort, "ternary_median_s": med_tern,
+            "ratio_of_medians": med_tern / med_sort,
+            "median_of_ratios": statistics.median(
+                b / a for a, b in zip(t_sort, t_tern, strict=True)),
+            "sort_all_s": t_sort, "ternary_all_s": t_tern}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=[10**7, 10**6])
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--threads", type=int, nargs="+", default=[2, 1],
+                   help="torch thread counts to measure, in turn (the first is the headline)")
+    p.add_argument("--per-channel-rows", type=int, default=0,
+                   help="also time the per-channel solver with this many rows (0: skip)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    args = p.parse_args(argv)
+    if args.per_channel_rows and any(n % args.per_channel_rows for n in args.sizes):
+        p.error("--per-channel-rows must divide every size")
+    start = time.perf_counter()
+    figures = []
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        figures += [measure(n, args.repeats) for n in args.sizes]
+        if args.per_channel_rows:
+            figures += [measure(n, args.repeats, args.per_channel_rows) for n in args.sizes]
+    torch.set_num_threads(args.threads[0])  # machine_info() below reports the headline count
+    result = {"benchmark": "ternary_exact vs torch.sort", "target_ratio": 1.5,
+              "command": " ".join(["python", "benchmarks/bench_ternary.py",
+                                   *(sys.argv[1:] if argv is None else argv)]),
+              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+              "machine": machine_info(), "wall_clock_s": time.perf_counter() - start,
+              "figures": figures}
+    atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
+    for f in figures:
+        print(f"threads={f['threads']} n={f['n']:>10} rows={f['rows']:>5}  "
+              f"sort {f['sort_median_s']:.4f}s  ternary {f['ternary_median_s']:.4f}s  "
+              f"ratio {f['ratio_of_medians']:.2f}")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""`lowbit inspect`: what a checkpoint (or a recipe's model) costs, layer by layer.
+
+Accepts a training checkpoint (`*.safetensors`), a packed artifact (`*.lowbit`) or a recipe YAML
+(the model is built untrained, to see its cost before training). Prints the per-layer table of
+parameters, weight/activation bits, bytes, MACs, BOPs, distinct values and sparsity, the totals,
+and the codebook-compliance result; `--json` gives the same as one JSON object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from torch import nn
+
+from lowbit.accounting import (
+    ComplianceResult,
+    CostReport,
+    check_compliance,
+    cost_report,
+    render_table,
+)
+from lowbit.data import input_shape_for
+
+
+@dataclass
+class InspectReport:
+    target: str
+    model: str
+    dataset: str
+    cost: CostReport
+    compliance: ComplianceResult
+    file_bytes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "model": self.model,
+            "dataset": self.dataset,
+            "file_bytes": self.file_bytes,
+            **self.cost.to_dict(),
+            "compliance": self.compliance.to_dict(),
+        }
+
+    def print(self) -> None:
+        console = Console()
+        console.print(render_table(self.cost))
+        console.print(render_table(self.compliance))
+        size = f", file {self.file_bytes / 1024:.1f} KiB" if self.file_bytes else ""
+        verdict = "PASS" if self.compliance.passed else "FAIL"
+        console.print(
+            f"{self.model} on {self.dataset}: {self.cost.bytes / 1024:.1f} KiB "
+            f"accounted ({self.cost.compression:.2f}x smaller than float){size}; "
+            f"codebook compliance {verdict}"
+        )
+
+
+def _load(target: str) -> tuple[nn.Module, str, str]:
+    from lowbit.api import build_quant_model, load_model
+
+    if target.endswith((".yaml", ".yml")):
+        from lowbit.config import build_config
+        from lowbit.data import DATASET_INFO
+
+        cfg = build_config(config_file=target)
+        channels, _, num_classes = DATASET_INFO.get(cfg.data.name, (3, 32, 10))
+        model = build_quant_model(cfg.to_dict(), num_classes, channels)
+        return model.eval(), cfg.model.name, cfg.data.name
+    model, meta = load_model(target)
+    return model, meta["model"], meta["dataset"]
+
+
+def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> InspectReport:
+    """Cost table + compliance of a checkpoint, packed file or recipe."""
+    target = str(target)
+    model, name, dataset = _load(target)
+    shape = (1, *input_shape_for(dataset))
+    report = InspectReport(
+        target, name, dataset, cost_report(model, shape), check_compliance(model), None
+    )
+    if not target.endswith((".yaml", ".yml")):
+        report.file_bytes = Path(target).stat().st_size
+    if hist_dir is not None:
+        from lowbit.plots import weight_histograms
+
+        weight_histograms(model, Path(hist_dir))
+    return report

@@ -1,0 +1,293 @@
+"""Clip-based quantizers (weights with `signed=True`, post-ReLU activations with `signed=False`)
+and the 1-bit activation binarizer.
+
+Gradient convention: signed (weight) quantizers use the identity STE; unsigned (activation)
+quantizers use the STE masked to the clip range [0, T]. Statistic-driven clips (EMA) update in
+training mode and are frozen in eval mode; `encode`/`levels` read the current state without
+changing it, so in training mode call them after `forward` to see what it used.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+from torch.nn.modules.lazy import LazyModuleMixin
+
+from lowbit.quant import functional as F
+from lowbit.quant.base import check_finite
+from lowbit.quant.registry import register_quantizer
+from lowbit.quant.ste import grad_scale, round_ste, ste, ste_bireal, ste_clipped, ste_pact
+from lowbit.quant.weight import CodebookQuantizer
+
+_CLIPS = ("max", "fixed", "learned", "ema")
+
+
+def _check_uniform_bits(name: str, bits: int, signed: bool) -> None:
+    lo = 2 if signed else 1
+    if not lo <= bits <= 16:
+        raise ValueError(f"{name} with signed={signed} supports bits {lo}..16, got {bits}")
+
+
+class _ClipQuantizer(CodebookQuantizer):
+    """Shared code: uniform levels on [-T, T] or [0, T] given a clip T, plus an EMA buffer."""
+
+    signed: bool
+    momentum: float
+    running_clip: Tensor
+    num_batches_tracked: Tensor
+
+    def _init_ema(self, momentum: float) -> None:
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.register_buffer("running_clip", torch.zeros(()))
+        self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
+
+    def _ema_clip(self, batch_value: Tensor, update: bool) -> Tensor:
+        """EMA of a clip statistic: the first batch initialises it; eval mode only reads it.
+
+        Before any training batch, eval mode uses the batch value without storing it.
+        """
+        if update:
+            with torch.no_grad():
+                if self.num_batches_tracked == 0:
+                    self.running_clip.copy_(batch_value)
+                else:
+                    self.running_clip.lerp_(batch_value.to(self.running_clip), 1 - self.momentum)
+                self.num_batches_tracked += 1
+        if self.num_batches_tracked == 0:
+            return batch_value
+        return self.running_clip.to(batch_value.dtype)
+
+    def code_range(self) -> Tensor:
+        big_l = F.uniform_num_steps(self.bits, self.signed)
+        return torch.arange(-big_l if self.signed else 0, big_l + 1, dtype=torch.int32)
+
+    def threshold(self, x: Tensor, update: bool = False) -> Tensor:
+        """The clip threshold T used for `x` (0-d, or (C,) per output channel)."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_finite(x, "tensor")
+        return F.uniform_encode(x, self.threshold(x), self.bits, self.signed)
+
+    def step(self, x: Tensor) -> Tensor:
+        """Quantization step Delta = T / L used for `x`: 0-d, or (C,) per output channel."""
+        return self.encode(x)[1]
+
+    def _output(self, x: Tensor, t: Tensor, q: Tensor, learned: bool) -> Tensor:
+        """Attach the STE: PACT for learned clips, else identity (signed) / clipped (unsigned)."""
+        tv = F.channel_view(t, x)
+        if learned:
+            return ste_pact(x, q, tv, self.signed, clip_input_grad=not self.signed)
+        if self.signed:
+            return ste(x, q)
+        return ste_clipped(x, q, 0.0, tv)
+
+
+@register_quantizer
+class Uniform(_ClipQuantizer):
+    """Uniform k-bit quantizer with a clip value T (spec §1.3; Group-Net Eq. 2; PACT).
+
+    Forward: Delta = T/L; signed: L = 2^(b-1)-1, Q = Delta*round(clip(x, -T, T)/Delta), levels
+    Delta*{-L..L} (b = 2 is ternary {-T, 0, T}); unsigned: L = 2^b - 1, levels Delta*{0..L} on
+    [0, T]. `clip` chooses T: "max" (max|x|; unsigned: max(x, 0)), "fixed" (`clip_value`,
+    e.g. Group-Net's beta = 1), "learned" (PACT: a parameter initialised to `clip_value`),
+    "ema" (EMA of the max with `momentum`, frozen in eval).
+    Backward: identity STE (signed), 1[0 <= x <= T] (unsigned); learned T gets PACT's
+    1[x >= T] (minus 1[x <= -T] when signed).
+    Codes: integers in [-L, L] or [0, L], scale Delta.
+    """
+
+    name = "uniform"
+
+    def __init__(self, bits: int = 4, signed: bool = True, clip: str = "max",
+                 clip_value: float = 1.0, momentum: float = 0.99) -> None:
+        super().__init__(bits)
+        _check_uniform_bits(self.name, bits, signed)
+        if clip not in _CLIPS:
+            raise ValueError(f"uniform clip must be one of {', '.join(_CLIPS)}, got {clip!r}")
+        if clip in ("fixed", "learned") and not clip_value > 0:
+            raise ValueError(f"uniform clip_value must be > 0, got {clip_value}")
+        self.signed, self.clip, self.clip_value, self.momentum = signed, clip, clip_value, momentum
+        if clip == "ema":
+            self._init_ema(momentum)
+        if clip == "learned":
+            self.learned_clip = nn.Parameter(torch.tensor(float(clip_value)))
+
+    def threshold(self, x: Tensor, update: bool = False) -> Tensor:
+        if self.clip == "fixed":
+            return torch.tensor(self.clip_value, dtype=x.dtype, device=x.device)
+        if self.clip == "learned":  # abs: a clip driven negative by training acts as |clip|
+            return self.learned_clip.abs().to(x.dtype)
+        batch_max = x.detach().abs().max() if self.signed else x.detach().max().clamp_min(0)
+        if self.clip == "max":
+            return batch_max
+        return self._ema_clip(batch_max, update)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_finite(x, "tensor")
+        t = self.threshold(x, update=self.training)
+        q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
+        return self._output(x, t, q, learned=self.clip == "learned")
+
+
+@register_quantizer
+class ScaleClip(LazyModuleMixin, _ClipQuantizer):
+    """GDRQ Scale-Clip + (group-wise) uniform quantization (Yu et al., CVPRW 2020; spec §3.3-3.5).
+
+    Forward: T = k * stat(x), stat = mean|x| ("mean", default) or std ("std"); weights
+    (`signed=True`, default k = 2) recompute T at every call, per block of `group_size`
+    consecutive output channels (None or 0: one T per layer); activations (`signed=False`,
+    default k = 3) use an EMA of k*stat(batch) (`momentum` 0.99, first batch initialises,
+    frozen in eval, buffer `running_clip`). `learnable=True` replaces the statistic by a
+    per-group parameter `log_threshold` (T = exp(.)) initialised from it on first use.
+    Then uniform quantization on [-T, T] (Delta = T/(2^(b-1)-1); W2 = ternary) or [0, T]
+    (Delta = T/(2^b-1)). `quantize=False` only clips (stage-1 distribution reshaping).
+    Backward: identity STE for weights, 1[0 <= x <= T] for activations; a learnable T gets
+    PACT's gradient. Levels: Delta*{-L..L} or Delta*{0..L}; per group for weights (rows per
+    output channel, shape (C, 2L+1)). `step(x)` gives Delta per output channel, for BN folding.
+    """
+
+    name = "scaleclip"
+    cls_to_become = None
+
+    def __init__(self, bits: int = 2, signed: bool = True, k: float | None = None,
+                 stat: str = "mean", group_size: int | None = None, momentum: float = 0.99,
+                 learnable: bool = False, quantize: bool = True) -> None:
+        super().__init__(bits)
+        _check_uniform_bits(self.name, bits, signed)
+        if stat not in ("mean", "std"):
+            raise ValueError(f"scaleclip stat must be 'mean' or 'std', got {stat!r}")
+        if group_size and (not signed or group_size < 0):
+            raise ValueError("scaleclip group_size needs signed=True (weights) and a size > 0")
+        if k is not None and not k > 0:
+            raise ValueError(f"scaleclip k must be > 0, got {k}")
+        self.signed, self.k, self.stat, self.group_size = signed, k, stat, group_size
+        self.momentum, self.learnable, self.quantize = momentum, learnable, quantize
+        self.clip_k = k if k is not None else (2.0 if signed else 3.0)
+        if not signed:
+            self._init_ema(momentum)
+        if learnable:
+            self.log_threshold = nn.UninitializedParameter()
+
+    def _statistic(self, x: Tensor) -> Tensor:
+        return F.scale_clip_threshold(x, self.clip_k, self.stat, self.group_size)
+
+    def initialize_parameters(self, x: Tensor) -> None:  # type: ignore[override]
+        """Materialise `log_threshold` from the statistic of the first input (learnable only)."""
+        if self.learnable and self.has_uninitialized_params():
+            check_finite(x, "tensor")  # runs from a pre-forward hook, before forward's check
+            t = self._statistic(x)
+            per_group = t[:: self.group_size] if self.group_size else t
+            self.log_threshold.materialize(per_group.shape, dtype=x.dtype, device=x.device)
+            with torch.no_grad():
+                floor = torch.finfo(x.dtype).tiny  # log(0) would be -inf for all-zero input
+                self.log_threshold.copy_(per_group.clamp_min(floor).log())
+
+    def threshold(self, x: Tensor, update: bool = False) -> Tensor:
+        if self.learnable:
+            self.initialize_parameters(x)
+            t = self.log_threshold.exp()
+            return t.repeat_interleave(self.group_size) if self.group_size else t
+        if self.signed:
+            return self._statistic(x)
+        return self._ema_clip(self._statistic(x), update)
+
+    def levels(self, x: Tensor) -> Tensor:
+        if not self.quantize:
+            raise ValueError("scaleclip with quantize=False only clips: it has no levels")
+        return super().levels(x)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if not self.quantize:
+            raise ValueError("scaleclip with quantize=False only clips: it has no codes")
+        return super().encode(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_finite(x, "tensor")
+        t = self.threshold(x, update=self.training)
+        tv = F.channel_view(t.detach(), x)
+        if self.quantize:
+            q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
+        else:
+            q = torch.minimum(torch.maximum(x.detach(), -tv if self.signed else 0 * tv), tv)
+        return self._output(x, t, q, learned=self.learnable)
+
+
+@register_quantizer
+class LSQ(CodebookQuantizer):
+    """Learned Step Size Quantization (Esser et al., ICLR 2020; spec §8.3).
+
+    Forward: x_q = s * round(clip(x/s, -Q_N, Q_P)); signed: Q_N = 2^(b-1), Q_P = 2^(b-1)-1;
+    unsigned: Q_N = 0, Q_P = 2^b - 1. The step `step` (a parameter) is initialised on the first
+    call to 2*mean|x|/sqrt(Q_P).
+    Backward: d/dx = 1[-Q_N <= x/s <= Q_P]; d/ds = (-x/s + round(x/s)) inside, -Q_N or Q_P
+    outside, times g = 1/sqrt(N*Q_P) with N = numel(x) for signed (weight) quantizers and
+    numel(x)/batch for unsigned (activation) ones.
+    Levels s*{-Q_N..Q_P} (2^b values). Codes: those integers, scale s.
+    """
+
+    name = "lsq"
+    initialized: Tensor
+
+    def __init__(self, bits: int = 4, signed: bool = True) -> None:
+        super().__init__(bits)
+        _check_uniform_bits(self.name, bits, signed)
+        self.signed = signed
+        self.step = nn.Parameter(torch.ones(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    def code_range(self) -> Tensor:
+        qn, qp = F.lsq_bounds(self.bits, self.signed)
+        return torch.arange(-qn, qp + 1, dtype=torch.int32)
+
+    def _step(self, x: Tensor) -> Tensor:
+        """Current step (positive); initialises it from `x` on first use."""
+        if not self.initialized:
+            with torch.no_grad():
+                self.step.copy_(F.lsq_init_step(x, self.bits, self.signed))
+                self.initialized.fill_(True)
+        return self.step.abs().clamp_min(torch.finfo(x.dtype).tiny).to(x.dtype)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_finite(x, "tensor")
+        s = self._step(x).detach()
+        qn, qp = F.lsq_bounds(self.bits, self.signed)
+        codes = torch.round(torch.clamp(x.detach() / s, -qn, qp))
+        return codes.to(F.code_dtype(max(qn, qp))), s
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_finite(x, "tensor")
+        qn, qp = F.lsq_bounds(self.bits, self.signed)
+        n = x.numel() if self.signed or x.dim() < 2 else x[0].numel()
+        s = grad_scale(self._step(x), 1.0 / math.sqrt(n * qp))
+        return round_ste(torch.clamp(x / s, -qn, qp)) * s
+
+
+@register_quantizer
+class Sign(CodebookQuantizer):
+    """1-bit activations for Group-Net / Bi-Real (spec §5.2): sign(x), sign(0) = +1.
+
+    Forward: +1 if x >= 0 else -1 (no scale). Backward: Bi-Real (2 - 2|x|)*1[|x| < 1].
+    Levels {-1, +1} (bits 1). Codes ±1, scale 1.
+    """
+
+    name = "sign"
+
+    def __init__(self, bits: int = 1) -> None:
+        super().__init__(bits)
+        if bits != 1:
+            raise ValueError(f"sign supports bits 1, got {bits}")
+
+    def code_range(self) -> Tensor:
+        return torch.tensor([-1, 1], dtype=torch.int32)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_finite(x, "tensor")
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        return F.sign_pm1(x.detach()).to(torch.int8), one
+
+    def forward(self, x: Tensor) -> Tensor:
+        return ste_bireal(x, self.decode(*self.encode(x)))

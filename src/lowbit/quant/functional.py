@@ -1,0 +1,329 @@
+"""Pure, vectorised quantization maths: no modules, no state, no gradient tricks.
+
+Conventions: "rows" view a tensor as (C, M) - one row per output channel (dim 0) when
+`per_channel`, else a single row. Codes are integer tensors shaped like the input, of the
+smallest type that holds them (`code_dtype`: int8 for every code of <= 8 bits but the
+unsigned 8-bit ones); scales are 0-d (per tensor) or (C,) (per channel). Scale statistics
+are accumulated in float64 so that re-quantizing an already quantized tensor reproduces its
+scale exactly.
+
+Power-of-two code layout (pow2 and lbw): code `c` in {0, ±1, ..., ±M} stands for
+`sign(c) * top * 2^(|c| - M)`, i.e. |c| = M is the top level and |c| = 1 the smallest non-zero
+magnitude; `top` is the scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def code_dtype(max_code: int) -> torch.dtype:
+    """Smallest signed integer type holding codes in [-max_code, max_code]."""
+    return next(d for d in (torch.int8, torch.int16, torch.int32, torch.int64)
+                if max_code <= torch.iinfo(d).max)
+
+
+# ----------------------------------------------------------------------------- helpers
+def rows(x: Tensor, per_channel: bool) -> Tensor:
+    """(C, M) view of `x`: one row per dim-0 slice if `per_channel`, else one row."""
+    return x.reshape(x.shape[0] if per_channel and x.dim() > 0 else 1, -1)
+
+
+def channel_view(t: Tensor, like: Tensor) -> Tensor:
+    """Reshape a per-channel vector (C,) to broadcast over dim 0 of `like`; 0-d passes through."""
+    return t.view(-1, *([1] * (like.dim() - 1))) if t.dim() == 1 else t
+
+
+def _row_scale(s: Tensor, per_channel: bool, dtype: torch.dtype) -> Tensor:
+    """Float64 (C, 1) row statistic -> (C,) per channel or 0-d per tensor, in `dtype`."""
+    s = s.reshape(-1).to(dtype)
+    return s if per_channel else s.reshape(())
+
+
+def mean_abs_rows(r: Tensor) -> Tensor:
+    """Mean |r| of each row in float64, shape (C, 1)."""
+    return r.abs().sum(dim=1, keepdim=True, dtype=torch.float64) / r.shape[1]
+
+
+def sign_pm1(x: Tensor) -> Tensor:
+    """Sign with sign(0) = +1 (binary nets need two levels, never 0)."""
+    return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- powers of two
+def pow2_top_exponent(max_abs: float) -> int:
+    """INQ's n1 = floor(log2(4 s / 3)), computed exactly: the n with 0.75*2^n <= s < 1.5*2^n.
+
+    `math.log2` can land on the wrong side of an integer near s = 0.75 * 2^n; frexp cannot.
+    """
+    if not max_abs > 0 or not math.isfinite(max_abs):
+        raise ValueError(f"pow2 needs a finite positive max |w|, got {max_abs}")
+    mantissa, exp = math.frexp(max_abs)  # s = m * 2^e, m in [0.5, 1)
+    return exp if mantissa >= 0.75 else exp - 1
+
+
+def pow2_round_index(u: Tensor, n: int) -> Tensor:
+    """Index of the level of {0, 1, 2, 4, ..., 2^(n-1)} nearest to `u` >= 0 (linear domain).
+
+    Returns j in 0..n (j >= 1 means 2^(j-1)). Decision boundaries are 0.5, 1.5, 3, 6, ...,
+    0.75*2^(n-1); a value exactly on a boundary takes the smaller magnitude (INQ's official
+    `weightCluster_zero`), and anything above the last boundary takes the top level (clamp).
+    """
+    bounds = [0.5] + [0.75 * 2.0**j for j in range(1, n)]
+    return torch.bucketize(u, torch.tensor(bounds, dtype=u.dtype, device=u.device))
+
+
+def pow2_decode(codes: Tensor, top: Tensor, num_magnitudes: int) -> Tensor:
+    """Values of power-of-two codes: sign(c) * top * 2^(|c| - M), 0 for c = 0.
+
+    Computed in float64 (exact for any representable result) and rounded once to top's dtype,
+    so tiny levels underflow exactly as they do in the forward pass.
+    """
+    mag = codes.abs().to(torch.float64)
+    unit = torch.exp2(mag - num_magnitudes) * channel_view(top.to(torch.float64), codes)
+    return (torch.sign(codes).to(torch.float64) * unit).to(top.dtype)
+
+
+def pow2_encode(w: Tensor, bits: int, n1: int | None = None) -> tuple[Tensor, Tensor]:
+    """INQ power-of-two quantization (spec §2.2, paper Eq. 4) as (codes, top = 2^n1).
+
+    Levels {0, ±2^n2, ..., ±2^n1}, n2 = n1 + 1 - 2^(bits-2), nearest in the linear domain,
+    ties to the smaller magnitude, |w| >= 1.5*2^n1 clamped to 2^n1.
+
+    Args:
+        w: weights (any shape).
+        bits: 2..8; one bit codes "zero", the rest the signed powers of two.
+        n1: top exponent; default recomputes it from max|w| (INQ passes the one of its
+            partition step). An all-zero `w` without `n1` gives all-zero codes and top 0.
+    """
+    if not 2 <= bits <= 8:
+        raise ValueError(f"pow2 supports bits 2..8, got {bits}")
+    m = 2 ** (bits - 2)
+    if n1 is None:
+        s = float(w.detach().abs().max())
+        if s == 0:
+            zero = torch.zeros((), dtype=w.dtype, device=w.device)
+            return torch.zeros_like(w, dtype=code_dtype(m)), zero
+        n1 = pow2_top_exponent(s)
+    # float64 division by a power of two is exact, so ties at 1.5*2^k are decided exactly
+    u = w.detach().abs().to(torch.float64) / 2.0 ** (n1 - m + 1)
+    codes = (pow2_round_index(u, m) * torch.sign(w.detach()).to(torch.int64)).to(code_dtype(m))
+    return codes, torch.tensor(2.0**n1, dtype=w.dtype, device=w.device)
+
+
+def pow2_quantize(w: Tensor, bits: int, n1: int | None = None) -> Tensor:
+    """INQ power-of-two quantization of `w` (values); see `pow2_encode`."""
+    codes, top = pow2_encode(w, bits, n1)
+    return pow2_decode(codes, top, 2 ** (bits - 2))
+
+
+# ----------------------------------------------------------------------------- ternary
+def _count_at_least(desc: Tensor, thr: Tensor, known: Tensor) -> Tensor:
+    """Per row of a descending (C, M) tensor, how many entries are >= thr (C, 1).
+
+    `known` (C, 1) is a count already known to qualify. Vectorised bisection over all rows at
+    once: ~log2(M) tiny gathers, instead of a full pass over the tensor.
+    """
+    lo, hi = known, torch.full_like(known, desc.shape[1])
+    for _ in range(desc.shape[1].bit_length()):
+        mid = (lo + hi + 1) // 2
+        ok = torch.gather(desc, 1, mid - 1) >= thr
+        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid - 1)
+    return lo
+
+
+def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
+    """Exact minimiser of ||W - alpha*Q||^2 over alpha > 0, Q in {-1, 0, 1}^N (LBW §4.3).
+
+    Derivation: for a support of size k, Q = sign(W) there, the best alpha is the mean of the
+    supported |W| and the residual is ||W||^2 - (sum of those |W|)^2 / k, so the best support
+    of size k holds the k largest magnitudes. Hence: sort |W| descending, S_k = prefix sums,
+    k* = argmax S_k^2/k, alpha = S_k*/k*. One sort plus a few linear passes: O(N log N).
+
+    Ties: magnitudes equal to the k*-th largest are all kept. This is still optimal: if
+    v_k = v_(k+1) = v > 0 and adding v_k did not hurt, adding v_(k+1) strictly helps (the gain
+    condition grows by 2k*v^2), so an optimal support never splits a tie group.
+
+    Returns:
+        (int8 codes in {-1, 0, 1}, alpha) with alpha 0-d or (C,); an all-zero row gives alpha 0.
+    """
+    r = rows(w.detach(), per_channel)
+    srt = torch.sort(r.abs(), dim=1, descending=True).values
+    s = torch.cumsum(srt, dim=1)  # float32 output, accumulated in double by torch on CPU
+    k = torch.arange(1, r.shape[1] + 1, dtype=s.dtype, device=w.device)
+    kstar = torch.argmax(torch.mul(s, s).div_(k), dim=1, keepdim=True) + 1
+    thr = torch.gather(srt, 1, kstar - 1)
+    kk = _count_at_least(srt, thr, kstar)  # >= k*: the whole tie group at the threshold
+    alpha = torch.gather(s, 1, kk - 1).to(torch.float64) / kk
+    # All kept magnitudes equal (e.g. re-quantizing alpha*Q): alpha is that value exactly,
+    # not S_k/k after a float32 rounding of S_k, so ternary_exact(alpha*Q) returns alpha.
+    alpha = torch.where(srt[:, :1] == thr, thr.to(torch.float64), alpha)
+    # |w| >= thr without materialising |w|; thr = 0 (all-zero row) gives sign(w) = 0
+    codes = (r >= thr).view(torch.int8).sub_((r <= -thr).view(torch.int8))
+    return codes.reshape(w.shape), _row_scale(alpha, per_channel, w.dtype)
+
+
+def twn_ternary(w: Tensor, per_channel: bool = False, ratio: float = 0.7) -> tuple[Tensor, Tensor]:
+    """TWN (Li & Liu 2016): Delta = ratio*mean|W|, Q = sign(W)*1[|W| > Delta].
+
+    alpha is the mean |W| over the kept (non-zero) positions; 0 if none is kept.
+    """
+    r = rows(w.detach(), per_channel)
+    a = r.abs()
+    keep = a > ratio * mean_abs_rows(r).to(r.dtype)
+    n = keep.sum(dim=1, keepdim=True).clamp_min(1)
+    alpha = torch.where(keep, a, 0).sum(dim=1, keepdim=True, dtype=torch.float64) / n
+    codes = torch.where(keep, torch.sign(r), 0).to(torch.int8).reshape(w.shape)
+    return codes, _row_scale(alpha, per_channel, w.dtype)
+
+
+def binary(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
+    """Group-Net Eq. 1 / XNOR: codes sign(W) in {-1, +1} (sign(0) = +1), scale mean|W|."""
+    r = rows(w.detach(), per_channel)
+    return sign_pm1(w.detach()).to(torch.int8), _row_scale(mean_abs_rows(r), per_channel, w.dtype)
+
+
+# ----------------------------------------------------------------------------- LBW, b >= 3
+def lbw_num_magnitudes(bits: int) -> int:
+    """n = 2^(bits-1) - 1 non-zero magnitudes {1, 2, ..., 2^(n-1)} (spec §4.2)."""
+    return 2 ** (bits - 1) - 1
+
+
+def _lbw_codes(a: Tensor, alpha: Tensor, n: int) -> Tensor:
+    """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows)."""
+    return pow2_round_index(a / torch.where(alpha > 0, alpha, 1.0), n)
+
+
+def _lbw_refit(a64: Tensor, q: Tensor) -> Tensor:
+    """alpha*(Q) = <|W|, Q> / <Q, Q> per row, (C, 1) float64; 0 where Q = 0."""
+    num, den = torch.linalg.vecdot(a64, q), torch.linalg.vecdot(q, q)
+    return (num / den.clamp_min(1.0)).unsqueeze(1)
+
+
+def _lbw_alternating(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
+    """Lloyd iteration from alpha*_ternary / 2^(n-1); returns (alpha (C, 1), level indices)."""
+    mags = torch.tensor([0.0] + [2.0**j for j in range(n)], dtype=torch.float64, device=a.device)
+    a64 = a.to(torch.float64)
+    alpha = ternary_exact(a, per_channel=True)[1].reshape(-1, 1).to(torch.float64) / 2 ** (n - 1)
+    idx = _lbw_codes(a, alpha.to(a.dtype), n)
+    for _ in range(iters):
+        alpha = _lbw_refit(a64, mags[idx])
+        new = _lbw_codes(a, alpha.to(a.dtype), n)
+        if torch.equal(new, idx):  # fixed point: more iterations would change nothing
+            break
+        idx = new
+    return _lbw_refit(a64, mags[idx]), idx  # end on the alpha-step: best scale for final Q
+
+
+def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
+            r: float = 0.5, per_channel: bool = False) -> tuple[Tensor, Tensor]:
+    """Fit alpha*Q, Q in S_n = {0, ±1, ±2, ..., ±2^(n-1)}, n = 2^(bits-1)-1 (LBW §4.2, §4.4).
+
+    Methods:
+        "alternating": Lloyd iteration of the two exact sub-problems, Q <- nearest(W/alpha),
+            alpha <- <W,Q>/<Q,Q>, from alpha_0 = alpha*_ternary / 2^(n-1), at most `iters`
+            times (it stops early once Q no longer changes). Each half-step minimises the
+            objective over one block, so ||W - alpha Q|| never increases.
+        "threshold": one-parameter rule 2^(n-1)*alpha = r * max|W|, then Q <- nearest(W/alpha).
+            Not the paper's (unrecovered) formula.
+    bits = 2 (n = 1) is solved exactly by `ternary_exact` for either method.
+
+    Returns:
+        (codes in pow2 layout with M = n, top level 2^(n-1)*alpha), top 0-d or (C,).
+    """
+    if not 2 <= bits <= 6:
+        raise ValueError(f"lbw supports bits 2..6, got {bits}")
+    if method not in ("alternating", "threshold"):
+        raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
+    if bits == 2:
+        return ternary_exact(w, per_channel)
+    n = lbw_num_magnitudes(bits)
+    rr = rows(w.detach(), per_channel)
+    a = rr.abs()
+    if method == "threshold":
+        alpha = a.amax(dim=1, keepdim=True).to(torch.float64) * (r / 2 ** (n - 1))
+        idx = _lbw_codes(a, alpha.to(a.dtype), n)
+    else:
+        alpha, idx = _lbw_alternating(a, n, iters)
+    codes = (idx * torch.sign(rr).to(torch.int64)).to(code_dtype(n)).reshape(w.shape)
+    return codes, _row_scale(alpha * 2 ** (n - 1), per_channel, w.dtype)
+
+
+# ----------------------------------------------------------------------------- uniform
+def uniform_num_steps(bits: int, signed: bool) -> int:
+    """L: signed levels are {-L..L} with L = 2^(b-1)-1; unsigned {0..L} with L = 2^b - 1."""
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+
+def uniform_encode(x: Tensor, clip: Tensor, bits: int, signed: bool) -> tuple[Tensor, Tensor]:
+    """Uniform quantization on [-T, T] (signed) or [0, T] (unsigned), spec §1.3.
+
+    codes = round(clip(x, lo, T) / Delta), Delta = T / L. `clip` T is 0-d or (C,) per channel
+    (dim 0); T = 0 gives Delta = 0 and all-zero codes.
+
+    Returns:
+        (codes, Delta) with Delta shaped like `clip`.
+    """
+    big_l = uniform_num_steps(bits, signed)
+    if big_l < 1:
+        raise ValueError(f"signed uniform quantization needs bits >= 2, got {bits}")
+    t = channel_view(clip.detach().to(x.dtype), x)
+    step = t / big_l
+    xc = torch.minimum(torch.maximum(x.detach(), -t if signed else torch.zeros_like(t)), t)
+    codes = torch.round(xc / torch.where(step > 0, step, 1.0)).to(code_dtype(big_l))
+    return codes, step.reshape(clip.shape)
+
+
+# ----------------------------------------------------------------------------- GDRQ scale-clip
+def scale_clip_threshold(x: Tensor, k: float, stat: str = "mean",
+                         group_size: int | None = None) -> Tensor:
+    """Scale-Clip threshold T = k * stat(x) (GDRQ §3.3, §3.5).
+
+    `stat` is "mean" (mean |x|) or "std". With `group_size` (>0) the statistic is taken over
+    each block of `group_size` consecutive output channels (dim 0) and returned per channel,
+    shape (C,); otherwise over the whole tensor, 0-d.
+    """
+    if stat not in ("mean", "std"):
+        raise ValueError(f"scale-clip stat must be 'mean' or 'std', got {stat!r}")
+    c = x.shape[0] if x.dim() else 1
+    if group_size and c % group_size:
+        raise ValueError(f"group_size {group_size} must divide the {c} output channels")
+    g = x.detach().reshape(c // group_size if group_size else 1, -1)
+    s = mean_abs_rows(g) if stat == "mean" else g.double().std(dim=1, correction=0, keepdim=True)
+    t = (k * s).to(x.dtype).reshape(-1)
+    return t.repeat_interleave(group_size) if group_size else t.reshape(())
+
+
+# ----------------------------------------------------------------------------- DoReFa, LSQ
+def dorefa_normalize(w: Tensor) -> Tensor:
+    """DoReFa's tanh normalisation tanh(w)/max|tanh(w)| in [-1, 1] (differentiable)."""
+    t = torch.tanh(w)
+    m = t.abs().max()  # not detached: DoReFa's gradient flows through the max as well
+    return t / torch.where(m > 0, m, 1.0)
+
+
+def dorefa_encode(v: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """DoReFa k-bit weights from normalised v in [-1, 1]: 2*quantize_k((v+1)/2) - 1.
+
+    Written as odd codes c = 2i - (2^k - 1) in {-(2^k-1), ..., 2^k-1} times 1/(2^k - 1), so
+    the 2^k levels are symmetric and do not include 0.
+    """
+    n = 2**bits - 1
+    i = torch.round((v.detach() + 1) / 2 * n)
+    codes = (2 * i - n).to(code_dtype(n))
+    return codes, torch.tensor(1.0 / n, dtype=v.dtype, device=v.device)
+
+
+def lsq_bounds(bits: int, signed: bool) -> tuple[int, int]:
+    """(Q_N, Q_P): codes lie in [-Q_N, Q_P] (LSQ, Esser et al. 2020)."""
+    return (2 ** (bits - 1), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+
+
+def lsq_init_step(x: Tensor, bits: int, signed: bool) -> Tensor:
+    """LSQ's initial step 2*mean|x|/sqrt(Q_P) (0-d; floored at tiny so it is never 0)."""
+    qp = lsq_bounds(bits, signed)[1]
+    s = 2 * mean_abs_rows(rows(x.detach(), False)).reshape(()) / math.sqrt(qp)
+    return s.clamp_min(torch.finfo(x.dtype).tiny).to(x.dtype)

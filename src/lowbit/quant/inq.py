@@ -1,0 +1,138 @@
+"""INQ's partially frozen power-of-two weights (Zhou et al., ICLR 2017; spec §2.2-2.6).
+
+The quantizer holds, per layer, a boolean `mask` of frozen (already quantized) weights and their
+`frozen` power-of-two values. Forward: `where(mask, frozen, W)`, so frozen entries are exactly
+their quantized values whatever happens to the latent `W` (weight decay, momentum), and the
+gradient reaches only the still-float entries (the `where` passes none to frozen positions;
+INQ Eq. 7). `partition(W, fraction)` freezes the next group (largest |W| first, or random) so
+exactly round(fraction * N) weights are frozen, quantized with paper Eq. 4 to
+{0, ±2^n2, ..., ±2^n1}, n2 = n1 + 1 - 2^(b-2). `prune(W, sparsity)` freezes the smallest
+weights at 0 first (DNS + INQ); fractions then count the remaining non-zero weights.
+
+n1 is computed once, at the first partition: n1 = floor(log2(4·max|W|/3)). Recomputing it at a
+later step could move the level set under weights that are already frozen (they must never
+change), so it is kept; float weights that later grow past 1.5·2^n1 clamp to 2^n1 (spec §2.2 [R]).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lowbit.quant import functional as F
+from lowbit.quant.registry import register_quantizer
+from lowbit.quant.weight import Pow2
+
+
+@register_quantizer
+class INQWeight(Pow2):
+    """INQ weights: frozen power-of-two entries plus still-float ones (see module docstring).
+
+    Forward: where(mask, frozen, W). Backward: gradient 1 at float entries, 0 at frozen ones.
+    Levels (once fully frozen): {0, ±2^n2..±2^n1}, 2^(b-1)+1 values for `bits` b, as `pow2`.
+    """
+
+    name = "inq"
+    mask: Tensor
+    frozen: Tensor
+    n1: Tensor
+    has_n1: Tensor
+    num_pruned: Tensor
+
+    def __init__(self, bits: int = 5, strategy: str = "magnitude") -> None:
+        super().__init__(bits)
+        if strategy not in ("magnitude", "random"):
+            raise ValueError(f"strategy must be 'magnitude' or 'random', got {strategy!r}")
+        self.strategy = strategy
+        self.register_buffer("mask", torch.zeros(0, dtype=torch.bool))
+        self.register_buffer("frozen", torch.zeros(0))
+        self.register_buffer("n1", torch.tensor(0, dtype=torch.int64))
+        self.register_buffer("has_n1", torch.tensor(False))
+        self.register_buffer("num_pruned", torch.tensor(0, dtype=torch.int64))
+
+    def attach(self, w: Tensor) -> None:
+        """Size the buffers for weight `w` (nothing frozen yet); no-op when already sized."""
+        if self.mask.shape != w.shape:
+            self.mask = torch.zeros_like(w, dtype=torch.bool)
+            self.frozen = torch.zeros_like(w)
+
+    @property
+    def frozen_fraction(self) -> float:
+        return float(self.mask.float().mean()) if self.mask.numel() else 0.0
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mask.shape != x.shape:
+            return x  # nothing frozen yet
+        return torch.where(self.mask, self.frozen.to(x.dtype), x)
+
+    @torch.no_grad()
+    def prune(self, w: Tensor, sparsity: float) -> int:
+        """Freeze the round(sparsity·N) smallest |w| at 0; must precede any partition."""
+        if not 0 <= sparsity < 1:
+            raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
+        self.attach(w)
+        if self.mask.any():
+            raise ValueError("prune before the first INQ partition")
+        k = round(sparsity * w.numel())
+        order = torch.sort(w.abs().reshape(-1), stable=True).indices[:k]
+        self.mask.view(-1)[order] = True
+        self.frozen.view(-1)[order] = 0.0
+        self.num_pruned.fill_(k)
+        return k
+
+    @torch.no_grad()
+    def partition(
+        self, w: Tensor, fraction: float, generator: torch.Generator | None = None
+    ) -> int:
+        """Freeze and quantize weights until round(fraction·N') are frozen (N' = N - pruned).
+
+        Returns how many weights were newly frozen.
+        """
+        if not 0 < fraction <= 1:
+            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        self.attach(w)
+        eff = self.forward(w)
+        if not bool(self.has_n1):
+            top = float(eff.abs().max())
+            self.n1.fill_(F.pow2_top_exponent(top) if top > 0 else 0)
+            self.has_n1.fill_(True)
+        pruned = int(self.num_pruned)
+        target = pruned + round(fraction * (w.numel() - pruned))
+        k = target - int(self.mask.sum())
+        if k <= 0:
+            return 0
+        new = self._choose(eff, k, generator)
+        values = F.pow2_quantize(eff.reshape(-1)[new], self.bits, int(self.n1))
+        self.frozen.view(-1)[new] = values.to(self.frozen.dtype)
+        self.mask.view(-1)[new] = True
+        return k
+
+    def _choose(self, eff: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
+        free = (~self.mask).reshape(-1).nonzero().squeeze(1)
+        if self.strategy == "random":
+            return free[torch.randperm(len(free), generator=generator)[:k]]
+        # largest |w| first; a stable sort makes ties (and so the exact count) deterministic
+        order = torch.sort(eff.reshape(-1)[free].abs(), descending=True, stable=True).indices
+        return free[order[:k]]
+
+    @torch.no_grad()
+    def restore(self, w: Tensor) -> None:
+        """Write the frozen values into the latent weight (undoes optimizer drift)."""
+        if self.mask.shape == w.shape:
+            w.copy_(torch.where(self.mask, self.frozen.to(w.dtype), w))
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.mask.shape != x.shape or not bool(self.mask.all()):
+            raise ValueError("INQ weights are not fully quantized yet (run every partition step)")
+        return F.pow2_encode(self.frozen.to(x.dtype), self.bits, int(self.n1))
+
+    def levels(self, x: Tensor) -> Tensor:
+        if not bool(self.has_n1):
+            return torch.zeros(1, dtype=x.dtype, device=x.device)
+        top = torch.tensor(2.0 ** int(self.n1), dtype=x.dtype, device=x.device)
+        return self.decode(self.code_range().to(x.device), top)
+
+    def to_config(self) -> dict[str, Any]:
+        return {"name": self.name, "bits": self.bits, "strategy": self.strategy}

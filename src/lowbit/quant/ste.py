@@ -1,0 +1,114 @@
+"""Straight-through estimators: the only place in lowbit where gradients are faked.
+
+Every function returns a tensor whose *value* is exactly the quantized tensor `q` and whose
+*gradient* follows a declared rule. The textbook form `x + (q - x).detach()` has the right
+gradient but its value is `fl(x + fl(q - x))`, which can differ from `q` by one ulp; that would
+break `decode(encode(x)) == forward(x)`. We therefore write `q.detach() + (f(x) - f(x).detach())`:
+the bracket is exactly zero for finite inputs, so the value is `q` bit for bit, and the gradient
+is `f'(x)`. (The only visible difference is that `-0.0` may come out as `+0.0`.)
+
+| function        | value       | d out / d x                          | spec      |
+|-----------------|-------------|--------------------------------------|-----------|
+| `ste`           | q           | 1                                    | STE-id    |
+| `ste_clipped`   | q           | 1[lo <= x <= hi]                     | STE-clip  |
+| `ste_bireal`    | q           | (2 - 2|x|) * 1[|x| < 1]              | STE-BiReal|
+| `ste_pact`      | q           | 1[lo <= x <= clip]; d/d clip: PACT   | PACT      |
+| `round_ste`     | round(x)    | 1                                    | LSQ       |
+| `grad_scale`    | x           | g (a constant factor)                | LSQ       |
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = ["grad_scale", "round_ste", "ste", "ste_bireal", "ste_clipped", "ste_pact"]
+
+
+def _zero_with_grad(f: Tensor) -> Tensor:
+    """Exactly zero in value, gradient of `f` in backward."""
+    return f - f.detach()
+
+
+def ste(x: Tensor, q: Tensor) -> Tensor:
+    """Identity straight-through estimator.
+
+    Args:
+        x: the float input (receives the gradient).
+        q: the quantized value (same shape as `x`; its own graph is cut).
+
+    Returns:
+        A tensor equal to `q` whose gradient with respect to `x` is the identity.
+
+    Example:
+        >>> x = torch.tensor([0.3, -1.7], requires_grad=True)
+        >>> ste(x, torch.round(x)).sum().backward(); x.grad
+        tensor([1., 1.])
+    """
+    return q.detach() + _zero_with_grad(x)
+
+
+def ste_clipped(x: Tensor, q: Tensor, lo: float | Tensor, hi: float | Tensor) -> Tensor:
+    """Clipped STE: value `q`, gradient `1[lo <= x <= hi]` (bounds inclusive, as in §1.2).
+
+    `lo`/`hi` may be tensors broadcastable to `x`; they receive no gradient.
+
+    Example:
+        >>> x = torch.tensor([-0.5, 0.5, 1.5], requires_grad=True)
+        >>> ste_clipped(x, x.clamp(0, 1), 0.0, 1.0).sum().backward(); x.grad
+        tensor([0., 1., 0.])
+    """
+    lo_t = torch.as_tensor(lo, dtype=x.dtype, device=x.device)
+    hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+    mask = ((x >= lo_t.detach()) & (x <= hi_t.detach())).to(x.dtype)
+    return q.detach() + _zero_with_grad(x) * mask
+
+
+def ste_bireal(x: Tensor, q: Tensor) -> Tensor:
+    """Bi-Real sign STE: value `q`, gradient `(2 - 2|x|) * 1[|x| < 1]`.
+
+    The derivative of the piecewise quadratic `2x - x|x|` (|x| < 1), a smooth stand-in for
+    sign(x) (Liu et al., Bi-Real Net; Group-Net's `Q_A`).
+
+    Example:
+        >>> x = torch.tensor([-2.0, -0.5, 0.0, 0.75], requires_grad=True)
+        >>> ste_bireal(x, torch.where(x >= 0, 1.0, -1.0)).sum().backward(); x.grad
+        tensor([0.0000, 1.0000, 2.0000, 0.5000])
+    """
+    inside = (x.detach().abs() < 1).to(x.dtype)
+    surrogate = (2 * x - x * x.abs()) * inside  # derivative (2 - 2|x|) inside, 0 outside
+    return q.detach() + _zero_with_grad(surrogate)
+
+
+def ste_pact(x: Tensor, q: Tensor, clip: Tensor, signed: bool,
+             clip_input_grad: bool = True) -> Tensor:
+    """PACT STE for a learned clip value `clip` (Choi et al., 2018).
+
+    Value `q`. Gradient to `clip`: `1[x >= clip]`, and for signed clips also `-1[x <= -clip]`
+    (the derivative of `clamp(x, lo, clip)` wrt its bound, with rounding treated as the
+    identity). Gradient to `x`: `1[lo <= x <= clip]` (lo = -clip or 0) if `clip_input_grad`,
+    else 1 (weights keep the identity STE even outside the clip range).
+
+    Example:
+        >>> x = torch.tensor([-1.0, 0.5, 3.0], requires_grad=True)
+        >>> c = torch.tensor(2.0, requires_grad=True)
+        >>> ste_pact(x, x.clamp(0, 2), c, signed=False).sum().backward(); x.grad, c.grad
+        (tensor([0., 1., 0.]), tensor(1.))
+    """
+    c = clip.detach()
+    above = (x.detach() >= c).to(x.dtype)
+    below = (x.detach() <= -c).to(x.dtype) if signed else torch.zeros_like(above)
+    clip_part = _zero_with_grad(clip) * (above - below)
+    if clip_input_grad:
+        return ste_clipped(x, q, -c if signed else torch.zeros_like(c), c) + clip_part
+    return ste(x, q) + clip_part
+
+
+def round_ste(x: Tensor) -> Tensor:
+    """`round(x)` (half to even) with identity gradient; the building block of LSQ."""
+    return torch.round(x).detach() + _zero_with_grad(x)
+
+
+def grad_scale(x: Tensor, g: float) -> Tensor:
+    """Value `x` exactly, gradient multiplied by `g` (LSQ's step-size gradient scale)."""
+    return x.detach() + _zero_with_grad(x * g)

@@ -1,0 +1,100 @@
+"""`lowbit reproduce EXPERIMENT.yaml`: run one paper-table row and record it honestly.
+
+An experiment is a run config with an `expected:` section:
+
+    expected: {metric: top1, value: 92.0, tolerance: 0.5}     # pass if top1 >= value - tolerance
+    expected: {metric: top1, float_delta: -0.3}               # pass if top1 >= float top1 - 0.3
+
+(`float_delta` compares with the float checkpoint the run starts from, `train.init`). The run
+trains (or resumes), the final checkpoint is copied to `<checkpoints>/<name>.safetensors` and
+re-evaluated from that copy on the full test set (what `lowbit eval` reproduces), and
+`<results>/<name>.json` records command, commit, machine, epochs, wall-clock, throughput, the
+figures and the verdict. A row that misses its target is recorded all the same.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from lowbit.api import evaluate_checkpoint, train
+from lowbit.config import RunConfig, build_config
+from lowbit.engine.checkpoint import atomic_write_bytes, load_checkpoint
+from lowbit.engine.rundir import RunDir
+from lowbit.schema import ConfigError
+
+
+def _reference(cfg: RunConfig, expected: dict[str, Any]) -> float:
+    """The accuracy a row must reach: absolute, or relative to its float starting point."""
+    if "float_delta" in expected:
+        if not cfg.train.init:
+            raise ConfigError("expected.float_delta needs train.init (the float checkpoint)")
+        _, meta = load_checkpoint(cfg.train.init)
+        return float(meta["final_test"][expected.get("metric", "top1")]) + expected["float_delta"]
+    if "value" in expected:
+        return float(expected["value"]) - float(expected.get("tolerance", 0.0))
+    raise ConfigError("expected: needs 'value' (with optional 'tolerance') or 'float_delta'")
+
+
+def _run_stats(run: RunDir) -> dict[str, Any]:
+    rows = run.read_metrics()
+    info = json.loads((run.path / "run.json").read_text())
+    speeds = sorted(r["images_per_s"] for r in rows) or [0.0]
+    return {
+        "commit": info["commit"],
+        "machine": info["machine"],
+        "started": info["started"],
+        "epochs": len(rows),
+        "train_seconds": round(sum(r["epoch_seconds"] for r in rows), 1),
+        "median_images_per_s": round(speeds[len(speeds) // 2], 1),
+        "best_epoch_top1": max((r.get("test_top1", 0.0) for r in rows), default=None),
+    }
+
+
+def reproduce(
+    experiment: str | Path,
+    run_dir: str | Path | None = None,
+    data_dir: str | None = None,
+    resume: bool = False,
+    record_only: bool = False,
+    results_dir: str | Path = "benchmarks/results",
+    checkpoints_dir: str | Path = "benchmarks/checkpoints",
+) -> dict[str, Any]:
+    """Run (or resume, or just record) an experiment; returns the recorded result."""
+    experiment = Path(experiment)
+    name = experiment.stem
+    overrides = [f"data.data_dir={data_dir}"] if data_dir else []
+    cfg = build_config(config_file=experiment, overrides=overrides)
+    expected = cfg.expected or {}
+    threshold = _reference(cfg, expected) if expected else None
+    run_path = Path(run_dir or Path(cfg.out_dir) / name)
+    if not record_only:
+        train(cfg, resume=run_path if resume else None, run_path=run_path)
+    ckpt = Path(checkpoints_dir) / f"{name}.safetensors"
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_path / "final.safetensors", ckpt)
+    final = evaluate_checkpoint(ckpt, data_dir)
+    metric = expected.get("metric", "top1")
+    result = {
+        "experiment": str(experiment),
+        "command": " ".join(["lowbit", *sys.argv[1:]]),
+        "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "checkpoint": str(ckpt),
+        "eval_command": f"lowbit eval {ckpt} --json",
+        **_run_stats(RunDir(run_path)),
+        "model": final["model"],
+        "dataset": final["dataset"],
+        "num_test": final["num_test"],
+        "top1": final["top1"],
+        "top5": final["top5"],
+        "expected": expected,
+        "threshold": threshold,
+        "passed": None if threshold is None else final[metric] >= threshold,
+    }
+    out = Path(results_dir) / f"{name}.json"
+    atomic_write_bytes(out, (json.dumps(result, indent=2) + "\n").encode())
+    return result

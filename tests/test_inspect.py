@@ -1,0 +1,96 @@
+"""`lowbit inspect` / `export` / `quantize` on real (tiny) runs."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from lowbit.cli import main
+
+
+@pytest.fixture(scope="module")
+def float_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("cli") / "float"
+    code = main(
+        [
+            "train",
+            "--set",
+            "model.name=small_cnn",
+            "--set",
+            "model.width=0.25",
+            "--set",
+            "data.name=synthetic",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "train.progress=false",
+            "--run-dir",
+            str(run),
+        ]
+    )
+    assert code == 0
+    return run / "final.safetensors"
+
+
+def test_quantize_inspect_export(
+    float_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = tmp_path / "inq"
+    assert (
+        main(
+            [
+                "quantize",
+                "--method",
+                "inq",
+                "--bits",
+                "3",
+                "--from",
+                str(float_ckpt),
+                "--set",
+                "quant.epochs_per_step=1",
+                "--set",
+                "quant.portions=[0.5,0.75,0.9,1.0]",
+                "--run-dir",
+                str(run),
+                "--json",
+            ]
+        )
+        == 0
+    )
+    result = json.loads(capsys.readouterr().out)
+    assert result["epochs"] == 3  # INQ's four default steps, one epoch each between them
+    ckpt = run / "final.safetensors"
+    assert main(["inspect", str(ckpt), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["compliance"]["passed"] is True
+    weight_bits = {
+        row["weight_bits"] for row in report["layers"] if row["type"].startswith("Quant")
+    }
+    assert weight_bits == {3}
+    assert main(["export", str(ckpt), "-o", str(tmp_path / "m.lowbit"), "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert exported["bytes"] == (tmp_path / "m.lowbit").stat().st_size
+    assert main(["eval", str(tmp_path / "m.lowbit"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+
+
+def test_inspect_recipe_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(
+        "model: {name: resnet20}\ndata: {name: cifar10}\n"
+        "quant: {method: qat, weight: {name: ternary}}\n"
+    )
+    assert main(["inspect", str(recipe), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["totals"]["params"] > 250_000
+    assert report["compliance"]["passed"] is True
+
+
+def test_inspect_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "nope.safetensors"]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_quantize_unknown_method(float_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["quantize", "--method", "magic", "--bits", "2", "--from", str(float_ckpt)]) == 2
+    assert "is not a method" in capsys.readouterr().err
