@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
-import os
-import platform
-import shlex
-import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/bench_loader.py`: find the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 import torch.nn.functional as F
 
+from benchmarks.common import median, provenance, write_json
 from lowbit.data import BatchLoader, load_dataset
 from lowbit.errors import LowbitError
 from lowbit.models import create_model
@@ -43,6 +40,7 @@ Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (`argv`; None: sys.argv[1:])."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=None, help="folder holding cifar-10-batches-bin/ "
                    "(default: $LOWBIT_DATA)")
@@ -106,9 +104,10 @@ def run_interleaved(loader: BatchLoader, premade: list[Batch], step: Step,
 
 
 def figures(times: dict[str, list[float]], args: argparse.Namespace) -> dict[str, Any]:
+    """Totals, medians, the loader/pre-made ratio and throughput of both arms."""
     lo, pre = sum(times["loader_step"]), sum(times["premade_step"])
     fetch = sum(times["loader_fetch"])
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: median(v) for k, v in times.items()}
     n_images = args.steps * args.batch_size
     return {"loader_total_s": round(lo, 3), "premade_total_s": round(pre, 3),
             "ratio": round(lo / pre, 4), "target_ratio": TARGET_RATIO,
@@ -123,30 +122,10 @@ def figures(times: dict[str, list[float]], args: argparse.Namespace) -> dict[str
             "images_per_s_premade_arm": round(n_images / pre, 1)}
 
 
-def git_commit() -> dict[str, Any]:
-    def git(*cmd: str) -> str:
-        return subprocess.run(["git", *cmd], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
-
-    try:
-        return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "-s"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"git_commit": "unknown", "git_dirty": None}
-
-
-def machine() -> dict[str, Any]:
-    return {"cpu_count": os.cpu_count(), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "platform": platform.platform(), "processor": platform.processor() or None,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
-
-
-def record(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any],
-           times: dict[str, list[float]], epoch_steps: int, wall_s: float) -> dict[str, Any]:
+def record(args: argparse.Namespace, prov: dict[str, Any], times: dict[str, list[float]],
+           epoch_steps: int, wall_s: float) -> dict[str, Any]:
     """The result file's content: how it was run, where, on what, and the figures."""
-    command = shlex.join(["python", *sys.argv] if argv is None else ["bench_loader.py", *argv])
-    return {"benchmark": "loader_overhead", "command": command, **git_commit(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
+    return {"benchmark": "loader_overhead", **prov,
             "config": {"model": "resnet20", "dataset": "cifar10 (train split)",
                        "batch_size": args.batch_size, "steps": args.steps,
                        "interleaving": "per step, ABBA", "warmup_steps": args.warmup,
@@ -157,9 +136,10 @@ def record(args: argparse.Namespace, argv: list[str] | None, info: dict[str, Any
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run both arms, write the result file; returns the exit status (2: no data)."""
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    info, started = machine(), time.perf_counter()
+    prov, started = provenance("bench_loader.py", argv), time.perf_counter()
     try:
         train = load_dataset("cifar10", args.data_dir).train
     except LowbitError as exc:
@@ -175,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         for x, y in itertools.islice(source, args.warmup):
             step(x, y)
     times = run_interleaved(loader, premade, step, args.steps)
-    result = record(args, argv, info, times, len(loader), time.perf_counter() - started)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result = record(args, prov, times, len(loader), time.perf_counter() - started)
+    write_json(args.out, result)
     f = result["figures"]
     print(f"loader {f['loader_total_s']} s, pre-made {f['premade_total_s']} s, ratio "
           f"{f['ratio']} (target <= {TARGET_RATIO}), fetch {f['loader_fetch_ms_median']} ms/batch; "

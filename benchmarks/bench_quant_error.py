@@ -17,20 +17,20 @@ model: the table is printed and written only where --out says (use a name that s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+if __package__ in (None, ""):  # run as `python benchmarks/bench_quant_error.py`: find the repo
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import torch
 from torch import nn
 
-from lowbit.engine.checkpoint import atomic_write_bytes
-from lowbit.engine.rundir import git_commit, machine_info
+from benchmarks.common import RESULTS, provenance, write_json
 from lowbit.quant import get_quantizer
 
-RESULTS = Path(__file__).parent / "results"
 # (label, quantizer config without bits, bit-widths it applies to)
 METHODS: list[tuple[str, dict[str, Any], tuple[int, ...]]] = [
     ("pow2 (INQ)", {"name": "pow2"}, (2, 3, 4, 5, 6)),
@@ -55,6 +55,7 @@ def resnet20_shapes() -> list[tuple[int, ...]]:
 
 
 def random_weights(seed: int) -> dict[str, torch.Tensor]:
+    """Gaussian N(0, 2/fan_in) weights in ResNet-20's conv/linear shapes."""
     gen = torch.Generator().manual_seed(seed)
     out = {}
     for i, shape in enumerate(resnet20_shapes()):
@@ -64,6 +65,7 @@ def random_weights(seed: int) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_weights(path: str) -> dict[str, torch.Tensor]:
+    """The float latent conv/linear weights of a lowbit checkpoint, by module name."""
     from lowbit.api import load_model  # only needed for real checkpoints
 
     model, _ = load_model(path)
@@ -90,6 +92,7 @@ def error_table(weights: dict[str, torch.Tensor], bits: list[int]) -> list[dict[
 
 
 def print_table(rows: list[dict[str, Any]], bits: list[int]) -> None:
+    """Print pooled errors, one line per method, one column per bit-width."""
     print(f"{'method':<22}" + "".join(f"{'b=' + str(b):>10}" for b in bits))
     for label in dict.fromkeys(r["method"] for r in rows):
         cells = {r["bits"]: r["rel_sq_err_pooled"] for r in rows if r["method"] == label}
@@ -97,7 +100,8 @@ def print_table(rows: list[dict[str, Any]], bits: list[int]) -> None:
                                        for b in bits))
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (`argv`; None: sys.argv[1:])."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="a lowbit checkpoint (load_model)")
@@ -108,7 +112,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                    help="errors do not depend on it; 1 avoids thread stalls on a busy machine")
     p.add_argument("--out", type=Path, help="result JSON (default for checkpoints: "
                    "benchmarks/results/quant_error_<checkpoint name>.json; --random: none)")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def default_out(args: argparse.Namespace) -> Path | None:
+    """`--out`, else benchmarks/results/quant_error_<run>_<stem>.json (none for --random)."""
+    if args.out is not None or args.random:
+        return args.out
+    ckpt = Path(args.checkpoint)
+    return RESULTS / f"quant_error_{ckpt.parent.name}_{ckpt.stem}.json"
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Print the error table and write it where `--out` (or the default) says."""
+    args = parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     weights = random_weights(args.seed) if args.random else checkpoint_weights(args.checkpoint)
@@ -118,17 +135,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               if args.random else str(args.checkpoint))
     result = {"benchmark": "weight quantization error", "source": source,
               "layers": len(weights), "weights": sum(w.numel() for w in weights.values()),
-              "command": " ".join(["python", "benchmarks/bench_quant_error.py",
-                                   *(sys.argv[1:] if argv is None else argv)]),
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine_info(), "wall_clock_s": time.perf_counter() - start,
-              "figures": rows}
-    out = args.out
-    if out is None and not args.random:
-        ckpt = Path(args.checkpoint)
-        out = RESULTS / f"quant_error_{ckpt.parent.name}_{ckpt.stem}.json"
+              **provenance("bench_quant_error.py", argv),
+              "wall_clock_s": time.perf_counter() - start, "figures": rows}
+    out = default_out(args)
     if out is not None:
-        atomic_write_bytes(out, json.dumps(result, indent=2).encode())
+        write_json(out, result)
         print(f"wrote {out}")
     return result
 

@@ -11,23 +11,25 @@ alternates every repeat), and compared by their medians, because the machine is 
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/bench_ternary.py`: find the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
-from lowbit.engine.checkpoint import atomic_write_bytes
-from lowbit.engine.rundir import git_commit, machine_info
+from benchmarks.common import RESULTS, median, provenance, write_json
 from lowbit.quant.functional import ternary_exact
 
-DEFAULT_OUT = Path(__file__).parent / "results" / "ternary_speed.json"
+DEFAULT_OUT = RESULTS / "ternary_speed.json"
 
 
 def _time(fn: Callable[[], object]) -> float:
+    """Seconds one call of `fn` takes."""
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
@@ -49,16 +51,16 @@ def measure(n: int, repeats: int, per_channel_rows: int = 0) -> dict[str, float 
         a, b = (first, second) if r % 2 == 0 else (second, first)
         t_sort.append(a)
         t_tern.append(b)
-    med_sort, med_tern = statistics.median(t_sort), statistics.median(t_tern)
+    med_sort, med_tern = median(t_sort), median(t_tern)
     return {"n": n, "rows": per_channel_rows or 1, "threads": threads, "repeats": repeats,
             "sort_median_s": med_sort, "ternary_median_s": med_tern,
             "ratio_of_medians": med_tern / med_sort,
-            "median_of_ratios": statistics.median(
-                b / a for a, b in zip(t_sort, t_tern, strict=True)),
+            "median_of_ratios": median([b / a for a, b in zip(t_sort, t_tern, strict=True)]),
             "sort_all_s": t_sort, "ternary_all_s": t_tern}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (`argv`; None: sys.argv[1:])."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[10**7, 10**6])
     p.add_argument("--repeats", type=int, default=9)
@@ -70,6 +72,12 @@ def main(argv: list[str] | None = None) -> dict:
     args = p.parse_args(argv)
     if args.per_channel_rows and any(n % args.per_channel_rows for n in args.sizes):
         p.error("--per-channel-rows must divide every size")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Time every (threads, size[, rows]) case, write `--out`; returns the result."""
+    args = parse_args(argv)
     start = time.perf_counter()
     figures = []
     for threads in args.threads:
@@ -77,14 +85,11 @@ def main(argv: list[str] | None = None) -> dict:
         figures += [measure(n, args.repeats) for n in args.sizes]
         if args.per_channel_rows:
             figures += [measure(n, args.repeats, args.per_channel_rows) for n in args.sizes]
-    torch.set_num_threads(args.threads[0])  # machine_info() below reports the headline count
+    torch.set_num_threads(args.threads[0])  # provenance() below reports the headline count
     result = {"benchmark": "ternary_exact vs torch.sort", "target_ratio": 1.5,
-              "command": " ".join(["python", "benchmarks/bench_ternary.py",
-                                   *(sys.argv[1:] if argv is None else argv)]),
-              "commit": git_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-              "machine": machine_info(), "wall_clock_s": time.perf_counter() - start,
-              "figures": figures}
-    atomic_write_bytes(args.out, json.dumps(result, indent=2).encode())
+              **provenance("bench_ternary.py", argv),
+              "wall_clock_s": time.perf_counter() - start, "figures": figures}
+    write_json(args.out, result)
     for f in figures:
         print(f"threads={f['threads']} n={f['n']:>10} rows={f['rows']:>5}  "
               f"sort {f['sort_median_s']:.4f}s  ternary {f['ternary_median_s']:.4f}s  "

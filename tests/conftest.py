@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lowbit.engine.hooks import Hook
+from support import CrashAt
 
 torch.set_num_threads(1)
 
@@ -43,17 +43,6 @@ def make_tiny_config(tmp_path: Path, **train: object) -> dict:
         "train": {"epochs": 3, "seed": 1, "progress": False, **train},
         "out_dir": str(tmp_path),
     }
-
-
-class CrashAt(Hook):
-    """Simulates a crash at the start of `epoch` (after the previous epoch's checkpoint)."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_epoch_start(self, trainer: object, epoch: int) -> None:
-        if epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 @pytest.fixture

@@ -12,33 +12,9 @@ from torch import nn
 
 from lowbit.accounting import check_compliance, cost_report, render_table
 from lowbit.nn import QuantAct, QuantConv2d, QuantLinear
-from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer, list_quantizers
 from lowbit.transform import quantize_model
-
-
-class SymUniform(Quantizer):
-    """Test quantizer: per-tensor uniform, s = max|x| / n, levels k*s for |k| <= n."""
-
-    name = "test_sym_uniform"
-
-    def __init__(self, bits: int = 2, learned: bool = False) -> None:
-        super().__init__(bits)
-        self.learned = learned
-        if learned:  # one stored value, like a learned step size
-            self.step = nn.Parameter(torch.tensor(1.0))
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = 2 ** (self.bits - 1) - 1
-        s = x.detach().abs().max().clamp_min(1e-8) / n
-        return torch.round(x.detach() / s).clamp(-n, n).int(), s
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(*self.encode(x)) + (x - x.detach())
-
-    def levels(self, x: torch.Tensor) -> torch.Tensor:
-        n = 2 ** (self.bits - 1) - 1
-        return torch.arange(-n, n + 1, dtype=x.dtype) * x.abs().max().clamp_min(1e-8) / n
+from support import SymUniform
 
 
 def two_layer(quantized: bool = True) -> nn.Sequential:

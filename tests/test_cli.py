@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lowbit.cli import main
+from support import tiny_run_args
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -54,21 +55,7 @@ def test_models_and_datasets(capsys: pytest.CaptureFixture[str]) -> None:
 def test_train_then_eval_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     run = tmp_path / "run"
     code, out, _ = run_cli(
-        capsys,
-        "train",
-        "--set",
-        "model.name=small_cnn",
-        "--set",
-        "model.width=0.25",
-        "--set",
-        "data.name=synthetic",
-        "--set",
-        "train.epochs=2",
-        "--set",
-        "train.progress=false",
-        "--run-dir",
-        str(run),
-        "--json",
+        capsys, "train", *tiny_run_args(train__epochs=2), "--run-dir", str(run), "--json"
     )
     assert code == 0
     trained = json.loads(out)

@@ -6,28 +6,13 @@ from pathlib import Path
 import pytest
 
 from lowbit.cli import main
+from support import tiny_run_args
 
 
 @pytest.fixture(scope="module")
 def float_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("cli") / "float"
-    code = main(
-        [
-            "train",
-            "--set",
-            "model.name=small_cnn",
-            "--set",
-            "model.width=0.25",
-            "--set",
-            "data.name=synthetic",
-            "--set",
-            "train.epochs=1",
-            "--set",
-            "train.progress=false",
-            "--run-dir",
-            str(run),
-        ]
-    )
+    code = main(["train", *tiny_run_args(train__epochs=1), "--run-dir", str(run)])
     assert code == 0
     return run / "final.safetensors"
 

@@ -12,30 +12,12 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.models import create_model, list_models
 from lowbit.nn import QuantConv2d, QuantLinear
-from lowbit.quant.base import Quantizer
 from lowbit.transform import dequantize_model, quantize_model
+from support import SymUniform as _SymUniform
 
 
-class SymUniform(Quantizer):
-    """Test quantizer: per-tensor uniform, s = max|x| / n, levels k*s for |k| <= n."""
-
-    name = "test_sym_uniform"
-
-    def __init__(self, bits: int = 2) -> None:
-        super().__init__(bits)
-        self.step = nn.Parameter(torch.tensor(1.0))  # state, to see it in the state_dict
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = 2 ** (self.bits - 1) - 1
-        s = x.detach().abs().max().clamp_min(1e-8) / n
-        return torch.round(x.detach() / s).clamp(-n, n).int(), s
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.decode(*self.encode(x)) + (x - x.detach())
-
-    def levels(self, x: torch.Tensor) -> torch.Tensor:
-        n = 2 ** (self.bits - 1) - 1
-        return torch.arange(-n, n + 1, dtype=x.dtype) * x.abs().max().clamp_min(1e-8) / n
+def SymUniform(bits: int = 2) -> _SymUniform:  # noqa: N802 - reads like the class
+    return _SymUniform(bits, learned=True)  # with state, to see it in the state_dict
 
 
 def manual_quant(w: torch.Tensor, bits: int) -> torch.Tensor:
@@ -168,7 +150,7 @@ def test_none_keeps_float_and_unmatched_layers_are_reported() -> None:
     assert reasons["stem"] == "kept float by rule 'stem'"
     assert reasons["blocks.0.dw"] == "no rule matched"
     text = str(report)
-    assert "proj" in text and "test_sym_uniform(bits=2)" in text and "no rule matched" in text
+    assert "proj" in text and "test_sym_uniform(bits=2, learned=True)" in text and "no rule matched" in text
     json.dumps(report.to_dict())
 
 

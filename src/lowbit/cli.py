@@ -33,23 +33,29 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    import yaml
-
-    from lowbit.api import train
     from lowbit.config import build_config, load_yaml
 
     base = load_yaml(f"{args.resume}/config.yaml") if args.resume else None
-    overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
-    cfg = build_config(base=base, config_file=args.config, overrides=overrides)
+    cfg = build_config(base=base, config_file=args.config, overrides=_overrides(args))
+    return _train_or_print(cfg, args, resume=args.resume)
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
+
+
+def _train_or_print(cfg: Any, args: argparse.Namespace, resume: str | None = None) -> int:
+    """`--dry-run`: print the resolved config; otherwise train and print the result."""
+    import yaml
+
+    from lowbit.api import train
+
     if args.dry_run:
         print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
         return 0
-    result = train(cfg, resume=args.resume, run_path=args.run_dir)
-    print(
-        json.dumps(result)
-        if args.json
-        else f"run {result['run_dir']}: test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%"
-    )
+    result = train(cfg, resume=resume, run_path=args.run_dir)
+    top = f"test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%"
+    print(json.dumps(result) if args.json else f"run {result['run_dir']}: {top}")
     return 0
 
 
@@ -83,7 +89,6 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from lowbit.api import train
     from lowbit.config import build_config, load_yaml
     from lowbit.engine.checkpoint import load_checkpoint
     from lowbit.recipes import quant_section_for
@@ -96,20 +101,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         recipe = load_yaml(args.config)
         base["quant"] = {**base["quant"], **recipe.pop("quant", {})}
         base.update(recipe)
-    overrides = list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
-    cfg = build_config(base=base, overrides=overrides)
-    if args.dry_run:
-        import yaml
-
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
-        return 0
-    result = train(cfg, run_path=args.run_dir)
-    print(
-        json.dumps(result)
-        if args.json
-        else f"run {result['run_dir']}: test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%"
-    )
-    return 0
+    return _train_or_print(build_config(base=base, overrides=_overrides(args)), args)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

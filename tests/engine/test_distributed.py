@@ -10,29 +10,18 @@ import pytest
 import torch
 
 from lowbit.engine.checkpoint import load_checkpoint
+from support import tiny_run_args
 
-ARGS = [
-    "--set",
-    "model.name=small_cnn",
-    "--set",
-    "model.width=0.25",
-    "--set",
-    "model.kwargs={norm: none}",
-    "--set",
-    "data.name=synthetic",
-    "--set",
-    "data.batch_size=32",
-    "--set",
-    "train.epochs=2",
-    "--set",
-    "train.seed=3",
-    "--set",
-    "optim.lr=0.05",
-    "--set",
-    "optim.weight_decay=0",
-    "--set",
-    "train.progress=false",
-]
+ARGS = tiny_run_args(
+    **{
+        "model.kwargs": "{norm: none}",
+        "data.batch_size": 32,
+        "train.epochs": 2,
+        "train.seed": 3,
+        "optim.lr": 0.05,
+        "optim.weight_decay": 0,
+    }
+)
 
 
 def free_port() -> int:

@@ -10,25 +10,9 @@ from pathlib import Path
 import torch
 
 from lowbit.engine.checkpoint import load_checkpoint
+from support import tiny_run_args
 
-ARGS = [
-    "--set",
-    "model.name=small_cnn",
-    "--set",
-    "model.width=0.25",
-    "--set",
-    "data.name=synthetic",
-    "--set",
-    "data.batch_size=64",
-    "--set",
-    "train.epochs=25",
-    "--set",
-    "train.seed=5",
-    "--set",
-    "optim.lr=0.05",
-    "--set",
-    "train.progress=false",
-]
+ARGS = tiny_run_args(data__batch_size=64, train__epochs=25, train__seed=5, optim__lr=0.05)
 
 
 def lowbit(*args: str) -> list[str]:

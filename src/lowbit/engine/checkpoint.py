@@ -52,24 +52,34 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Load (tensors, meta). Missing, truncated or foreign files raise `CheckpointError`."""
+def read_lowbit_file(
+    path: str | os.PathLike[str], what: str = "checkpoint"
+) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(tensors, lowbit metadata or None) of a safetensors file; never unpickles anything.
+
+    Missing, truncated or non-safetensors files raise a one-line `CheckpointError`.
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} not found")
+        raise CheckpointError(f"{what} {path} not found")
     payload = path.read_bytes()
     try:
         tensors = st_load(payload)
         header_len = int.from_bytes(payload[:8], "little")
         header = json.loads(payload[8 : 8 + header_len])
         meta = json.loads(header.get("__metadata__", {}).get(META_KEY, "null"))
-    except (SafetensorError, ValueError, UnicodeDecodeError) as exc:
+    except (SafetensorError, ValueError, UnicodeDecodeError, AttributeError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} is truncated or not a safetensors file ({exc}); "
-            f"use an intact copy (runs keep last.safetensors and "
-            f"final.safetensors)"
+            f"{what} {path} is truncated or not a safetensors file ({exc}); use an intact copy "
+            f"(runs keep last.safetensors and final.safetensors)"
         ) from exc
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    return tensors, meta if isinstance(meta, dict) else None
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Load (tensors, meta). Missing, truncated or foreign files raise `CheckpointError`."""
+    tensors, meta = read_lowbit_file(path)
+    if meta is None or meta.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} is a safetensors file but not a lowbit checkpoint (no {META_KEY} metadata)"
         )

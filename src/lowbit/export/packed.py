@@ -16,11 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import nn
 
-from lowbit.engine.checkpoint import META_KEY, atomic_write_bytes
+from lowbit.engine.checkpoint import META_KEY, atomic_write_bytes, read_lowbit_file
 from lowbit.errors import CheckpointError
 from lowbit.export.bitpack import pack_bits, unpack_bits
 from lowbit.nn.layers import QuantConv2d, QuantLinear
@@ -89,21 +88,9 @@ def export_packed(checkpoint: str | Path, path: str | Path) -> Path:
 
 def read_packed(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(tensors, header) of a packed file, with clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"packed model {path} not found")
-    payload = path.read_bytes()
-    try:
-        tensors = st_load(payload)
-        header_len = int.from_bytes(payload[:8], "little")
-        raw = json.loads(payload[8 : 8 + header_len])["__metadata__"][META_KEY]
-        header = json.loads(raw)
-    except Exception as exc:  # safetensors raises several types on corrupt input
-        raise CheckpointError(f"{path} is truncated or not a lowbit packed model ({exc})") from exc
-    if header.get("format") != FORMAT:
-        raise CheckpointError(
-            f"{path} is not a lowbit packed model (format {header.get('format')})"
-        )
+    tensors, header = read_lowbit_file(path, "packed model")
+    if header is None or header.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a lowbit packed model; export one with lowbit export")
     return tensors, header
 
 

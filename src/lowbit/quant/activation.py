@@ -137,7 +137,8 @@ class Uniform(_ClipQuantizer):
 class ScaleClip(LazyModuleMixin, _ClipQuantizer):
     """GDRQ Scale-Clip + (group-wise) uniform quantization (Yu et al., CVPRW 2020; spec §3.3-3.5).
 
-    Forward: T = k * stat(x), stat = mean|x| ("mean", default) or std ("std"); weights
+    Forward: T = k * stat(x), stat = mean|x| ("mean", default), std ("std") or max|x| ("max",
+    with k = 1: no clipping, the "without Scale-Clip" ablation); weights
     (`signed=True`, default k = 2) recompute T at every call, per block of `group_size`
     consecutive output channels (None or 0: one T per layer); activations (`signed=False`,
     default k = 3) use an EMA of k*stat(batch) (`momentum` 0.99, first batch initialises,
@@ -158,8 +159,8 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
                  learnable: bool = False, quantize: bool = True) -> None:
         super().__init__(bits)
         _check_uniform_bits(self.name, bits, signed)
-        if stat not in ("mean", "std"):
-            raise ValueError(f"scaleclip stat must be 'mean' or 'std', got {stat!r}")
+        if stat not in ("mean", "std", "max"):
+            raise ValueError(f"scaleclip stat must be 'mean', 'std' or 'max', got {stat!r}")
         if group_size and (not signed or group_size < 0):
             raise ValueError("scaleclip group_size needs signed=True (weights) and a size > 0")
         if k is not None and not k > 0:

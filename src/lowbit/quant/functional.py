@@ -282,17 +282,21 @@ def scale_clip_threshold(x: Tensor, k: float, stat: str = "mean",
                          group_size: int | None = None) -> Tensor:
     """Scale-Clip threshold T = k * stat(x) (GDRQ §3.3, §3.5).
 
-    `stat` is "mean" (mean |x|) or "std". With `group_size` (>0) the statistic is taken over
-    each block of `group_size` consecutive output channels (dim 0) and returned per channel,
-    shape (C,); otherwise over the whole tensor, 0-d.
+    `stat` is "mean" (mean |x|), "std", or "max" (max |x|: with k = 1 nothing is clipped, the
+    plain max-range quantizer GDRQ's "without Scale-Clip" ablation compares against). With
+    `group_size` (>0) the statistic is taken over each block of `group_size` consecutive output
+    channels (dim 0) and returned per channel, shape (C,); otherwise over the whole tensor, 0-d.
     """
-    if stat not in ("mean", "std"):
-        raise ValueError(f"scale-clip stat must be 'mean' or 'std', got {stat!r}")
+    if stat not in ("mean", "std", "max"):
+        raise ValueError(f"scale-clip stat must be 'mean', 'std' or 'max', got {stat!r}")
     c = x.shape[0] if x.dim() else 1
     if group_size and c % group_size:
         raise ValueError(f"group_size {group_size} must divide the {c} output channels")
     g = x.detach().reshape(c // group_size if group_size else 1, -1)
-    s = mean_abs_rows(g) if stat == "mean" else g.double().std(dim=1, correction=0, keepdim=True)
+    if stat == "max":
+        s = g.abs().amax(dim=1, keepdim=True).double()
+    else:
+        s = mean_abs_rows(g) if stat == "mean" else g.double().std(dim=1, correction=0, keepdim=True)
     t = (k * s).to(x.dtype).reshape(-1)
     return t.repeat_interleave(group_size) if group_size else t.reshape(())
 

@@ -28,7 +28,7 @@ from lowbit.transform import quantize_model
 class LBWConfig:
     bits: int = 4
     solver: Literal["alternating", "threshold"] = "alternating"
-    r: float = 0.75
+    r: float = 0.5
     iters: int = 20
     per_channel: bool = False
     quantize_first_last: bool = False
