@@ -95,6 +95,7 @@ def experiment_table(results: list[tuple[str, Result]]) -> list[str]:
 
 
 def _qat_step(r: Result) -> tuple[str, str]:
+    """(headline, target): QAT step / float step ratios of every configuration, per mode."""
     parts = []
     for mode, m in sorted(r["modes"].items()):
         ratios = {k.split(" ")[0]: v["ratio_vs_float"] for k, v in m.items() if k != "float"}
@@ -111,6 +112,7 @@ def _size(n: int) -> str:
 
 
 def _ternary_speed(r: Result) -> tuple[str, str]:
+    """(headline, target): ternary_exact / torch.sort ratios at the headline thread count."""
     head = r["figures"][0]["threads"]
     parts = [f"{f['ratio_of_medians']:.2f}x (n={_size(f['n'])}, rows={f['rows']})"
              for f in r["figures"] if f["threads"] == head]
@@ -119,12 +121,14 @@ def _ternary_speed(r: Result) -> tuple[str, str]:
 
 
 def _loader_overhead(r: Result) -> tuple[str, str]:
+    """(headline, target): Loader arm / pre-made arm time ratio and the fetch time."""
     f = r["figures"]
     return (f"loader arm / pre-made arm {f['ratio']:.3f}x, fetch "
             f"{f['loader_fetch_ms_median']} ms/batch", f"<= {f['target_ratio']}x")
 
 
 def _brevitas(r: Result) -> tuple[str, str]:
+    """(headline, target): lowbit / Brevitas step-time ratio, per mode."""
     parts = []
     for mode, m in sorted(r["modes"].items()):
         if "brevitas_error" in m:

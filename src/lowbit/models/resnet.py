@@ -136,46 +136,23 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-@register_model
-def resnet18(
-    num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet"
-) -> nn.Module:
-    """ResNet-18: BasicBlocks (2, 2, 2, 2); 11,689,512 parameters with 1000 classes, width 1.
+def _builder(name: str, block: type[nn.Module], layers: tuple[int, ...], doc: str):  # noqa: ANN202
+    def build(
+        num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet"
+    ) -> nn.Module:
+        return ResNet(block, layers, num_classes, in_channels, width, stem)  # type: ignore[arg-type]
 
-    Args:
-        num_classes: Size of the classifier output.
-        in_channels: Channels of the input image.
-        width: Multiplier on every channel count, stem and classifier input included.
-        stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no pool).
-    """
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, in_channels, width, stem)
-
-
-@register_model
-def resnet34(
-    num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet"
-) -> nn.Module:
-    """ResNet-34: BasicBlocks (3, 4, 6, 3); 21,797,672 parameters with 1000 classes, width 1.
-
-    Args:
-        num_classes: Size of the classifier output.
-        in_channels: Channels of the input image.
-        width: Multiplier on every channel count, stem and classifier input included.
-        stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no pool).
-    """
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, in_channels, width, stem)
+    build.__name__ = name
+    build.__doc__ = (
+        f"{doc}\n\n`width` multiplies every channel count (stem and classifier input included); "
+        '`stem` is "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no pool).'
+    )
+    return register_model(build)
 
 
-@register_model
-def resnet50(
-    num_classes: int = 10, in_channels: int = 3, width: float = 1.0, stem: str = "imagenet"
-) -> nn.Module:
-    """ResNet-50: Bottlenecks (3, 4, 6, 3); 25,557,032 parameters with 1000 classes, width 1.
-
-    Args:
-        num_classes: Size of the classifier output.
-        in_channels: Channels of the input image.
-        width: Multiplier on every channel count, stem and classifier input included.
-        stem: "imagenet" (7x7/2 conv + max-pool) or "cifar" (3x3/1 conv, no pool).
-    """
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, in_channels, width, stem)
+resnet18 = _builder("resnet18", BasicBlock, (2, 2, 2, 2),
+                    "ResNet-18: BasicBlocks (2, 2, 2, 2); 11,689,512 parameters with 1000 classes.")
+resnet34 = _builder("resnet34", BasicBlock, (3, 4, 6, 3),
+                    "ResNet-34: BasicBlocks (3, 4, 6, 3); 21,797,672 parameters with 1000 classes.")
+resnet50 = _builder("resnet50", Bottleneck, (3, 4, 6, 3),
+                    "ResNet-50: Bottlenecks (3, 4, 6, 3); 25,557,032 parameters with 1000 classes.")
