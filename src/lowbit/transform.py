@@ -148,6 +148,13 @@ def quantize_model(model: nn.Module, rules: Mapping[Any, Any] | None = None, *,
     return QuantizationReport(model, converted, kept)
 
 
+def every_layer_rules(model: nn.Module, spec: Any) -> dict[type[nn.Module], Any]:
+    """Rules that give every Conv2d and Linear of `model` the same `spec`, first and last
+    layers included (only the types the model has, since a rule matching nothing is an error)."""
+    present = {type(m) for m in model.modules()}
+    return {kind: spec for kind in _FLOAT_TO_QUANT if kind in present}
+
+
 def dequantize_model(model: nn.Module, *, keep_act: bool = True,
                      inplace: bool = False) -> nn.Module:
     """Bake each quantized weight into its layer: the deployable form of a quantized model.

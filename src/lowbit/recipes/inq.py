@@ -28,7 +28,7 @@ from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.inq import INQWeight
 from lowbit.recipes import Recipe, register_recipe
 from lowbit.schema import require
-from lowbit.transform import quantize_model
+from lowbit.transform import every_layer_rules, quantize_model
 
 if TYPE_CHECKING:
     from lowbit.engine.trainer import Trainer
@@ -73,7 +73,7 @@ class INQRecipe(Recipe, Hook):
         if self.cfg.skip_first_last:
             model = quantize_model(model, inplace=True, **spec).model
         else:
-            model = quantize_model(model, {nn.Conv2d: spec, nn.Linear: spec}, inplace=True).model
+            model = quantize_model(model, every_layer_rules(model, spec), inplace=True).model
         self.layers = [
             (name, m, m.weight_quant)
             for name, m in model.named_modules()

@@ -21,7 +21,7 @@ from torch import nn
 
 from lowbit.recipes import Recipe, register_recipe
 from lowbit.schema import require
-from lowbit.transform import quantize_model
+from lowbit.transform import every_layer_rules, quantize_model
 
 
 @dataclass
@@ -41,8 +41,14 @@ class LBWConfig:
     def weight_spec(self) -> dict[str, Any]:
         if self.bits == 2:
             return {"name": "ternary", "per_channel": self.per_channel}
-        return {"name": "lbw", "bits": self.bits, "method": self.solver, "r": self.r,
-                "iters": self.iters, "per_channel": self.per_channel}
+        return {
+            "name": "lbw",
+            "bits": self.bits,
+            "method": self.solver,
+            "r": self.r,
+            "iters": self.iters,
+            "per_channel": self.per_channel,
+        }
 
 
 class LBWRecipe(Recipe):
@@ -52,7 +58,7 @@ class LBWRecipe(Recipe):
     def prepare(self, model: nn.Module) -> nn.Module:
         spec = {"weight": self.cfg.weight_spec()}
         if self.cfg.quantize_first_last:
-            return quantize_model(model, {nn.Conv2d: spec, nn.Linear: spec}, inplace=True).model
+            return quantize_model(model, every_layer_rules(model, spec), inplace=True).model
         return quantize_model(model, inplace=True, **spec).model
 
 

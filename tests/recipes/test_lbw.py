@@ -1,0 +1,76 @@
+"""LBW-Net: BinaryConnect-style training with least-squares power-of-two weights."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.accounting import check_compliance
+from lowbit.nn import QuantConv2d
+from lowbit.recipes import build_recipe, validate_quant_section
+from lowbit.schema import ConfigError
+
+
+class TinyDetector(nn.Module):
+    """A conv backbone with a per-location class head and a box-regression head (4 offsets)."""
+
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.backbone = nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        )  # fmt: skip
+        self.cls_head = nn.Conv2d(32, classes, 1)
+        self.box_head = nn.Conv2d(32, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.backbone(x)
+        return self.cls_head(f), self.box_head(f)
+
+
+def lbw(**kw: object):  # noqa: ANN201
+    return build_recipe(validate_quant_section({"method": "lbw", **kw}))
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_detector_trains_with_lbw_weights(bits: int) -> None:
+    torch.manual_seed(0)
+    model = lbw(bits=bits, quantize_first_last=True).prepare(TinyDetector())
+    quantized = [m for m in model.modules() if isinstance(m, QuantConv2d)]
+    assert len(quantized) == 5  # backbone + both heads
+    x = torch.randn(8, 3, 16, 16)
+    labels = torch.randint(0, 3, (8, 8, 8))
+    boxes = torch.randn(8, 4, 8, 8)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    latent0 = model.box_head.weight.detach().clone()
+    losses = []
+    for _ in range(15):
+        cls, box = model(x)
+        loss = F.cross_entropy(cls, labels) + F.smooth_l1_loss(box, boxes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert not torch.equal(model.box_head.weight, latent0)  # float copy is updated (STE)
+    assert check_compliance(model).passed  # forward weights are on the LBW codebook
+    q = model.box_head.quantized_weight()
+    assert q.unique().numel() <= 2**bits - 1
+
+
+def test_two_bits_is_exact_ternary_and_per_channel_option() -> None:
+    recipe = lbw(bits=2, per_channel=True)
+    model = recipe.prepare(TinyDetector())
+    q = model.backbone[3].weight_quant
+    assert q.name == "ternary" and q.per_channel
+    assert model.backbone[0].__class__ is nn.Conv2d  # first conv kept float by default
+
+
+def test_bits_and_solver_options() -> None:
+    q = lbw(bits=5, solver="threshold", r=0.6).prepare(TinyDetector()).backbone[3].weight_quant
+    assert (q.name, q.bits, q.method, q.r) == ("lbw", 5, "threshold", 0.6)
+    with pytest.raises(ConfigError):
+        validate_quant_section({"method": "lbw", "bits": 1})
+    with pytest.raises(ConfigError):
+        validate_quant_section({"method": "lbw", "bits": 4, "solver": "magic"})
