@@ -68,6 +68,8 @@ def _train(
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    if cfg.data.val_fraction > 0:
+        data = data.with_validation(cfg.data.val_fraction, cfg.train.seed)
     model, recipe = build_model(cfg, data)
     path = (
         Path(resume)
@@ -95,6 +97,10 @@ def _train(
         # The reported numbers are fp32 on the full test set: what `lowbit eval` reproduces.
         final = evaluate(trainer.model, data.test, cfg.data.eval_batch_size, bf16=False, dist=dist)
         trainer.meta["final_test"] = final
+        if data.val is not None:
+            val = evaluate(trainer.model, data.val, cfg.data.eval_batch_size, bf16=False, dist=dist)
+            trainer.meta["final_val"] = val
+            final = {**final, **{f"val_{k}": v for k, v in val.items()}}
         if run_dir is not None:
             trainer.save(run_dir.final, full=False)
             log.info("final checkpoint: %s  top1=%.2f", run_dir.final, final["top1"])

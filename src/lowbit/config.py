@@ -39,6 +39,7 @@ class DataConfig:
     batch_size: int = 128
     eval_batch_size: int = 500
     augment: bool = True
+    val_fraction: float = 0.0  # > 0: hold out this much of train; per-epoch metrics use it
 
     def validate(self) -> None:
         from lowbit.data import list_datasets
@@ -50,6 +51,9 @@ class DataConfig:
         )
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
+        require(
+            0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}"
+        )
 
 
 @dataclass

@@ -131,3 +131,27 @@ def test_nan_loss_stops_with_a_clear_error(tmp_path: Path, tiny_config) -> None:
         model.fc.weight.fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="loss became nan"):
         Trainer(cfg, model, load_dataset("synthetic")).fit()
+
+
+def test_validation_split_is_held_out_of_training(tmp_path: Path, tiny_config) -> None:
+    base = tiny_config(tmp_path, epochs=1)
+    base["data"]["val_fraction"] = 0.25
+    result = train(build_config(base=base), run_path=tmp_path / "run")
+    assert {"val_top1", "top1"} <= result.keys()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "val_top1" in row and "test_top1" not in row
+    data = load_dataset("synthetic").with_validation(0.25, seed=1)
+    assert len(data.val) == 128 and len(data.train) == 384
+    seen = {tuple(x.flatten().tolist()[:8]) for x in data.train.images}
+    assert not any(tuple(x.flatten().tolist()[:8]) in seen for x in data.val.images)
+
+
+@pytest.mark.parametrize(("name", "cls"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                           ("adamw", torch.optim.AdamW)])
+def test_optimizers(name: str, cls: type, tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(overrides=[f"optim.name={name}", "optim.lr=0.001"])
+    opt = build_optimizer(create_model("small_cnn", width=0.25), cfg.optim)
+    assert isinstance(opt, cls)
+    base = tiny_config(tmp_path, epochs=1)
+    base["optim"] = {"name": name, "lr": 0.003}
+    assert train(build_config(base=base), run_path=tmp_path / name)["top1"] > 25.0

@@ -33,8 +33,10 @@ class ImageData:
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
-            raise DataError(f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} "
-                            f"{tuple(self.images.shape)}")
+            raise DataError(
+                f"images must be a uint8 (N, C, H, W) tensor, got {self.images.dtype} "
+                f"{tuple(self.images.shape)}"
+            )
         if self.labels.shape != (self.images.shape[0],):
             raise DataError(f"{len(self.labels)} labels for {self.images.shape[0]} images")
         self.labels = self.labels.long()
@@ -58,21 +60,47 @@ class ImageData:
 
     def subset(self, index: torch.Tensor) -> ImageData:
         """The images at `index` (a tensor of indices or a mask), with the same metadata."""
-        return ImageData(self.images[index], self.labels[index], self.num_classes, self.mean,
-                         self.std, self.flip, self.pad, self.classes)
+        return ImageData(
+            self.images[index],
+            self.labels[index],
+            self.num_classes,
+            self.mean,
+            self.std,
+            self.flip,
+            self.pad,
+            self.classes,
+        )
 
 
 @dataclass
 class DatasetSplits:
-    """The train and test split of one dataset, plus its registry name."""
+    """The train and test split of one dataset, plus its registry name.
+
+    `val` is a held-out part of the training split (see `with_validation`), or None.
+    """
 
     name: str
     train: ImageData
     test: ImageData
+    val: ImageData | None = None
+
+    def with_validation(self, fraction: float, seed: int = 0) -> DatasetSplits:
+        """Hold out a seeded random `fraction` of the training images as a validation split.
+
+        Hyper-parameters chosen on `val` never see the test set (LBW's threshold sweep uses it).
+        """
+        if not 0 < fraction < 1:
+            raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
+        n_val = max(1, int(len(self.train) * fraction))
+        return DatasetSplits(
+            self.name, self.train.subset(order[n_val:]), self.test, self.train.subset(order[:n_val])
+        )
 
 
-def channel_stats(images: torch.Tensor,
-                  chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def channel_stats(
+    images: torch.Tensor, chunk: int = 4096
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and (unbiased) std of uint8 images (N, C, H, W) on the 0..1 scale.
 
     Sums run over chunks in float64, so a large folder dataset needs no float copy of itself
@@ -82,7 +110,7 @@ def channel_stats(images: torch.Tensor,
     total = torch.zeros(c, dtype=torch.float64)
     total_sq = torch.zeros(c, dtype=torch.float64)
     for start in range(0, images.shape[0], chunk):
-        x = images[start:start + chunk].transpose(0, 1).reshape(c, -1).double().div_(255)
+        x = images[start : start + chunk].transpose(0, 1).reshape(c, -1).double().div_(255)
         total += x.sum(1)
         total_sq += x.square().sum(1)
     n = images.numel() // max(c, 1)

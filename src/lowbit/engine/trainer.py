@@ -161,7 +161,8 @@ class Trainer:
             row = self.train_epoch(self.epoch)
             self.epoch += 1
             if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == total:
-                row.update({f"test_{k}": v for k, v in self.evaluate().items()})
+                split = "val" if self.data.val is not None else "test"
+                row.update({f"{split}_{k}": v for k, v in self.evaluate().items()})
             for hook in self.hooks:
                 hook.on_epoch_end(self, self.epoch - 1, row)
             self._record(row)
@@ -186,7 +187,7 @@ class Trainer:
         tc = self.cfg.train
         return evaluate(
             self.model,
-            self.data.test,
+            self.data.val if self.data.val is not None else self.data.test,
             self.cfg.data.eval_batch_size,
             tc.bf16,
             tc.channels_last,
