@@ -35,7 +35,7 @@ def _time(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def measure(n: int, repeats: int, per_channel_rows: int = 0) -> dict[str, float | int]:
+def measure(n: int, repeats: int, per_channel_rows: int = 0) -> dict[str, Any]:
     """Interleaved timings of torch.sort(w) and ternary_exact(w) on N(0,1) weights."""
     threads = torch.get_num_threads()
     w = torch.randn(n, generator=torch.Generator().manual_seed(n))

