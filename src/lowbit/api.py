@@ -126,12 +126,17 @@ def build_quant_model(config: dict[str, Any], num_classes: int, in_channels: int
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model in a lowbit checkpoint or packed `.lowbit` file: (model, meta)."""
+    """Rebuild the model in a lowbit checkpoint, packed `.lowbit` or folded file: (model, meta)."""
+    from lowbit.export.folded import FORMAT as FOLDED
+    from lowbit.export.folded import load_folded
     from lowbit.export.packed import FORMAT as PACKED
     from lowbit.export.packed import load_packed
 
-    if _format_of(path) == PACKED:
+    fmt = _format_of(path)
+    if fmt == PACKED:
         return load_packed(path)
+    if fmt == FOLDED:
+        return load_folded(path)
     tensors, meta = ckpt.load_checkpoint(path)
     model = build_quant_model(meta["config"], meta["num_classes"], meta["in_channels"])
     ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), path)

@@ -117,8 +117,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from lowbit.export import export_packed
+    from lowbit.export.folded import export_folded
 
-    out = export_packed(args.checkpoint, args.output or f"{args.checkpoint}.lowbit")
+    if args.fold_bn:
+        out = export_folded(args.checkpoint, args.output or f"{args.checkpoint}.folded.safetensors")
+    else:
+        out = export_packed(args.checkpoint, args.output or f"{args.checkpoint}.lowbit")
     size = out.stat().st_size
     print(
         json.dumps({"output": str(out), "bytes": size})
@@ -191,12 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-layer bits, bytes, MACs, BOPs, codebook compliance")
     p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--hist", metavar="DIR", help="also draw weight histograms (PNG) into DIR")
+    p.add_argument(
+        "--hist",
+        metavar="DIR",
+        help="also draw each layer's weight and input histograms (before/after clip, levels "
+        "marked) as PNGs into DIR",
+    )
     p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("export", help="write the bit-packed deployable artifact (.lowbit)")
     p.add_argument("checkpoint")
     p.add_argument("-o", "--output")
+    p.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold quantization scales into BN (integer weights x per-channel affine); "
+        "writes a folded model that `lowbit eval` loads",
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_export)
 

@@ -8,12 +8,13 @@ and the codebook-compliance result; `--json` gives the same as one JSON object.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from torch import nn
+from torch import Tensor, nn
 
 from lowbit.accounting import (
     ComplianceResult,
@@ -23,6 +24,8 @@ from lowbit.accounting import (
     render_table,
 )
 from lowbit.data import input_shape_for
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -57,7 +60,7 @@ class InspectReport:
         )
 
 
-def _load(target: str) -> tuple[nn.Module, str, str]:
+def _load(target: str) -> tuple[nn.Module, str, str, dict[str, Any]]:
     from lowbit.api import build_quant_model, load_model
 
     if target.endswith((".yaml", ".yml")):
@@ -67,15 +70,28 @@ def _load(target: str) -> tuple[nn.Module, str, str]:
         cfg = build_config(config_file=target)
         channels, _, num_classes = DATASET_INFO.get(cfg.data.name, (3, 32, 10))
         model = build_quant_model(cfg.to_dict(), num_classes, channels)
-        return model.eval(), cfg.model.name, cfg.data.name
+        return model.eval(), cfg.model.name, cfg.data.name, cfg.to_dict()
     model, meta = load_model(target)
-    return model, meta["model"], meta["dataset"]
+    return model, meta["model"], meta["dataset"], meta["config"]
+
+
+def _test_batch(dataset: str, config: dict[str, Any], size: int = 64) -> Tensor | None:
+    """A batch of the dataset's test split for activation histograms, None if files are absent."""
+    from lowbit.data import BatchLoader, load_dataset
+    from lowbit.errors import LowbitError
+
+    try:
+        data = load_dataset(dataset, config.get("data", {}).get("data_dir"))
+    except (LowbitError, OSError) as exc:
+        log.info("activation histograms skipped: no %s test data here (%s)", dataset, exc)
+        return None
+    return next(iter(BatchLoader(data.test, min(size, len(data.test)), train=False)))[0]
 
 
 def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> InspectReport:
     """Cost table + compliance of a checkpoint, packed file or recipe."""
     target = str(target)
-    model, name, dataset = _load(target)
+    model, name, dataset, config = _load(target)
     shape = (1, *input_shape_for(dataset))
     report = InspectReport(
         target, name, dataset, cost_report(model, shape), check_compliance(model), None
@@ -83,7 +99,7 @@ def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> In
     if not target.endswith((".yaml", ".yml")):
         report.file_bytes = Path(target).stat().st_size
     if hist_dir is not None:
-        from lowbit.plots import weight_histograms
+        from lowbit.plots import distribution_histograms
 
-        weight_histograms(model, Path(hist_dir))
+        distribution_histograms(model, _test_batch(dataset, config), Path(hist_dir))
     return report

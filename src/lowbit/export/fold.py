@@ -58,9 +58,9 @@ class FoldedConvBN(nn.Module):
                  dilation: list[int], groups: int, codes_dtype: str = "int8",
                  act_bits: int | None = None, act_signed: bool = False) -> None:
         super().__init__()
-        self.stride, self.padding, self.dilation = tuple(stride), padding, tuple(dilation)
-        if not isinstance(padding, str):
-            self.padding = tuple(padding)
+        self.stride, self.dilation = tuple(stride), tuple(dilation)
+        pad = padding if isinstance(padding, str) else tuple(padding)
+        self.padding: tuple[int, ...] | str = pad
         self.groups, self.act_bits, self.act_signed = groups, act_bits, act_signed
         dtype = getattr(torch, codes_dtype)
         self.register_buffer("weight_codes", torch.zeros(weight_shape, dtype=dtype))
@@ -180,6 +180,8 @@ def fold_pair(conv: QuantConv2d, bn: nn.Module, name: str = "conv") -> FoldedCon
                        conv.groups, str(codes.dtype).removeprefix("torch."),
                        None if act is None else conv.act_quant.bits,  # type: ignore[union-attr]
                        bool(getattr(conv.act_quant, "signed", False)))
+    # float buffers in the layer's dtype before filling them: a float64 model folds in float64
+    out = out.to(conv.weight.device, conv.weight.dtype)
     delta_a = torch.ones((), dtype=torch.float64)
     if act is not None:
         out.act_clip.copy_(act)
@@ -191,7 +193,7 @@ def fold_pair(conv: QuantConv2d, bn: nn.Module, name: str = "conv") -> FoldedCon
     out.weight_codes.copy_(codes)
     out.multiplier.copy_(gamma * inv_std * w_scale.double() * delta_a)
     out.offset.copy_(beta + gamma * inv_std * (bias - bn.running_mean.double()))
-    return out.to(conv.weight.device)
+    return out
 
 
 def _padding(conv: nn.Conv2d) -> list[int] | str:

@@ -293,10 +293,12 @@ def scale_clip_threshold(x: Tensor, k: float, stat: str = "mean",
     if group_size and c % group_size:
         raise ValueError(f"group_size {group_size} must divide the {c} output channels")
     g = x.detach().reshape(c // group_size if group_size else 1, -1)
-    if stat == "max":
-        s = g.abs().amax(dim=1, keepdim=True).double()
+    if stat == "mean":
+        s = mean_abs_rows(g)
+    elif stat == "std":
+        s = g.double().std(dim=1, correction=0, keepdim=True)
     else:
-        s = mean_abs_rows(g) if stat == "mean" else g.double().std(dim=1, correction=0, keepdim=True)
+        s = g.abs().amax(dim=1, keepdim=True).double()
     t = (k * s).to(x.dtype).reshape(-1)
     return t.repeat_interleave(group_size) if group_size else t.reshape(())
 

@@ -30,7 +30,8 @@ Reconstruction choices (spec tags):
   A layer whose width `group_size` does not divide uses the largest divisor below it (logged and
   listed in `fallbacks`, and in the checkpoint's hook state).
 - Thresholds are statistics, not trained, by default (as both re-implementations) [V]; the
-  option `learnable` trains a per-group log T initialised from the statistic [R].
+  option `learnable` trains a per-group log T initialised from the statistic [R] (weights: at
+  `prepare`, from the loaded weights; activations: from the first training batch).
 - First conv and last linear layer stay float unless `quantize_first_last` [R, spec §3.6]; even
   then the first conv's input (the normalised image, signed, already 8-bit data) stays float,
   because Scale-Clip's activation form is unsigned.
@@ -53,10 +54,11 @@ from torch import nn
 
 from lowbit.engine.hooks import Hook
 from lowbit.nn.layers import QuantConv2d, QuantLinear
+from lowbit.quant import functional as F
 from lowbit.quant.activation import ScaleClip
 from lowbit.recipes import Recipe, register_recipe
 from lowbit.schema import require
-from lowbit.transform import quantize_model
+from lowbit.transform import every_layer_rules, quantize_model
 
 if TYPE_CHECKING:
     from lowbit.engine.trainer import Trainer
@@ -68,7 +70,11 @@ RESHAPE, QUANTIZE = 1, 2  # the two training stages
 
 @dataclass
 class GDRQConfig:
-    """The `quant:` section for `method: gdrq` (see the module docstring for each choice)."""
+    """The `quant:` section for `method: gdrq` (see the module docstring for each choice).
+
+    `act_bits: null` keeps activations float; `group_size: 0` or null is one group per layer;
+    with `scale_clip: false`, `k_w`, `k_a` and `stat` are unused (T = max|x|).
+    """
 
     weight_bits: int = 2
     act_bits: int | None = 4
@@ -145,7 +151,15 @@ class GDRQRecipe(Recipe, Hook):
         for name, layer in model.named_modules():
             if isinstance(layer, QuantConv2d | QuantLinear):
                 self._set_groups(name, layer)
+        if self.fallbacks:
+            used = ", ".join(f"{n}: {s or 'per layer'}" for n, s in self.fallbacks.items())
+            log.warning("gdrq: group_size %d does not divide the width of %d layers; they use the "
+                        "largest divisor below it: %s", self.cfg.group_size, len(self.fallbacks),
+                        used)
         self.quantizers = [m for m in model.modules() if isinstance(m, ScaleClip)]
+        for q in self.quantizers:
+            if q.learnable and q.has_uninitialized_params():
+                _defer_threshold_init(q)
         self._set_stage(QUANTIZE)
         return model
 
@@ -167,7 +181,7 @@ class GDRQRecipe(Recipe, Hook):
         first = next((n for n, m in model.named_modules() if type(m) is nn.Conv2d), None)
         if first:  # "" would be the model itself: a bare conv has no image-input question
             rules[re.escape(first)] = {"weight": spec["weight"]}
-        rules.update({nn.Conv2d: spec, nn.Linear: spec})
+        rules.update(every_layer_rules(model, spec))
         return rules
 
     def _set_groups(self, name: str, layer: QuantConv2d | QuantLinear) -> None:
@@ -179,8 +193,6 @@ class GDRQRecipe(Recipe, Hook):
         self.group_sizes[name] = size
         if self.cfg.group_size and channels % self.cfg.group_size:
             self.fallbacks[name] = size
-            log.info("gdrq: group_size %d does not divide the %d output channels of %s; it uses "
-                     "groups of %s", self.cfg.group_size, channels, name, size or channels)
         spec = self.cfg.weight_spec(size)
         quantizer = ScaleClip(**{k: v for k, v in spec.items() if k != "name"})
         if self.cfg.learnable:  # materialise log T from the (possibly pretrained) weight now
@@ -222,6 +234,30 @@ class GDRQRecipe(Recipe, Hook):
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._set_stage(int(meta["stage"]))
+
+
+def _defer_threshold_init(q: ScaleClip) -> None:
+    """Materialise a learnable activation clip now (T = 1), set it from the first training batch.
+
+    Its statistic needs data, but the trainer touches every parameter before the first batch
+    (optimizer groups, channels_last), which an uninitialised lazy parameter cannot take.
+    `num_batches_tracked` (unused by learnable clips otherwise) records that the data-driven
+    initialisation happened, so it survives checkpoints and a resumed run does not redo it.
+    """
+    q.log_threshold.materialize(())
+    with torch.no_grad():
+        q.log_threshold.zero_()
+    q.register_forward_pre_hook(_init_from_batch)
+
+
+@torch.no_grad()
+def _init_from_batch(q: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+    # uses only its `q` argument, never a closure: a deep-copied model gets its own q here
+    assert isinstance(q, ScaleClip)
+    if q.training and int(q.num_batches_tracked) == 0:
+        t = F.scale_clip_threshold(args[0], q.clip_k, q.stat)
+        q.log_threshold.copy_(t.clamp_min(torch.finfo(t.dtype).tiny).log())
+        q.num_batches_tracked += 1
 
 
 @register_recipe("gdrq", GDRQConfig)
