@@ -155,6 +155,23 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from lowbit.study import run_sweep
+
+    overrides = _overrides(args)
+    summary = run_sweep(args.config, args.param, args.values, overrides, args.out)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for row in summary["rows"]:
+            print(
+                f"{args.param}={row['value']}: val top1 {row['val_top1']:.2f}%  "
+                f"test top1 {row['test_top1']:.2f}%"
+            )
+        print(f"best {args.param} = {summary['best_value']} (by validation top-1)")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from lowbit.demo import run_demo
 
@@ -225,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_reproduce)
+
+    p = sub.add_parser("sweep", help="one run per value of a config key, best by validation")
+    _add_config_args(p)
+    p.add_argument("--param", required=True, help="dotted config key, e.g. quant.r")
+    p.add_argument("--values", nargs="+", required=True)
+    p.add_argument("--out", default="runs/sweep", help="folder for the runs and sweep.json")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("demo", help="embedded end-to-end demo (digits, no downloads)")
     p.add_argument("--epochs", type=int, default=15)
