@@ -27,15 +27,15 @@ from lowbit.recipes import Recipe, build_recipe
 log = logging.getLogger(__name__)
 
 
+def _float_model(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
+    m = cfg.model
+    return create_model(m.name, num_classes=num_classes, in_channels=in_channels, width=m.width,
+                        **m.kwargs)  # fmt: skip
+
+
 def build_model(cfg: RunConfig, data: DatasetSplits) -> tuple[nn.Module, Recipe | None]:
     """The float model of `cfg` (initialised from `train.init` if set), prepared by its recipe."""
-    model = create_model(
-        cfg.model.name,
-        num_classes=data.train.num_classes,
-        in_channels=data.train.in_channels,
-        width=cfg.model.width,
-        **cfg.model.kwargs,
-    )
+    model = _float_model(cfg, data.train.num_classes, data.train.in_channels)
     if cfg.train.init:
         tensors, _ = ckpt.load_checkpoint(cfg.train.init)
         ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), cfg.train.init)
@@ -94,13 +94,7 @@ def _train(
         trainer.fit()
         if recipe is not None:
             trainer.model = recipe.convert(trainer.model)
-        # The reported numbers are fp32 on the full test set: what `lowbit eval` reproduces.
-        final = evaluate(trainer.model, data.test, cfg.data.eval_batch_size, bf16=False, dist=dist)
-        trainer.meta["final_test"] = final
-        if data.val is not None:
-            val = evaluate(trainer.model, data.val, cfg.data.eval_batch_size, bf16=False, dist=dist)
-            trainer.meta["final_val"] = val
-            final = {**final, **{f"val_{k}": v for k, v in val.items()}}
+        final = _final_metrics(trainer, data)
         if run_dir is not None:
             trainer.save(run_dir.final, full=False)
             log.info("final checkpoint: %s  top1=%.2f", run_dir.final, final["top1"])
@@ -110,16 +104,23 @@ def _train(
             run_dir.detach_log()
 
 
+def _final_metrics(trainer: Trainer, data: DatasetSplits) -> dict[str, Any]:
+    """fp32 accuracy on the full test set (what `lowbit eval` reproduces), and on val if held out;
+    also stored in the final checkpoint's metadata."""
+    batch, dist = trainer.cfg.data.eval_batch_size, trainer.dist
+    final = evaluate(trainer.model, data.test, batch, bf16=False, dist=dist)
+    trainer.meta["final_test"] = final
+    if data.val is not None:
+        val = evaluate(trainer.model, data.val, batch, bf16=False, dist=dist)
+        trainer.meta["final_val"] = val
+        final = {**final, **{f"val_{k}": v for k, v in val.items()}}
+    return final
+
+
 def build_quant_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """The (untrained) model a saved config describes, with its method's layers in place."""
     cfg = build_config(base=config)
-    model = create_model(
-        cfg.model.name,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        width=cfg.model.width,
-        **cfg.model.kwargs,
-    )
+    model = _float_model(cfg, num_classes, in_channels)
     if cfg.quant:
         model = build_recipe(cfg.quant).prepare(model)
     return model
