@@ -113,3 +113,27 @@ def test_pact_learned_clip_gets_gradient_from_clipped_inputs_only() -> None:
     q(x).sum().backward()
     assert float(q.learned_clip.grad) == 2.0  # two inputs at or above the clip
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("signed", [False, True])
+@pytest.mark.parametrize("clip_input_grad", [False, True])
+def test_fused_uniform_equals_unfused_path(dtype: torch.dtype, signed: bool,
+                                           clip_input_grad: bool) -> None:
+    """The QAT hot path: same values, same x-gradients, same PACT clip gradient as the reference."""
+    from lowbit.quant import functional as F
+    from lowbit.quant.ste import fused_uniform_ste
+
+    torch.manual_seed(0)
+    x = (torch.randn(2000) * 2).to(dtype)
+    x[:6] = torch.tensor([0.0, 2.5, -2.5, 1.0, -1.0, 3.0]).to(dtype)  # exact boundaries included
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    c1, c2 = torch.tensor(2.5, requires_grad=True), torch.tensor(2.5, requires_grad=True)
+    codes, step = F.uniform_encode(x2, c2, 4, signed)
+    ref = S.ste_pact(x2, codes.to(step.dtype) * step, c2.to(dtype), signed, clip_input_grad)
+    out = fused_uniform_ste(x1, c1, F.uniform_num_steps(4, signed), signed, clip_input_grad)
+    g = torch.randn(2000).to(dtype)
+    (out * g).sum().backward()
+    (ref * g).sum().backward()
+    assert torch.equal(out, ref) and torch.equal(x1.grad, x2.grad)
+    torch.testing.assert_close(c1.grad, c2.grad, rtol=1e-2, atol=0.1)  # summation order only

@@ -18,7 +18,15 @@ from torch.nn.modules.lazy import LazyModuleMixin
 from lowbit.quant import functional as F
 from lowbit.quant.base import check_finite
 from lowbit.quant.registry import register_quantizer
-from lowbit.quant.ste import grad_scale, round_ste, ste, ste_bireal, ste_clipped, ste_pact
+from lowbit.quant.ste import (
+    fused_uniform_ste,
+    grad_scale,
+    round_ste,
+    ste,
+    ste_bireal,
+    ste_clipped,
+    ste_pact,
+)
 from lowbit.quant.weight import CodebookQuantizer
 
 _CLIPS = ("max", "fixed", "learned", "ema")
@@ -129,6 +137,9 @@ class Uniform(_ClipQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         check_finite(x, "tensor")
         t = self.threshold(x, update=self.training)
+        if t.dim() == 0:  # per-tensor: one fused node (same values and gradients, far fewer passes)
+            big_l = F.uniform_num_steps(self.bits, self.signed)
+            return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
         return self._output(x, t, q, learned=self.clip == "learned")
 
