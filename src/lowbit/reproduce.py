@@ -45,6 +45,7 @@ def _run_stats(run: RunDir) -> dict[str, Any]:
     info = json.loads((run.path / "run.json").read_text())
     speeds = sorted(r["images_per_s"] for r in rows) or [0.0]
     return {
+        "train_command": info.get("command"),
         "commit": info["commit"],
         "machine": info["machine"],
         "started": info["started"],

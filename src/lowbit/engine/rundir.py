@@ -6,6 +6,7 @@ import json
 import logging
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,7 @@ class RunDir:
             self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode()
         )
         info = {
+            "command": " ".join(["lowbit", *sys.argv[1:]]),
             "commit": git_commit(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "machine": machine_info(),
