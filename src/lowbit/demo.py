@@ -18,6 +18,7 @@ from rich.table import Table
 
 from lowbit.api import load_model, train
 from lowbit.config import build_config
+from lowbit.console import make_console
 from lowbit.recipes import list_recipes
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ def run_demo(epochs: int = 15, seed: int = 0, out_dir: str | None = None) -> lis
     fresh temporary folder, printed at the start).
     """
     root = Path(out_dir or tempfile.mkdtemp(prefix="lowbit-demo-"))
-    console = Console(width=None if Console().is_terminal else 120)
+    console = make_console()
     quiet = logging.getLogger("lowbit")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # the table is the output; each run keeps its own log file

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from torch import Tensor, nn
 
 from lowbit.accounting import (
@@ -23,6 +22,7 @@ from lowbit.accounting import (
     cost_report,
     render_table,
 )
+from lowbit.console import make_console
 from lowbit.data import input_shape_for
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ class InspectReport:
         }
 
     def print(self) -> None:
-        console = Console()
+        console = make_console()
         console.print(render_table(self.cost))
         console.print(render_table(self.compliance))
         size = f", file {self.file_bytes / 1024:.1f} KiB" if self.file_bytes else ""

@@ -144,7 +144,7 @@ def quantize_model(model: nn.Module, rules: Mapping[Any, Any] | None = None, *,
         elif _is_weight_layer(entry.module):
             kept.append(FloatLayer(entry.names[0], type(entry.module).__name__,
                                    _float_reason(entry.module, rule)))
-    log.info("quantized %d layers, kept %d in float", len(converted), len(kept))
+    log.debug("quantized %d layers, kept %d in float", len(converted), len(kept))
     return QuantizationReport(model, converted, kept)
 
 
