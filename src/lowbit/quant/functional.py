@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -135,6 +136,17 @@ def _count_at_least(desc: Tensor, thr: Tensor, known: Tensor) -> Tensor:
     return lo
 
 
+def sorted_desc(a: Tensor) -> Tensor:
+    """Each row of 2-d `a` sorted in descending order (values only).
+
+    On CPU, numpy's sort is ~30x faster than `torch.sort` for the 10^3..10^5-element rows of
+    CNN layers (torch also computes indices we do not need); both give the same values.
+    """
+    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
+        return torch.from_numpy(np.sort(a.numpy(), axis=1)[:, ::-1].copy())
+    return torch.sort(a, dim=1, descending=True).values
+
+
 def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
     """Exact minimiser of ||W - alpha*Q||^2 over alpha > 0, Q in {-1, 0, 1}^N (LBW §4.3).
 
@@ -151,7 +163,7 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
         (int8 codes in {-1, 0, 1}, alpha) with alpha 0-d or (C,); an all-zero row gives alpha 0.
     """
     r = rows(w.detach(), per_channel)
-    srt = torch.sort(r.abs(), dim=1, descending=True).values
+    srt = sorted_desc(r.abs())
     s = torch.cumsum(srt, dim=1)  # float32 output, accumulated in double by torch on CPU
     k = torch.arange(1, r.shape[1] + 1, dtype=s.dtype, device=w.device)
     kstar = torch.argmax(torch.mul(s, s).div_(k), dim=1, keepdim=True) + 1
