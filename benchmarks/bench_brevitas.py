@@ -29,11 +29,9 @@ Writes benchmarks/results/brevitas.json (command, commit, date, machine, version
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -42,10 +40,9 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_brevitas.py`: f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import interleaved, median, provenance, write_result
+from benchmarks.common import interleaved, make_step, median, provenance, write_result
 from lowbit import quantize_model
 from lowbit.models import create_model
 
@@ -58,7 +55,6 @@ LOWBIT_SPEC: dict[str, Any] = {
     "act": {"name": "uniform", "bits": 4, "signed": False, "clip": "learned",
             "clip_value": CLIP_INIT},
 }
-Step = Callable[[], None]
 
 
 def import_brevitas() -> ModuleType:
@@ -129,30 +125,6 @@ def check_same_start(models: list[nn.Module]) -> None:
             torch.equal(a, b) for a, b in zip(first, ws, strict=True))
         if not same:
             raise RuntimeError("the models do not start from the same weights")
-
-
-def make_step(model: nn.Module, bf16: bool, batch: int, steps: int) -> Step:
-    """A warmed-up closure running `steps` SGD steps on fixed random data."""
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 3, 32, 32, generator=gen)
-    x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
-    y = torch.randint(0, 10, (batch,), generator=gen)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-    def run() -> None:
-        for _ in range(steps):
-            with ctx():
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    run()  # warm-up (allocations, oneDNN primitive caches)
-    return run
 
 
 def measure_mode(bf16: bool, args: argparse.Namespace) -> dict[str, Any]:

@@ -13,7 +13,6 @@ Writes benchmarks/results/qat_step.json (command, commit, date, machine, figures
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
 import time
 from collections.abc import Callable
@@ -24,9 +23,8 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_qat_step.py`: f
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-import torch.nn.functional as F
 
-from benchmarks.common import interleaved, median, provenance, write_result
+from benchmarks.common import interleaved, make_step, median, provenance, write_result
 from lowbit import quantize_model
 from lowbit.models import create_model
 
@@ -42,7 +40,7 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
 }
 
 
-def make_step(
+def quantized_step(
     spec: dict[str, Any] | None, bf16: bool, batch: int, steps: int
 ) -> Callable[[], None]:
     """A warmed-up closure running `steps` SGD steps of ResNet-20 (quantized per `spec`)."""
@@ -50,24 +48,7 @@ def make_step(
     model = create_model("resnet20")
     if spec is not None:
         model = quantize_model(model, **spec).model
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32)
-    x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
-    y = torch.randint(0, 10, (batch,))
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-    def run() -> None:
-        for _ in range(steps):
-            with ctx():
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-    run()  # warm-up (allocations, oneDNN primitive caches)
-    return run
+    return make_step(model, bf16, batch, steps)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -85,7 +66,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def measure_mode(bf16: bool, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median s/step and ratio vs float of every configuration, in one precision mode."""
-    fns = {k: make_step(v, bf16, args.batch, args.steps) for k, v in CONFIGS.items()}
+    fns = {k: quantized_step(v, bf16, args.batch, args.steps) for k, v in CONFIGS.items()}
     times = interleaved(fns, args.repeats)
     base = median(times["float"])
     return {k: {"median_s_per_step": median(t) / args.steps, "ratio_vs_float": median(t) / base}

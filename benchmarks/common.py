@@ -12,6 +12,7 @@ The scripts run either way from the repository root:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -21,6 +22,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from lowbit.engine.checkpoint import atomic_write_bytes
 from lowbit.engine.rundir import git_commit, machine_info
@@ -105,3 +110,32 @@ def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[s
 def median(xs: Sequence[float]) -> float:
     """The median of a non-empty sequence."""
     return float(statistics.median(xs))
+
+
+Step = Callable[[], None]
+
+
+def make_step(model: nn.Module, bf16: bool, batch: int, steps: int) -> Step:
+    """A warmed-up closure running `steps` SGD steps on fixed random data."""
+    if bf16:
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(batch, 3, 32, 32, generator=gen)
+    x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
+    y = torch.randint(0, 10, (batch,), generator=gen)
+    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+
+    def run() -> None:
+        for _ in range(steps):
+            with ctx():
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    run()  # warm-up (allocations, oneDNN primitive caches)
+    return run
+
+
