@@ -161,3 +161,14 @@ def test_end_to_end_and_resume_mid_schedule(tmp_path: Path, tiny_config, crash_a
     ref = load_model(tmp_path / "full" / "final.safetensors")[0].state_dict()
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, ref[key]), key
+
+
+def test_channels_last_model() -> None:
+    """The engine converts models to channels_last; INQ's buffers follow and must still work."""
+    recipe = inq(bits=4, portions=[0.5, 1.0])
+    model = recipe.prepare(tiny_net()).to(memory_format=torch.channels_last)
+    for step in range(2):
+        recipe._advance_to(step)
+    for _, _, q in recipe.layers:
+        assert q.mask.all()
+    assert check_compliance(model).passed

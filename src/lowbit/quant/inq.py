@@ -77,8 +77,7 @@ class INQWeight(Pow2):
             raise ValueError("prune before the first INQ partition")
         k = round(sparsity * w.numel())
         order = torch.sort(w.abs().reshape(-1), stable=True).indices[:k]
-        self.mask.view(-1)[order] = True
-        self.frozen.view(-1)[order] = 0.0
+        self._freeze(order, torch.zeros(k, dtype=self.frozen.dtype))
         self.num_pruned.fill_(k)
         return k
 
@@ -105,9 +104,15 @@ class INQWeight(Pow2):
             return 0
         new = self._choose(eff, k, generator)
         values = F.pow2_quantize(eff.reshape(-1)[new], self.bits, int(self.n1))
-        self.frozen.view(-1)[new] = values.to(self.frozen.dtype)
-        self.mask.view(-1)[new] = True
+        self._freeze(new, values.to(self.frozen.dtype))
         return k
+
+    def _freeze(self, flat_index: Tensor, values: Tensor) -> None:
+        """Freeze the entries at row-major `flat_index` to `values`, whatever the buffers' memory
+        format (a channels_last model has channels_last buffers, which `view(-1)` cannot take)."""
+        index = torch.unravel_index(flat_index, self.mask.shape)
+        self.frozen.index_put_(index, values)
+        self.mask.index_put_(index, torch.ones_like(values, dtype=torch.bool))
 
     def _choose(self, eff: Tensor, k: int, generator: torch.Generator | None) -> Tensor:
         free = (~self.mask).reshape(-1).nonzero().squeeze(1)
