@@ -8,6 +8,7 @@ full test set.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 
 from lowbit.config import RunConfig, build_config
-from lowbit.data import DatasetSplits, load_dataset
+from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
 from lowbit.engine.rundir import RunDir
@@ -161,10 +162,14 @@ def _format_of(path: str | Path) -> str | None:
 def evaluate_checkpoint(
     path: str | Path, data_dir: str | None = None, batch_size: int = 500
 ) -> dict[str, Any]:
-    """Top-1/top-5 of a checkpoint on its dataset's full test set."""
+    """Top-1/top-5 of a checkpoint on its dataset's full test set.
+
+    Data location: `data_dir`, else `$LOWBIT_DATA`, else the folder the run trained from (a
+    checkpoint made on another machine names a path that may not exist here).
+    """
     model, meta = load_model(path)
-    cfg = build_config(base=meta["config"])  # data location and batch size of the run
-    data = load_dataset(meta["dataset"], data_dir or cfg.data.data_dir)
+    saved = build_config(base=meta["config"]).data.data_dir
+    data = load_dataset(meta["dataset"], data_dir or os.environ.get(ENV_DATA_DIR) or saved)
     result = evaluate(model, data.test, batch_size, bf16=False)
     return {
         "checkpoint": str(path),
