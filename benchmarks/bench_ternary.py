@@ -5,7 +5,7 @@ the sort's (target: ratio <= 1.5). Both are timed in the same process, interleav
 alternates every repeat), and compared by their medians, because the machine is shared.
 
     python benchmarks/bench_ternary.py --per-channel-rows 100   # 1e7 and 1e6, 2 then 1 thread
-    python benchmarks/bench_ternary.py --sizes 1000000 --repeats 9 --out /tmp/t.json
+    python benchmarks/bench_ternary.py --sizes 1000000 --repeats 9 --out t.json
 """
 
 from __future__ import annotations
