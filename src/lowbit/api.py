@@ -20,7 +20,7 @@ from lowbit.config import RunConfig, build_config
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
-from lowbit.engine.rundir import RunDir
+from lowbit.engine.rundir import RunDir, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
 from lowbit.models import create_model
 from lowbit.recipes import Recipe, build_recipe
@@ -67,6 +67,13 @@ def _train(
 ) -> dict[str, Any]:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    if cfg.train.bf16 and not cpu_bf16_native():
+        log.warning(
+            "train.bf16: this CPU has no native bf16 (AVX512-BF16/AMX) and emulated bf16 "
+            "autocast is many times slower than fp32, so this run trains in fp32 "
+            "(set train.bf16=false to silence this)"
+        )
+        cfg.train.bf16 = False
     torch.manual_seed(cfg.train.seed)
     data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
     if cfg.data.val_fraction > 0:

@@ -209,6 +209,20 @@ def test_lbw_threshold_rule_and_bits2_is_ternary() -> None:
         assert torch.equal(c2, ref[0]) and torch.equal(a2, ref[1])
 
 
+@pytest.mark.parametrize("method", ["alternating", "threshold"])
+def test_lbw_8_bits_keeps_levels_below_float32_normal_range(method: str) -> None:
+    # n = 127 magnitudes: the smallest level is 2^-126 of the top, at the edge of float32's
+    # normal range; codes are computed in float64, so tiny weights still get their own level.
+    w = torch.tensor([1.0, -2.0**-60, 2.0**-100, 0.0, 0.3], dtype=torch.float32)
+    codes, top = F.lbw_fit(w, 8, method=method, r=1.0)
+    assert codes.dtype == torch.int8 and int(codes.abs().max()) <= 127
+    values = F.pow2_decode(codes, top, F.lbw_num_magnitudes(8))
+    assert values[0] == pytest.approx(1.0, rel=0.34) and float(values[3]) == 0.0
+    assert float(values[1]) == pytest.approx(-(2.0**-60) * float(values[0]), rel=1e-6)
+    assert float(values[2]) == pytest.approx(2.0**-100 * float(values[0]), rel=1e-6)
+    assert float(values[4]) in {0.25 * float(values[0]), 0.5 * float(values[0])}
+
+
 # ----------------------------------------------------------------------------- GDRQ scale-clip
 @pytest.mark.parametrize(("bits", "k", "ref"), [
     (2, 2, 0.230), (2, 3, 0.458), (3, 2, 0.058), (4, 2, 0.041), (4, 3, 0.013),

@@ -36,7 +36,7 @@ def test_registry_errors_are_clear() -> None:
 @pytest.mark.parametrize(("cfg", "match"), [
     ({"name": "ternary", "bits": 3}, "ternary supports bits 2, got 3"),
     ({"name": "pow2", "bits": 9}, "pow2 supports bits 2..8"),
-    ({"name": "lbw", "bits": 7}, "lbw supports bits 2..6"),
+    ({"name": "lbw", "bits": 9}, "lbw supports bits 2..8"),
     ({"name": "lbw", "method": "magic"}, "lbw method must be"),
     ({"name": "uniform", "bits": 1}, "signed=True supports bits 2..16"),
     ({"name": "uniform", "clip": "p99"}, "uniform clip must be one of"),

@@ -26,6 +26,7 @@ CONFIGS: list[dict[str, Any]] = [
     {"name": "lbw", "bits": 4, "per_channel": True},
     {"name": "lbw", "bits": 3, "method": "threshold"},
     {"name": "lbw", "bits": 4, "method": "threshold", "r": 1.0},
+    {"name": "lbw", "bits": 8}, {"name": "lbw", "bits": 7, "method": "threshold"},
     {"name": "binary"}, {"name": "binary", "per_channel": True},
     {"name": "twn"}, {"name": "twn", "per_channel": True},
     {"name": "dorefa", "bits": 1}, {"name": "dorefa", "bits": 2}, {"name": "dorefa", "bits": 4},

@@ -85,6 +85,30 @@ def test_frozen_weights_never_change_under_sgd_momentum_and_decay(tmp_path: Path
     assert moved  # the float half did train
 
 
+@pytest.mark.parametrize(("mode", "n1_after"), [("per_step", 2), ("first", 0)])
+def test_n1_recomputed_per_step_or_fixed(mode: str, n1_after: int) -> None:
+    q = INQWeight(bits=5, n1_mode=mode)
+    w = torch.tensor([1.0, 0.9, 0.1, 0.05])
+    q.partition(w, 0.5)  # freezes 1.0 and 0.9 at 2^0: n1 = floor(log2(4/3)) = 0
+    assert int(q.n1) == 0 and q.frozen[:2].tolist() == [1.0, 1.0]
+    w[2:] = 3.0  # the float half outgrows 1.5 * 2^n1
+    q.partition(w, 1.0)
+    assert int(q.n1) == n1_after
+    assert q.frozen[:2].tolist() == [1.0, 1.0]  # frozen values never move
+    values = set(q.frozen.tolist())
+    assert values <= set(q.levels(w).tolist())  # all in the (final) codebook
+
+
+def test_per_step_n1_refused_when_it_would_drop_a_frozen_level() -> None:
+    q = INQWeight(bits=2)  # ternary: the window is the single magnitude 2^n1
+    w = torch.tensor([1.0, 0.1, 0.1, 0.1])
+    q.partition(w, 0.25)
+    w[1:] = 3.0  # recomputed n1 = 2 would make the frozen 1.0 unrepresentable
+    q.partition(w, 1.0)
+    assert int(q.n1) == 0 and q.frozen.tolist() == [1.0, 1.0, 1.0, 1.0]
+    assert set(q.frozen.tolist()) <= set(q.levels(w).tolist())
+
+
 def test_gradient_reaches_only_float_entries() -> None:
     q = INQWeight(bits=4)
     w = torch.randn(100, requires_grad=True)
@@ -123,6 +147,7 @@ def test_schedule_epochs_and_lr_phases() -> None:
         {"portions": [0.6, 0.5, 1.0]},
         {"bits": 9},
         {"strategy": "biggest"},
+        {"n1": "last"},
         {"epochs_per_step": -1},
     ],
 )

@@ -36,6 +36,30 @@ def git_commit() -> str:
         return "unknown"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else the platform's processor."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_bf16_native() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX, as oneDNN reports).
+
+    Without it, CPU bf16 autocast is emulated and runs many times slower than fp32 (measured
+    13x on a 2-core AMD EPYC without AVX-512 for a ResNet-20 training step).
+    """
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else True
+    except RuntimeError:
+        return True
+
+
 def machine_info() -> dict[str, Any]:
     import os
 
@@ -46,6 +70,8 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_model": cpu_model(),
+        "cpu_bf16": cpu_bf16_native(),
     }
 
 

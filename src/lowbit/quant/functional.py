@@ -204,9 +204,13 @@ def lbw_num_magnitudes(bits: int) -> int:
     return 2 ** (bits - 1) - 1
 
 
-def _lbw_codes(a: Tensor, alpha: Tensor, n: int) -> Tensor:
-    """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows)."""
-    return pow2_round_index(a / torch.where(alpha > 0, alpha, 1.0), n)
+def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
+    """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows).
+
+    In float64: at 8 bits the smallest level is 2^-126 of the top one, below float32's normal
+    range, so float32 division would lose the small levels.
+    """
+    return pow2_round_index(a64 / torch.where(alpha > 0, alpha, 1.0), n)
 
 
 def _lbw_refit(a64: Tensor, q: Tensor) -> Tensor:
@@ -219,11 +223,11 @@ def _lbw_alternating(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
     """Lloyd iteration from alpha*_ternary / 2^(n-1); returns (alpha (C, 1), level indices)."""
     mags = torch.tensor([0.0] + [2.0**j for j in range(n)], dtype=torch.float64, device=a.device)
     a64 = a.to(torch.float64)
-    alpha = ternary_exact(a, per_channel=True)[1].reshape(-1, 1).to(torch.float64) / 2 ** (n - 1)
-    idx = _lbw_codes(a, alpha.to(a.dtype), n)
+    alpha = ternary_exact(a, per_channel=True)[1].reshape(-1, 1).to(torch.float64) / 2.0 ** (n - 1)
+    idx = _lbw_codes(a64, alpha, n)
     for _ in range(iters):
         alpha = _lbw_refit(a64, mags[idx])
-        new = _lbw_codes(a, alpha.to(a.dtype), n)
+        new = _lbw_codes(a64, alpha, n)
         if torch.equal(new, idx):  # fixed point: more iterations would change nothing
             break
         idx = new
@@ -246,8 +250,8 @@ def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
     Returns:
         (codes in pow2 layout with M = n, top level 2^(n-1)*alpha), top 0-d or (C,).
     """
-    if not 2 <= bits <= 6:
-        raise ValueError(f"lbw supports bits 2..6, got {bits}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"lbw supports bits 2..8, got {bits}")
     if method not in ("alternating", "threshold"):
         raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
     if bits == 2:
@@ -256,12 +260,12 @@ def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
     rr = rows(w.detach(), per_channel)
     a = rr.abs()
     if method == "threshold":
-        alpha = a.amax(dim=1, keepdim=True).to(torch.float64) * (r / 2 ** (n - 1))
-        idx = _lbw_codes(a, alpha.to(a.dtype), n)
+        alpha = a.amax(dim=1, keepdim=True).to(torch.float64) * (r / 2.0 ** (n - 1))
+        idx = _lbw_codes(a.to(torch.float64), alpha, n)
     else:
         alpha, idx = _lbw_alternating(a, n, iters)
     codes = (idx * torch.sign(rr).to(torch.int64)).to(code_dtype(n)).reshape(w.shape)
-    return codes, _row_scale(alpha * 2 ** (n - 1), per_channel, w.dtype)
+    return codes, _row_scale(alpha * 2.0 ** (n - 1), per_channel, w.dtype)
 
 
 # ----------------------------------------------------------------------------- uniform

@@ -9,13 +9,19 @@ exactly round(fraction * N) weights are frozen, quantized with paper Eq. 4 to
 {0, ±2^n2, ..., ±2^n1}, n2 = n1 + 1 - 2^(b-2). `prune(W, sparsity)` freezes the smallest
 weights at 0 first (DNS + INQ); fractions then count the remaining non-zero weights.
 
-n1 is computed once, at the first partition: n1 = floor(log2(4·max|W|/3)). Recomputing it at a
-later step could move the level set under weights that are already frozen (they must never
-change), so it is kept; float weights that later grow past 1.5·2^n1 clamp to 2^n1 (spec §2.2 [R]).
+n1 = floor(log2(4·max|W|/3)) over the layer's current weights (frozen and float). `n1_mode`:
+  - "per_step" (default, as the official code): recomputed at every partition step. A new n1
+    whose level window {2^n2..2^n1} would leave out an already-frozen value is refused and the
+    previous one kept (logged), so frozen weights never leave the codebook and the finished
+    layer is exactly b bits. With the magnitude partition the largest weights are frozen first,
+    so n1 moves only if a float weight outgrows 1.5·2^n1 during retraining.
+  - "first": computed once, at the first partition, and kept.
+Float weights above 1.5·2^n1 clamp to 2^n1 (spec §2.2 [R]).
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -25,6 +31,8 @@ from lowbit.quant import functional as F
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.weight import Pow2
 
+log = logging.getLogger(__name__)
+N1_MODES = ("per_step", "first")
 
 @register_quantizer
 class INQWeight(Pow2):
@@ -41,11 +49,14 @@ class INQWeight(Pow2):
     has_n1: Tensor
     num_pruned: Tensor
 
-    def __init__(self, bits: int = 5, strategy: str = "magnitude") -> None:
+    def __init__(self, bits: int = 5, strategy: str = "magnitude",
+                 n1_mode: str = "per_step") -> None:
         super().__init__(bits)
         if strategy not in ("magnitude", "random"):
             raise ValueError(f"strategy must be 'magnitude' or 'random', got {strategy!r}")
-        self.strategy = strategy
+        if n1_mode not in N1_MODES:
+            raise ValueError(f"n1_mode must be 'per_step' or 'first', got {n1_mode!r}")
+        self.strategy, self.n1_mode = strategy, n1_mode
         self.register_buffer("mask", torch.zeros(0, dtype=torch.bool))
         self.register_buffer("frozen", torch.zeros(0))
         self.register_buffer("n1", torch.tensor(0, dtype=torch.int64))
@@ -93,10 +104,8 @@ class INQWeight(Pow2):
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         self.attach(w)
         eff = self.forward(w)
-        if not bool(self.has_n1):
-            top = float(eff.abs().max())
-            self.n1.fill_(F.pow2_top_exponent(top) if top > 0 else 0)
-            self.has_n1.fill_(True)
+        if not bool(self.has_n1) or self.n1_mode == "per_step":
+            self._update_n1(eff)
         pruned = int(self.num_pruned)
         target = pruned + round(fraction * (w.numel() - pruned))
         k = target - int(self.mask.sum())
@@ -106,6 +115,23 @@ class INQWeight(Pow2):
         values = F.pow2_quantize(eff.reshape(-1)[new], self.bits, int(self.n1))
         self._freeze(new, values.to(self.frozen.dtype))
         return k
+
+    def _update_n1(self, eff: Tensor) -> None:
+        """Set n1 from max|eff|, unless its window would exclude an already-frozen value."""
+        top = float(eff.abs().max())
+        n1 = F.pow2_top_exponent(top) if top > 0 else 0
+        if not bool(self.has_n1):
+            self.n1.fill_(n1)
+            self.has_n1.fill_(True)
+            return
+        if n1 == int(self.n1):
+            return
+        frozen = self.frozen[self.mask & (self.frozen != 0)].abs().to(torch.float64)
+        n2 = n1 + 1 - 2 ** (self.bits - 2)
+        if frozen.numel() and (frozen.min() < 2.0**n2 or frozen.max() > 2.0**n1):
+            log.info("INQ: kept n1=%d (recomputed %d would drop frozen levels)", int(self.n1), n1)
+            return
+        self.n1.fill_(n1)
 
     def _freeze(self, flat_index: Tensor, values: Tensor) -> None:
         """Freeze the entries at row-major `flat_index` to `values`, whatever the buffers' memory
@@ -140,4 +166,5 @@ class INQWeight(Pow2):
         return self.decode(self.code_range().to(x.device), top)
 
     def to_config(self) -> dict[str, Any]:
-        return {"name": self.name, "bits": self.bits, "strategy": self.strategy}
+        return {"name": self.name, "bits": self.bits, "strategy": self.strategy,
+                "n1_mode": self.n1_mode}

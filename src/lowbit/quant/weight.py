@@ -152,7 +152,7 @@ class LBW(CodebookQuantizer):
     """LBW-Net power-of-two weights with a scale (Yin et al. 2016; spec §4.2, §4.4).
 
     Forward: alpha*Q minimising ||W - alpha*Q||^2 with Q_i in S_n = {0, ±1, ±2, ..., ±2^(n-1)},
-    n = 2^(b-1) - 1 non-zero magnitudes (b=3: {1, 2, 4}; b=4: up to 64; b=6: up to 2^30),
+    n = 2^(b-1) - 1 non-zero magnitudes (b=3: {1, 2, 4}; b=4: up to 64; b=8: up to 2^126),
     the sign-magnitude count of spec §4.2 (which marks n(b) unresolved: the paper may use
     fewer magnitudes; with this n, b >= 5 adds nothing over b = 4 on Gaussian weights).
     Derivation of the two exact half-steps: for fixed alpha the objective separates per
@@ -180,7 +180,7 @@ class LBW(CodebookQuantizer):
     def __init__(self, bits: int = 3, method: str = "alternating", iters: int = 20,
                  r: float = 0.5, per_channel: bool = False) -> None:
         super().__init__(bits)
-        _check_bits(self.name, bits, 2, 6)
+        _check_bits(self.name, bits, 2, 8)
         if method not in ("alternating", "threshold"):
             raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
         if iters < 0 or not r > 0:

@@ -12,7 +12,9 @@ remaining weights. Frozen weights never change (see `lowbit.quant.inq`); the mas
 model's buffers and the step counter in the checkpoint, so a killed run resumes exactly.
 
 Choices where the paper is silent (spec §2.7, §2.9): the first and last layers are quantized as
-in the official code (`skip_first_last` keeps them float); n1 is fixed at the first partition.
+in the official code (`skip_first_last` keeps them float); n1 is recomputed at every step
+(`n1: per_step`) but never so that an already-frozen weight leaves the codebook; `n1: first`
+fixes it at the first partition.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class INQConfig:
     portions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
     epochs_per_step: int = 4
     strategy: Literal["magnitude", "random"] = "magnitude"
+    n1: Literal["per_step", "first"] = "per_step"
     prune_sparsity: float = 0.0
     prune_epochs: int = 0
     skip_first_last: bool = False
@@ -69,7 +72,8 @@ class INQRecipe(Recipe, Hook):
 
     # ---- recipe ------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
-        spec = {"weight": {"name": "inq", "bits": self.cfg.bits, "strategy": self.cfg.strategy}}
+        spec = {"weight": {"name": "inq", "bits": self.cfg.bits, "strategy": self.cfg.strategy,
+                           "n1_mode": self.cfg.n1}}
         if self.cfg.skip_first_last:
             model = quantize_model(model, inplace=True, **spec).model
         else:

@@ -34,7 +34,7 @@ class LBWConfig:
     quantize_first_last: bool = False
 
     def validate(self) -> None:
-        require(2 <= self.bits <= 6, f"bits must be in 2..6, got {self.bits}")
+        require(2 <= self.bits <= 8, f"bits must be in 2..8, got {self.bits}")
         require(self.r > 0, f"r must be > 0, got {self.r}")
         require(self.iters >= 0, f"iters must be >= 0, got {self.iters}")
 
