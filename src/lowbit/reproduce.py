@@ -9,7 +9,10 @@ An experiment is a run config with an `expected:` section:
 trains (or resumes), the final checkpoint is copied to `<checkpoints>/<name>.safetensors` and
 re-evaluated from that copy on the full test set (what `lowbit eval` reproduces), and
 `<results>/<name>.json` records command, commit, machine, epochs, wall-clock, throughput, the
-figures and the verdict. A row that misses its target is recorded all the same.
+figures and the verdict. A row that misses its target is recorded all the same. The record
+also holds the row's storage: the weight bits of its quantized layers, the accounted bytes
+against float, the size on disk of its packed `.lowbit` artifact (what a deployment stores),
+MACs/BOPs and whether every quantized weight lies in its codebook.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,8 @@ from lowbit.api import evaluate_checkpoint, train
 from lowbit.config import RunConfig, build_config
 from lowbit.engine.checkpoint import atomic_write_bytes, load_checkpoint
 from lowbit.engine.rundir import RunDir
+from lowbit.export.packed import export_packed
+from lowbit.inspect import inspect_target
 from lowbit.schema import ConfigError
 
 
@@ -53,6 +59,25 @@ def _run_stats(run: RunDir) -> dict[str, Any]:
         "train_seconds": round(sum(r["epoch_seconds"] for r in rows), 1),
         "median_images_per_s": round(speeds[len(speeds) // 2], 1),
         "best_epoch_top1": max((r.get("test_top1", 0.0) for r in rows), default=None),
+    }
+
+
+def size_summary(checkpoint: str | Path) -> dict[str, Any]:
+    """Storage and cost of a checkpoint: bits, accounted bytes, packed-file bytes, compliance."""
+    report = inspect_target(checkpoint)
+    with tempfile.TemporaryDirectory() as tmp:
+        packed = export_packed(checkpoint, Path(tmp) / "model.lowbit").stat().st_size
+    quantized = sorted({r.weight_bits for r in report.cost.layers if 0 < r.weight_bits < 32})
+    return {
+        "weight_bits": quantized,
+        "quantized_layers": sum(0 < r.weight_bits < 32 for r in report.cost.layers),
+        "accounted_bytes": round(report.cost.bytes),
+        "float_bytes": round(report.cost.float_bytes),
+        "compression": round(report.cost.compression, 2),
+        "packed_file_bytes": packed,
+        "macs": report.cost.macs,
+        "bops": report.cost.bops,
+        "compliance": report.compliance.passed,
     }
 
 
@@ -92,6 +117,7 @@ def reproduce(
         "num_test": final["num_test"],
         "top1": final["top1"],
         "top5": final["top5"],
+        "size": size_summary(ckpt),
         "expected": expected,
         "threshold": threshold,
         "passed": None if threshold is None else final[metric] >= threshold,

@@ -1,16 +1,19 @@
 import json
+import logging
 import math
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from lowbit import api
 from lowbit.api import train
 from lowbit.config import ScheduleConfig, build_config
 from lowbit.data import load_dataset
 from lowbit.engine import Hook, Trainer
 from lowbit.engine.optim import build_optimizer, lr_at
-from lowbit.engine.rundir import RunDir
+from lowbit.engine.rundir import RunDir, machine_info
 from lowbit.models import create_model
 
 
@@ -157,3 +160,24 @@ def test_optimizers(name: str, cls: type, tmp_path: Path, tiny_config) -> None:
     train(build_config(base=base), run_path=tmp_path / name)
     rows = [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_without_native_cpu_support_trains_in_fp32(
+    tmp_path: Path, tiny_config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    native: bool,
+) -> None:
+    monkeypatch.setattr(api, "cpu_bf16_native", lambda: native)
+    cfg = build_config(base=tiny_config(tmp_path, epochs=1, bf16=True))
+    with caplog.at_level(logging.WARNING):
+        result = train(cfg, run_path=tmp_path / "run")
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["train"]["bf16"] is native  # what actually ran is what is recorded
+    assert ("no native bf16" in caplog.text) is not native
+    assert result["epochs"] == 1
+
+
+def test_machine_info_names_the_cpu_and_its_bf16_support() -> None:
+    info = machine_info()
+    assert isinstance(info["cpu_model"], str) and info["cpu_model"]
+    assert isinstance(info["cpu_bf16"], bool)
