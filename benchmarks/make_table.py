@@ -75,22 +75,39 @@ def fmt(value: object, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
+def size_cells(result: Result) -> list[str]:
+    """[weight bits, packed KiB, compression, compliance] from a result's `size` record."""
+    size = result.get("size")
+    if not isinstance(size, dict):
+        return ["-", "-", "-", "-"]
+    bits = ",".join(str(b) for b in size.get("weight_bits", [])) or "float"
+    packed = size.get("packed_file_bytes")
+    compliance = size.get("compliance")
+    return [bits, fmt(None if packed is None else packed / 1024, ".0f"),
+            fmt(size.get("compression"), ".1f"),
+            "-" if compliance is None else ("PASS" if compliance else "**FAIL**")]
+
+
 def experiment_row(result: Result) -> list[str]:
     """One experiments-table row."""
     passed = result["passed"]
     verdict = "-" if passed is None else ("pass" if passed else "**miss**")
     minutes = None if result["train_seconds"] is None else result["train_seconds"] / 60
+    machine = result.get("machine")
+    cpu = machine.get("cpu_model") if isinstance(machine, dict) else None
     return [Path(str(result["experiment"])).stem, cell(result.get("model")),
             cell(result.get("dataset")), fmt(result["top1"], ".2f"),
-            fmt(result["threshold"], ".2f"), verdict, cell(result["epochs"]),
-            fmt(minutes, ".1f"), short_commit(result), cell(result.get("checkpoint"))]
+            fmt(result["threshold"], ".2f"), verdict, *size_cells(result),
+            cell(result["epochs"]), fmt(minutes, ".1f"), cell(cpu), short_commit(result),
+            cell(result.get("checkpoint"))]
 
 
 def experiment_table(results: list[tuple[str, Result]]) -> list[str]:
     """The experiments table, sorted by row name (then file name)."""
     rows = sorted((experiment_row(r), stem) for stem, r in results if is_experiment(r))
-    header = ["experiment", "model", "dataset", "top-1 %", "target %", "verdict", "epochs",
-              "train time (min)", "commit", "checkpoint"]
+    header = ["experiment", "model", "dataset", "top-1 %", "target %", "verdict", "W bits",
+              "packed KiB", "x smaller", "codebook", "epochs", "train time (min)", "CPU",
+              "commit", "checkpoint"]
     return table(header, [row for row, _ in rows])
 
 

@@ -71,15 +71,19 @@ def test_zero_results_writes_a_line_and_keeps_the_rest(mt: ModuleType, tmp_path:
 
 def test_experiment_rows_sorted_with_verdicts(mt: ModuleType, tmp_path: Path) -> None:
     (tmp_path / "results").mkdir()
-    write(tmp_path / "results", "b_row", experiment("b_row", 91.234, 92.0))
+    size = {"weight_bits": [4], "packed_file_bytes": 163840, "compression": 6.71,
+            "compliance": True}
+    write(tmp_path / "results", "b_row", experiment("b_row", 91.234, 92.0, size=size,
+                                                    machine={"cpu_model": "AMD EPYC"}))
     write(tmp_path / "results", "a_row", experiment("a_row", 92.5, 91.5))
     write(tmp_path / "results", "c_row", experiment("c_row", 90.0, None))
     write(tmp_path / "results", "quant_error_x", {"benchmark": "weight quantization error"})
     _, text = run(mt, tmp_path)
     rows = [line for line in text.splitlines() if line.startswith("| ") and "_row" in line]
     assert [r.split(" | ")[0] for r in rows] == ["| a_row", "| b_row", "| c_row"]
-    assert "| 91.23 | 92.00 | **miss** | 200 | 90.0 | 0123456+dirty |" in rows[1]
-    assert "| pass |" in rows[0] and "| 90.00 | - | - |" in rows[2]
+    assert "| 91.23 | 92.00 | **miss** | 4 | 160 | 6.7 | PASS | 200 | 90.0 | AMD EPYC |" \
+        " 0123456+dirty |" in rows[1]
+    assert "| pass | - | - | - | - | 200 |" in rows[0] and "| 90.00 | - | - |" in rows[2]
     assert rows[0].endswith("| benchmarks/checkpoints/a_row.safetensors |")
     assert "quant_error" not in text
     assert outside(text) == outside(README)
