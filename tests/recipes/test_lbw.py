@@ -74,3 +74,16 @@ def test_bits_and_solver_options() -> None:
         validate_quant_section({"method": "lbw", "bits": 1})
     with pytest.raises(ConfigError):
         validate_quant_section({"method": "lbw", "bits": 4, "solver": "magic"})
+    with pytest.raises(ConfigError, match="2..8"):
+        validate_quant_section({"method": "lbw", "bits": 9})
+
+
+@pytest.mark.parametrize("bits", [7, 8])
+def test_seven_and_eight_bits_train_and_comply(bits: int) -> None:
+    model = lbw(bits=bits, solver="threshold").prepare(TinyDetector())
+    q = model.backbone[3].weight_quant
+    assert (q.bits, q.r) == (bits, 1.0)  # r from the validation sweep is the recipe default
+    out = model(torch.randn(2, 3, 16, 16))
+    sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
+    assert model.backbone[3].weight.grad is not None
+    assert check_compliance(model).passed

@@ -9,7 +9,10 @@ run with the quantized weights, and the gradient updates the float copy (identit
 Activations stay float, as in the paper.
 
 Choices where the paper is silent (spec §4.5): per-layer alpha (per-channel as an option); the
-first conv and the last linear layer stay float by default (`quantize_first_last` quantizes them).
+first conv and the last linear layer stay float by default (`quantize_first_last` quantizes them);
+the threshold solver's r defaults to 1.0 (top level = max|W|), the best of r in 0.25..2.0 by
+held-out validation accuracy of a 4-bit ResNet-20 (`benchmarks/results/lbw_r_sweep.json`); the
+quantizer's Gaussian-error default of 0.5 clips the heavy tails of trained weights.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from lowbit.transform import every_layer_rules, quantize_model
 class LBWConfig:
     bits: int = 4
     solver: Literal["alternating", "threshold"] = "alternating"
-    r: float = 0.5
+    r: float = 1.0  # chosen by the validation sweep in benchmarks/results/lbw_r_sweep.json
     iters: int = 20
     per_channel: bool = False
     quantize_first_last: bool = False
