@@ -18,14 +18,19 @@ from lowbit.engine.checkpoint import atomic_write_bytes
 
 
 def git_commit() -> str:
-    """The current git commit (with '+dirty' when the tree has changes), or 'unknown'."""
+    """The current git commit (with '+dirty' when tracked files changed), or 'unknown'.
+
+    Recorded results and checkpoints (benchmarks/results, benchmarks/checkpoints) are outputs,
+    not code: a row recorded while the one before it is still uncommitted is not "dirty".
+    """
     try:
         here = Path(__file__).resolve().parent
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--",
+             ":(top,exclude)benchmarks/results", ":(top,exclude)benchmarks/checkpoints"],
             cwd=here,
             capture_output=True,
             text=True,
