@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="fine-tune a trained checkpoint with a low-bit method")
     _add_config_args(p)
-    p.add_argument("--method", required=True, help="qat, inq, lbw, gdrq, groupnet")
+    p.add_argument("--method", required=True, help="a registered recipe: qat, inq, lbw, gdrq")
     p.add_argument("--bits", type=int, required=True, help="weight bits")
     p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT")
     p.add_argument("--run-dir", help="where to write the run")
