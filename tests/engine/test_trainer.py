@@ -181,3 +181,23 @@ def test_machine_info_names_the_cpu_and_its_bf16_support() -> None:
     info = machine_info()
     assert isinstance(info["cpu_model"], str) and info["cpu_model"]
     assert isinstance(info["cpu_bf16"], bool)
+
+
+def test_recalibrate_bn_is_the_average_of_batch_statistics(tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=1))
+    trainer = _trainer(cfg, tmp_path / "run", [])
+    bn = next(m for m in trainer.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn.momentum = 0.3
+    seen: list[torch.Tensor] = []
+    handle = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].mean((0, 2, 3))))
+    weights = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" not in k
+               and "num_batches" not in k}
+    assert trainer.recalibrate_bn(3) == 3
+    handle.remove()
+    assert len(seen) == 3
+    torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0))
+    assert bn.momentum == 0.3  # restored
+    for k, v in trainer.model.state_dict().items():
+        if k in weights:
+            assert torch.equal(v, weights[k]), k  # no parameter moved
+    assert trainer.recalibrate_bn(0) == 0

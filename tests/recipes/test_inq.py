@@ -109,6 +109,24 @@ def test_per_step_n1_refused_when_it_would_drop_a_frozen_level() -> None:
     assert set(q.frozen.tolist()) <= set(q.levels(w).tolist())
 
 
+@pytest.mark.parametrize("batches", [0, 5])
+def test_last_step_then_optional_bn_recalibration(batches: int) -> None:
+    recipe = inq(bits=4, portions=[0.5, 1.0], bn_recalibration_batches=batches)
+    recipe.prepare(tiny_net())
+
+    class Recorder:
+        calls: list[int] = []
+
+        def recalibrate_bn(self, n: int) -> int:
+            self.calls.append(n)
+            return n
+
+    trainer = Recorder()
+    recipe.on_fit_end(trainer)  # type: ignore[arg-type]
+    assert all(bool(q.mask.all()) for _, _, q in recipe.layers)  # last step done first
+    assert trainer.calls == [batches]
+
+
 def test_gradient_reaches_only_float_entries() -> None:
     q = INQWeight(bits=4)
     w = torch.randn(100, requires_grad=True)
@@ -148,6 +166,7 @@ def test_schedule_epochs_and_lr_phases() -> None:
         {"bits": 9},
         {"strategy": "biggest"},
         {"n1": "last"},
+        {"bn_recalibration_batches": -1},
         {"epochs_per_step": -1},
     ],
 )

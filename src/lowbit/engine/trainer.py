@@ -10,6 +10,7 @@ any moment continues to the same result as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from typing import Any
@@ -232,6 +233,33 @@ class Trainer:
             "epoch_seconds": seconds,
             "images_per_s": count / max(seconds, 1e-9),
         }
+
+    @torch.no_grad()
+    def recalibrate_bn(self, batches: int) -> int:
+        """Re-estimate every BatchNorm's running statistics on `batches` training batches.
+
+        Cumulative average (momentum None) over the batches of the current epoch's order, in
+        train mode, without gradients: weights never change. Used after a last quantization step
+        that no training follows (INQ), where the statistics are stale. Returns batches used.
+        """
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if batches <= 0 or not bns:
+            return 0
+        momenta = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None
+        self.net.train()
+        self.loader.set_epoch(self.epoch)
+        used = 0
+        with autocast(self.cfg.train.bf16):
+            for x, _ in itertools.islice(self.loader, batches):
+                self.net(x)
+                used += 1
+        for m, momentum in zip(bns, momenta, strict=True):
+            m.momentum = momentum
+        log.info("re-estimated BatchNorm statistics on %d training batches", used)
+        return used
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         with autocast(self.cfg.train.bf16):

@@ -14,7 +14,9 @@ model's buffers and the step counter in the checkpoint, so a killed run resumes 
 Choices where the paper is silent (spec §2.7, §2.9): the first and last layers are quantized as
 in the official code (`skip_first_last` keeps them float); n1 is recomputed at every step
 (`n1: per_step`) but never so that an already-frozen weight leaves the codebook; `n1: first`
-fixes it at the first partition.
+fixes it at the first partition. No training follows the last step, so BatchNorm statistics
+are those of the model before it; `bn_recalibration_batches: N` re-estimates them on N training
+batches (weights untouched; off by default, as in the paper).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class INQConfig:
     prune_sparsity: float = 0.0
     prune_epochs: int = 0
     skip_first_last: bool = False
+    bn_recalibration_batches: int = 0
     seed: int = 0
 
     def validate(self) -> None:
@@ -59,6 +62,7 @@ class INQConfig:
         require(self.epochs_per_step >= 0, "epochs_per_step must be >= 0")
         require(0 <= self.prune_sparsity < 1, "prune_sparsity must be in [0, 1)")
         require(self.prune_epochs >= 0, "prune_epochs must be >= 0")
+        require(self.bn_recalibration_batches >= 0, "bn_recalibration_batches must be >= 0")
 
 
 class INQRecipe(Recipe, Hook):
@@ -108,6 +112,7 @@ class INQRecipe(Recipe, Hook):
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._advance_to(len(self.cfg.portions) - 1)
+        trainer.recalibrate_bn(self.cfg.bn_recalibration_batches)
 
     def phase(self, epoch: int, total: int) -> tuple[float, int] | None:
         p, e = self.cfg.prune_epochs, self.cfg.epochs_per_step
