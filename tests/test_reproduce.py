@@ -8,6 +8,7 @@ import yaml
 
 from lowbit.api import evaluate_checkpoint, train
 from lowbit.config import build_config
+from lowbit.engine.checkpoint import load_checkpoint
 from lowbit.reproduce import reproduce
 from lowbit.schema import ConfigError
 
@@ -29,7 +30,9 @@ def _experiment(tmp_path: Path, tiny_config, **expected: float) -> Path:
 def test_reproduce_records_accuracy_verdict_and_storage(tmp_path: Path, tiny_config) -> None:
     exp = _experiment(tmp_path, tiny_config, float_delta=-100.0)
     results, ckpts = tmp_path / "results", tmp_path / "ckpts"
-    out = reproduce(exp, run_dir=tmp_path / "run", results_dir=results, checkpoints_dir=ckpts)
+    data_dir = str(tmp_path / "machine-specific-data")
+    out = reproduce(exp, run_dir=tmp_path / "run", results_dir=results, checkpoints_dir=ckpts,
+                    data_dir=data_dir)
     saved = json.loads((results / "inq_w4_tiny.json").read_text())
     assert saved == out
     ckpt = ckpts / "inq_w4_tiny.safetensors"
@@ -44,6 +47,11 @@ def test_reproduce_records_accuracy_verdict_and_storage(tmp_path: Path, tiny_con
     assert 0 < size["accounted_bytes"] < size["float_bytes"] and size["compression"] > 1
     assert size["packed_file_bytes"] < ckpt.stat().st_size  # codes packed at 4 bits
     assert saved["machine"]["cpu_model"] and saved["commit"]
+    # the committed record and checkpoint name no path of this machine's data
+    assert data_dir not in (results / "inq_w4_tiny.json").read_text()
+    assert load_checkpoint(ckpt)[1]["config"]["data"]["data_dir"] is None
+    run_cfg = load_checkpoint(tmp_path / "run" / "final.safetensors")[1]["config"]
+    assert run_cfg["data"]["data_dir"] == data_dir  # the run's own files are left as they were
 
 
 def test_reproduce_records_a_miss(tmp_path: Path, tiny_config) -> None:

@@ -18,7 +18,6 @@ MACs/BOPs and whether every quantized weight lies in its codebook.
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -27,7 +26,7 @@ from typing import Any
 
 from lowbit.api import evaluate_checkpoint, train
 from lowbit.config import RunConfig, build_config
-from lowbit.engine.checkpoint import atomic_write_bytes, load_checkpoint
+from lowbit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from lowbit.engine.rundir import RunDir
 from lowbit.export.packed import export_packed
 from lowbit.inspect import inspect_target
@@ -46,12 +45,29 @@ def _reference(cfg: RunConfig, expected: dict[str, Any]) -> float:
     raise ConfigError("expected: needs 'value' (with optional 'tolerance') or 'float_delta'")
 
 
-def _run_stats(run: RunDir) -> dict[str, Any]:
+def _portable(command: str | None, data_dir: str | None) -> str | None:
+    """`command` with this machine's data path replaced by `$LOWBIT_DATA`, for the record."""
+    if command is None or not data_dir:
+        return command
+    return command.replace(data_dir, "$LOWBIT_DATA")
+
+
+def _copy_portable(src: Path, dst: Path) -> None:
+    """Copy a final checkpoint without the machine's data path in its stored config."""
+    tensors, meta = load_checkpoint(src)
+    meta.pop("format", None)
+    data = meta.get("config", {}).get("data")
+    if isinstance(data, dict):
+        data["data_dir"] = None  # eval reads --data-dir / $LOWBIT_DATA on the user's machine
+    save_checkpoint(dst, tensors, meta)
+
+
+def _run_stats(run: RunDir, data_dir: str | None) -> dict[str, Any]:
     rows = run.read_metrics()
     info = json.loads((run.path / "run.json").read_text())
     speeds = sorted(r["images_per_s"] for r in rows) or [0.0]
     return {
-        "train_command": info.get("command"),
+        "train_command": _portable(info.get("command"), data_dir),
         "commit": info["commit"],
         "machine": info["machine"],
         "started": info["started"],
@@ -102,16 +118,16 @@ def reproduce(
         train(cfg, resume=run_path if resume else None, run_path=run_path)
     ckpt = Path(checkpoints_dir) / f"{name}.safetensors"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run_path / "final.safetensors", ckpt)
+    _copy_portable(run_path / "final.safetensors", ckpt)
     final = evaluate_checkpoint(ckpt, data_dir)
     metric = expected.get("metric", "top1")
     result = {
         "experiment": str(experiment),
-        "command": " ".join(["lowbit", *sys.argv[1:]]),
+        "command": _portable(" ".join(["lowbit", *sys.argv[1:]]), data_dir),
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "checkpoint": str(ckpt),
         "eval_command": f"lowbit eval {ckpt} --json",
-        **_run_stats(RunDir(run_path)),
+        **_run_stats(RunDir(run_path), data_dir),
         "model": final["model"],
         "dataset": final["dataset"],
         "num_test": final["num_test"],

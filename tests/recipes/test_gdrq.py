@@ -40,7 +40,7 @@ def tiny_net(mid: int = 16) -> nn.Module:
 @pytest.mark.parametrize("bad", [
     {"weight_bits": 1}, {"weight_bits": 9}, {"act_bits": 0}, {"k_w": 0.0}, {"k_a": -1.0},
     {"group_size": -2}, {"momentum": 1.0}, {"reshape_epochs": -1},
-    {"reshape_epochs": 0, "quant_epochs": 0}, {"stat": "max"}, {"groups": 8},
+    {"stat": "max"}, {"groups": 8},
 ])
 def test_bad_config(bad: dict) -> None:
     with pytest.raises(ConfigError):
@@ -82,7 +82,7 @@ def test_layer_selection_and_quantizers() -> None:
 
 
 def test_stage_one_clips_float_stage_two_quantizes() -> None:
-    recipe = gdrq(reshape_epochs=1, quant_epochs=1, group_size=4)
+    recipe = gdrq(reshape_epochs=1, quant_epochs=1, group_size=4, bn_recalibration_batches=0)
     model = recipe.prepare(tiny_net())
     conv = model[3]
     w = conv.weight.detach()
@@ -217,3 +217,62 @@ def test_end_to_end_compliance_fold_and_resume(tmp_path: Path, tiny_config, cras
     want_state = load_model(tmp_path / "full" / "final.safetensors")[0].state_dict()
     for key, value in resumed.model.state_dict().items():
         assert torch.equal(value, want_state[key]), key
+
+
+class _RecalRecorder:
+    """Stands in for the Trainer: records recalibrate_bn calls, at a settable epoch."""
+
+    def __init__(self, epoch: int = 0) -> None:
+        self.epoch, self.calls = epoch, []  # type: ignore[var-annotated]
+
+    def recalibrate_bn(self, n: int) -> int:
+        self.calls.append((self.epoch, n))
+        return n
+
+
+def test_bn_recalibration_at_each_stage_start_and_after_a_calibration_only_run() -> None:
+    recipe = gdrq(reshape_epochs=1, quant_epochs=2, bn_recalibration_batches=7)
+    recipe.prepare(tiny_net())
+    rec = _RecalRecorder()
+    for epoch in range(3):
+        rec.epoch = epoch
+        recipe.on_epoch_start(rec, epoch)  # type: ignore[arg-type]
+    assert rec.calls == [(0, 7), (1, 7)]  # stage 1 start, stage 2 start, not epoch 2
+    rec.epoch = 3
+    recipe.on_fit_end(rec)  # type: ignore[arg-type]
+    assert len(rec.calls) == 2  # quantized epochs were trained: statistics are current
+    for epoch in (0, 1):  # calibration-only or reshaping-only run: calibrate the quantized net
+        rec = _RecalRecorder(epoch)
+        recipe.on_fit_end(rec)  # type: ignore[arg-type]
+        assert rec.calls == [(epoch, 7)] and recipe.stage == 2
+    off = gdrq(bn_recalibration_batches=0)
+    off.prepare(tiny_net())
+    rec = _RecalRecorder()
+    off.on_epoch_start(rec, 0)  # type: ignore[arg-type]
+    off.on_fit_end(rec)  # type: ignore[arg-type]
+    assert rec.calls == []
+    with pytest.raises(ConfigError):
+        validate_quant_section({"method": "gdrq", "bn_recalibration_batches": -1})
+
+
+def test_calibration_only_run_sets_bn_statistics_and_activation_clips(tmp_path: Path,
+                                                                      tiny_config) -> None:
+    """reshape_epochs = quant_epochs = 0 is post-training calibration: no weight moves, but BN
+    statistics and every activation clip are estimated on the quantized forward."""
+    base = tiny_config(tmp_path, epochs=2)
+    train(build_config(base=base), run_path=tmp_path / "float")
+    init = str(tmp_path / "float" / "final.safetensors")
+    runs = {}
+    for n in (0, 5):
+        cfg = {**base, "train": {**base["train"], "init": init},
+               "quant": {"method": "gdrq", "group_size": 4, "bn_recalibration_batches": n,
+                         "reshape_epochs": 0, "quant_epochs": 0}}
+        train(build_config(base=cfg), run_path=tmp_path / f"cal{n}")
+        runs[n] = load_model(tmp_path / f"cal{n}" / "final.safetensors")[0].state_dict()
+    weights = [k for k in runs[0] if k.endswith(".weight")]
+    assert all(torch.equal(runs[0][k], runs[5][k]) for k in weights)
+    means = [k for k in runs[0] if k.endswith("running_mean")]
+    assert means and all(not torch.equal(runs[0][k], runs[5][k]) for k in means)
+    tracked = [k for k in runs[5] if k.endswith("act_quant.num_batches_tracked")]
+    assert tracked and all(int(runs[5][k]) == 5 for k in tracked)
+    assert all(int(runs[0][k]) == 0 for k in tracked)

@@ -205,6 +205,8 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
             return t.repeat_interleave(self.group_size) if self.group_size else t
         if self.signed:
             return self._statistic(x)
+        if not update and int(self.num_batches_tracked) > 0:  # frozen: skip the batch statistic
+            return self.running_clip.to(x.dtype)
         return self._ema_clip(self._statistic(x), update)
 
     def levels(self, x: Tensor) -> Tensor:
@@ -220,6 +222,9 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         check_finite(x, "tensor")
         t = self.threshold(x, update=self.training)
+        if self.quantize and t.dim() == 0:  # one T (activations, per-layer weights): fused node
+            big_l = F.uniform_num_steps(self.bits, self.signed)
+            return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         tv = F.channel_view(t.detach(), x)
         if self.quantize:
             q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
