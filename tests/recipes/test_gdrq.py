@@ -50,7 +50,7 @@ def test_bad_config(bad: dict) -> None:
 def test_defaults_schedule_and_lr_phases() -> None:
     section = validate_quant_section({"method": "gdrq"})
     assert (section["weight_bits"], section["act_bits"], section["k_w"], section["k_a"]) == (
-        2, 4, 2.0, 3.0)
+        2, 4, 2.0, 14.0)
     recipe = gdrq(reshape_epochs=2, quant_epochs=5)
     assert recipe.epochs() == 7
     assert recipe.phase(0, 7) == (0.0, 2) and recipe.phase(1, 7) == (1.0, 2)
@@ -69,7 +69,7 @@ def test_layer_selection_and_quantizers() -> None:
     wq, aq = conv.weight_quant, conv.act_quant
     assert isinstance(wq, ScaleClip) and isinstance(aq, ScaleClip)
     assert (wq.signed, wq.clip_k, wq.bits, wq.group_size) == (True, 2.0, 2, 8)
-    assert (aq.signed, aq.clip_k, aq.bits, aq.momentum) == (False, 3.0, 3, 0.99)
+    assert (aq.signed, aq.clip_k, aq.bits, aq.momentum) == (False, 14.0, 3, 0.99)
     assert gdrq(act_bits=None).prepare(tiny_net())[3].act_quant is None
 
     both = gdrq(quantize_first_last=True).prepare(tiny_net())
@@ -177,7 +177,7 @@ def test_learnable_thresholds_start_at_the_statistic() -> None:
     model(torch.randn(2, 3, 8, 8)).sum().backward()
     assert wq.log_threshold.grad is not None and wq.log_threshold.grad.abs().sum() > 0
     assert aq.log_threshold.grad is not None
-    torch.testing.assert_close(aq.log_threshold.exp(), 3.0 * seen["x"].abs().mean())
+    torch.testing.assert_close(aq.log_threshold.exp(), 14.0 * seen["x"].abs().mean())
     before = aq.log_threshold.detach().clone()
     model(torch.randn(2, 3, 8, 8) * 10)  # later batches train it, never re-initialise it
     assert torch.equal(aq.log_threshold.detach(), before)
