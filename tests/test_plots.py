@@ -29,7 +29,8 @@ def gdrq_net(reshaping: bool) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                         nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
-    recipe = build_recipe(validate_quant_section({"method": "gdrq", "group_size": 4}))
+    recipe = build_recipe(validate_quant_section({"method": "gdrq", "group_size": 4,
+                                                   "bn_recalibration_batches": 0}))
     model = recipe.prepare(net)
     if reshaping:
         recipe.on_epoch_start(None, 0)  # type: ignore[arg-type]
