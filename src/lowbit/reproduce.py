@@ -55,7 +55,6 @@ def _portable(command: str | None, data_dir: str | None) -> str | None:
 def _copy_portable(src: Path, dst: Path) -> None:
     """Copy a final checkpoint without the machine's data path in its stored config."""
     tensors, meta = load_checkpoint(src)
-    meta.pop("format", None)
     data = meta.get("config", {}).get("data")
     if isinstance(data, dict):
         data["data_dir"] = None  # eval reads --data-dir / $LOWBIT_DATA on the user's machine

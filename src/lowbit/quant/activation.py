@@ -10,6 +10,7 @@ changing it, so in training mode call them after `forward` to see what it used.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -52,11 +53,15 @@ class _ClipQuantizer(CodebookQuantizer):
         self.register_buffer("running_clip", torch.zeros(()))
         self.register_buffer("num_batches_tracked", torch.zeros((), dtype=torch.long))
 
-    def _ema_clip(self, batch_value: Tensor, update: bool) -> Tensor:
-        """EMA of a clip statistic: the first batch initialises it; eval mode only reads it.
+    def _ema_clip(self, statistic: Callable[[], Tensor], x: Tensor, update: bool) -> Tensor:
+        """EMA of a clip statistic of `x`: the first batch initialises it; eval mode only reads
+        it, without computing `statistic()` (a pass over the whole activation).
 
         Before any training batch, eval mode uses the batch value without storing it.
         """
+        if not update and self.num_batches_tracked > 0:
+            return self.running_clip.to(x.dtype)
+        batch_value = statistic()
         if update:
             with torch.no_grad():
                 if self.num_batches_tracked == 0:
@@ -129,10 +134,12 @@ class Uniform(_ClipQuantizer):
             return torch.tensor(self.clip_value, dtype=x.dtype, device=x.device)
         if self.clip == "learned":  # abs: a clip driven negative by training acts as |clip|
             return self.learned_clip.abs().to(x.dtype)
-        batch_max = x.detach().abs().max() if self.signed else x.detach().max().clamp_min(0)
+        def batch_max() -> Tensor:
+            return x.detach().abs().max() if self.signed else x.detach().max().clamp_min(0)
+
         if self.clip == "max":
-            return batch_max
-        return self._ema_clip(batch_max, update)
+            return batch_max()
+        return self._ema_clip(batch_max, x, update)
 
     def forward(self, x: Tensor) -> Tensor:
         check_finite(x, "tensor")
@@ -205,9 +212,7 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
             return t.repeat_interleave(self.group_size) if self.group_size else t
         if self.signed:
             return self._statistic(x)
-        if not update and int(self.num_batches_tracked) > 0:  # frozen: skip the batch statistic
-            return self.running_clip.to(x.dtype)
-        return self._ema_clip(self._statistic(x), update)
+        return self._ema_clip(lambda: self._statistic(x), x, update)
 
     def levels(self, x: Tensor) -> Tensor:
         if not self.quantize:
