@@ -91,7 +91,10 @@ def _train(
         "num_classes": data.train.num_classes,
         "in_channels": data.train.in_channels,
     }
-    trainer = Trainer(cfg, model, data, recipe.hooks() if recipe else [], run_dir, dist, meta)
+    teacher = _teacher(cfg)
+    trainer = Trainer(
+        cfg, model, data, recipe.hooks() if recipe else [], run_dir, dist, meta, teacher
+    )
     if run_dir is not None:
         if not resume:
             run_dir.write_config(cfg.to_dict())
@@ -110,6 +113,18 @@ def _train(
     finally:
         if run_dir is not None:
             run_dir.detach_log()
+
+
+def _teacher(cfg: RunConfig) -> nn.Module | None:
+    """The distillation teacher named by `cfg.distill`, in eval mode (None without one)."""
+    if cfg.distill is None:
+        return None
+    teacher, _ = load_model(cfg.distill.teacher)
+    if cfg.train.channels_last:
+        teacher = teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    log.info("distilling from %s (T=%g, weight=%g)", cfg.distill.teacher,
+             cfg.distill.temperature, cfg.distill.weight)
+    return teacher
 
 
 def _final_metrics(trainer: Trainer, data: DatasetSplits) -> dict[str, Any]:

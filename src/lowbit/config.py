@@ -110,6 +110,23 @@ class TrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """Knowledge distillation from a trained (float) checkpoint: the student's loss is
+    `(1 - weight) * CE(s, y) + weight * T^2 * KL(softmax(t/T) || softmax(s/T))`, with the
+    teacher's logits `t` computed once per batch, in eval mode, without gradients."""
+
+    teacher: str = ""
+    temperature: float = 4.0
+    weight: float = 0.9
+
+    def validate(self) -> None:
+        require(bool(self.teacher), "teacher: give the teacher checkpoint's path")
+        require(0 < self.temperature < 1e3,
+                f"temperature must be in (0, 1000), got {self.temperature}")
+        require(0 <= self.weight <= 1, f"weight must be in [0, 1], got {self.weight}")
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -117,6 +134,7 @@ class RunConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     quant: dict[str, Any] | None = None
+    distill: DistillConfig | None = None
     expected: dict[str, Any] | None = None
     out_dir: str = "runs"
     name: str | None = None

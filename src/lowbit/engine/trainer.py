@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.config import RunConfig
+from lowbit.config import DistillConfig, RunConfig
 from lowbit.data import BatchLoader, DatasetSplits, ImageData
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, all_reduce_sum
@@ -85,8 +85,10 @@ class Trainer:
         run_dir: RunDir | None = None,
         dist: DistInfo | None = None,
         meta: dict[str, Any] | None = None,
+        teacher: nn.Module | None = None,
     ) -> None:
         self.cfg, self.data, self.hooks = cfg, data, list(hooks or [])
+        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.dist, self.run_dir, self.meta = dist or DistInfo(), run_dir, dict(meta or {})
         tc = cfg.train
         self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model  # type: ignore[call-overload]
@@ -261,12 +263,19 @@ class Trainer:
         log.info("re-estimated BatchNorm statistics on %d training batches", used)
         return used
 
+    @torch.no_grad()
+    def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
+        assert self.teacher is not None
+        return self.teacher(x)
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
         with autocast(self.cfg.train.bf16):
             logits = self.net(x)
             loss = F.cross_entropy(
                 logits.float(), y, label_smoothing=self.cfg.train.label_smoothing
             )
+            if self.teacher is not None and self.cfg.distill is not None:
+                loss = distill_loss(loss, logits, self._teacher_logits(x), self.cfg.distill)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"loss became {loss.item()} at step {self.step}; lower the "
@@ -281,6 +290,20 @@ class Trainer:
             hook.after_step(self)
         self.step += 1
         return loss.item(), (logits.argmax(1) == y).sum().item()
+
+
+def distill_loss(
+    ce: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, cfg: DistillConfig
+) -> torch.Tensor:
+    """`(1 - w) * ce + w * T^2 * KL(softmax(teacher/T) || softmax(student/T))` (Hinton et al.)."""
+    t = cfg.temperature
+    kl = F.kl_div(
+        F.log_softmax(student.float() / t, dim=1),
+        F.log_softmax(teacher.float() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return (1 - cfg.weight) * ce + cfg.weight * t * t * kl
 
 
 def _no_augment(data: ImageData) -> ImageData:
