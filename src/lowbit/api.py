@@ -1,8 +1,8 @@
 """High-level entry points shared by the CLI and by users' scripts.
 
-`train(cfg)` runs a configured training job; `load_model(path)` rebuilds the model saved in a
-checkpoint (quantized layers included); `evaluate_checkpoint(path)` measures it on its dataset's
-full test set.
+`train(run)` runs a resolved training job (`lowbit.build.load_run`); `load_model(path)` rebuilds
+the model saved in a checkpoint (quantized layers included); `evaluate_checkpoint(path)`
+measures it on its dataset's full test set.
 """
 
 from __future__ import annotations
@@ -16,55 +16,41 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.config import RunConfig, build_config
+from lowbit.build import Run, build_model, load_run, resolve
+from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
 from lowbit.engine.rundir import RunDir, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
-from lowbit.models import create_model
-from lowbit.recipes import Recipe, build_recipe
 
 log = logging.getLogger(__name__)
 
 
-def _float_model(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
-    m = cfg.model
-    return create_model(m.name, num_classes=num_classes, in_channels=in_channels, width=m.width,
-                        **m.kwargs)  # fmt: skip
-
-
-def build_model(cfg: RunConfig, data: DatasetSplits) -> tuple[nn.Module, Recipe | None]:
-    """The float model of `cfg` (initialised from `train.init` if set), prepared by its recipe."""
-    model = _float_model(cfg, data.train.num_classes, data.train.in_channels)
-    if cfg.train.init:
-        tensors, _ = ckpt.load_checkpoint(cfg.train.init)
-        ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), cfg.train.init)
-    recipe = build_recipe(cfg.quant) if cfg.quant else None
-    if recipe is not None:
-        model = recipe.prepare(model)
-    return model, recipe
-
-
 def default_run_name(cfg: RunConfig) -> str:
+    """`model-dataset-method-YYYYmmdd-HHMMSS`."""
     tag = cfg.quant["method"] if cfg.quant else "float"
     return f"{cfg.model.name}-{cfg.data.name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def train(
-    cfg: RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None
+    run: Run | RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None
 ) -> dict[str, Any]:
-    """Train per `cfg` in a run directory; `resume` continues from that run's last checkpoint."""
+    """Train per `run` in a run directory; `resume` continues from that run's last checkpoint.
+
+    A plain `RunConfig` (from `lowbit.config.build_config`) is resolved first.
+    """
     dist = init_distributed()
     try:
-        return _train(cfg, dist, resume, run_path)
+        return _train(run if isinstance(run, Run) else resolve(run), dist, resume, run_path)
     finally:
         cleanup(dist)
 
 
 def _train(
-    cfg: RunConfig, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None
+    run: Run, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None
 ) -> dict[str, Any]:
+    cfg = run.cfg
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.bf16 and not cpu_bf16_native():
@@ -78,7 +64,7 @@ def _train(
     data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
     if cfg.data.val_fraction > 0:
         data = data.with_validation(cfg.data.val_fraction, cfg.train.seed)
-    model, recipe = build_model(cfg, data)
+    model, recipe = build_model(run, data.train.num_classes, data.train.in_channels), run.recipe
     path = (
         Path(resume)
         if resume
@@ -92,9 +78,7 @@ def _train(
         "in_channels": data.train.in_channels,
     }
     teacher = _teacher(cfg)
-    trainer = Trainer(
-        cfg, model, data, recipe.hooks() if recipe else [], run_dir, dist, meta, teacher
-    )
+    trainer = Trainer(cfg, model, data, run.callbacks, run_dir, dist, meta, teacher, run.phases)
     if run_dir is not None:
         if not resume:
             run_dir.write_config(cfg.to_dict())
@@ -142,11 +126,7 @@ def _final_metrics(trainer: Trainer, data: DatasetSplits) -> dict[str, Any]:
 
 def build_quant_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """The (untrained) model a saved config describes, with its method's layers in place."""
-    cfg = build_config(base=config)
-    model = _float_model(cfg, num_classes, in_channels)
-    if cfg.quant:
-        model = build_recipe(cfg.quant).prepare(model)
-    return model
+    return build_model(load_run(base=config), num_classes, in_channels, init=False)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -190,7 +170,7 @@ def evaluate_checkpoint(
     checkpoint made on another machine names a path that may not exist here).
     """
     model, meta = load_model(path)
-    saved = build_config(base=meta["config"]).data.data_dir
+    saved = load_run(base=meta["config"]).cfg.data.data_dir
     data = load_dataset(meta["dataset"], data_dir or os.environ.get(ENV_DATA_DIR) or saved)
     result = evaluate(model, data.test, batch_size, bf16=False)
     return {

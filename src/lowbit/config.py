@@ -1,7 +1,7 @@
-"""The run configuration: defaults < `--config file.yaml` < `--set a.b=c`.
+"""The run configuration, as plain data: defaults < `--config file.yaml` < `--set a.b=c`.
 
-A YAML recipe is validated into `RunConfig` at load time (see `lowbit.schema`). The `quant:`
-section is checked by the chosen method's own schema (`lowbit.recipes`).
+A YAML file is validated into `RunConfig` at load time (see `lowbit.schema`). The `quant:`
+section stays a mapping here; `lowbit.build` resolves it, once, into its method's typed config.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, Literal
 
 import yaml
 
+from lowbit.data import list_datasets
+from lowbit.models import list_models
 from lowbit.schema import ConfigError, from_dict, require, to_dict
 
 
@@ -22,8 +24,6 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from lowbit.models import list_models
-
         require(
             self.name in list_models(),
             f"unknown model {self.name!r}; choose one of {', '.join(list_models())}",
@@ -42,8 +42,6 @@ class DataConfig:
     val_fraction: float = 0.0  # > 0: hold out this much of train; per-epoch metrics use it
 
     def validate(self) -> None:
-        from lowbit.data import list_datasets
-
         known = [n for n in list_datasets() if ":" not in n]
         require(
             self.name in known or self.name.startswith("folder:"),
@@ -91,7 +89,7 @@ class ScheduleConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int | None = None  # None: the method's schedule, else DEFAULT_EPOCHS
     seed: int = 0
     bf16: bool = False
     channels_last: bool = False
@@ -103,7 +101,7 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        require(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        require(self.epochs is None or self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
         require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         require(self.eval_every >= 1 and self.save_every >= 1, "eval_every/save_every must be >= 1")
         require(self.threads is None or self.threads >= 1, "threads must be >= 1")
@@ -184,21 +182,14 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """defaults < `base` < `config_file` < `overrides` ('a.b=c'), validated."""
+    """defaults < `base` < `config_file` < `overrides` ('a.b=c'), validated (but the `quant:`
+    section, which `lowbit.build.resolve` checks against its method)."""
     tree: dict[str, Any] = {}
     for layer in (base or {}, load_yaml(config_file) if config_file else {}):
         _merge(tree, layer)
     for text in overrides or []:
         set_dotted(tree, *parse_override(text))
-    cfg = from_dict(RunConfig, tree)
-    if cfg.quant is not None:
-        from lowbit.recipes import build_recipe, validate_quant_section
-
-        cfg.quant = validate_quant_section(cfg.quant)
-        epochs = build_recipe(cfg.quant).epochs()
-        if epochs is not None:  # a method with its own schedule (INQ's steps) sets the length
-            cfg.train.epochs = epochs
-    return cfg
+    return from_dict(RunConfig, tree)
 
 
 def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:

@@ -64,10 +64,10 @@ def _load(target: str) -> tuple[nn.Module, str, str, dict[str, Any]]:
     from lowbit.api import build_quant_model, load_model
 
     if target.endswith((".yaml", ".yml")):
-        from lowbit.config import build_config
+        from lowbit.build import load_run
         from lowbit.data import DATASET_INFO
 
-        cfg = build_config(config_file=target)
+        cfg = load_run(config_file=target).cfg
         channels, _, num_classes = DATASET_INFO.get(cfg.data.name, (3, 32, 10))
         model = build_quant_model(cfg.to_dict(), num_classes, channels)
         return model.eval(), cfg.model.name, cfg.data.name, cfg.to_dict()
@@ -99,7 +99,7 @@ def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> In
     if not target.endswith((".yaml", ".yml")):
         report.file_bytes = Path(target).stat().st_size
     if hist_dir is not None:
-        from lowbit.plots import distribution_histograms
+        from lowbit.tools.plots import distribution_histograms
 
         distribution_histograms(model, _test_batch(dataset, config), Path(hist_dir))
     return report
