@@ -16,7 +16,6 @@ from lowbit.models import list_models
 from lowbit.schema import ConfigError, from_dict, require, to_dict
 from lowbit.yamlio import YAMLError, safe_load
 
-
 MAX_WIDTH = 64.0
 MAX_SEED = 2**32 - 1  # data order uses seed * 100003 + epoch in a 64-bit generator seed
 
