@@ -21,7 +21,7 @@ from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
-from lowbit.engine.rundir import RunDir, cpu_bf16_native
+from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,8 @@ def _train(
     if cfg.data.val_fraction > 0:
         data = data.with_validation(cfg.data.val_fraction, cfg.train.seed)
     model, recipe = build_model(run, data.train.num_classes, data.train.in_channels), run.recipe
-    path = (
-        Path(resume)
-        if resume
-        else Path(run_path or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
-    )
-    run_dir = RunDir(path) if dist.is_main else None
+    path = Path(resume or run_path or _fresh_dir(Path(cfg.out_dir), cfg))
+    run_dir = RunDir(path, resume=bool(resume)) if dist.is_main else None
     meta = {
         "model": cfg.model.name,
         "dataset": cfg.data.name,
@@ -85,7 +81,7 @@ def _train(
         run_dir.attach_log()
     try:
         if resume:
-            trainer.resume(path / "last.safetensors")
+            _resume(trainer, path)
         trainer.fit()
         if recipe is not None:
             trainer.model = recipe.convert(trainer.model)
@@ -96,7 +92,34 @@ def _train(
         return {"run_dir": str(path), "epochs": trainer.epoch, **final}
     finally:
         if run_dir is not None:
-            run_dir.detach_log()
+            run_dir.close()
+
+
+def _resume(trainer: Trainer, path: Path) -> None:
+    """Continue from `path/last.safetensors`; a run killed before its first save starts over
+    (its config is in the directory; metrics written before the kill are dropped)."""
+    if (path / "last.safetensors").exists():
+        trainer.resume(path / "last.safetensors")
+        return
+    log.info("%s has no checkpoint yet (killed before the first save): starting it over", path)
+    if trainer.run_dir is not None:
+        trainer.run_dir.truncate_metrics(0)
+
+
+def _fresh_dir(out_dir: Path, cfg: RunConfig) -> Path:
+    """`out_dir/<name>`, created here; a default name that exists gets a -2, -3, ... suffix
+    (created exclusively, so two runs started in the same second never share a directory)."""
+    base = cfg.name or default_run_name(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = out_dir / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if cfg.name:  # a name the user chose: RunDir says whether it may be used
+                return path
+    raise RunDirError(f"no free run directory name under {out_dir} for {base}")
 
 
 def _teacher(cfg: RunConfig) -> nn.Module | None:

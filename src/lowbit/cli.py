@@ -37,6 +37,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from lowbit.build import load_run
     from lowbit.config import load_yaml
 
+    if args.resume and not Path(args.resume, "config.yaml").is_file():
+        raise LowbitError(f"{args.resume} is not a run directory (no config.yaml): "
+                          "--resume takes the folder of a run lowbit started")
     base = load_yaml(f"{args.resume}/config.yaml") if args.resume else None
     run = load_run(base=base, config_file=args.config, overrides=_overrides(args))
     return _train_or_print(run, args, resume=args.resume)

@@ -32,6 +32,7 @@ from lowbit.engine.callbacks import Callback, LoopState, Phase
 from lowbit.engine.distributed import DistInfo, all_reduce_sum
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
+from lowbit.engine.resume import check_resumable
 from lowbit.engine.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -154,8 +155,7 @@ class Trainer:
     def resume(self, path: Any) -> None:
         """Continue from a full checkpoint written by `save()`."""
         tensors, meta = ckpt.load_checkpoint(path)
-        if "optim" not in meta:
-            raise ckpt.CheckpointError(f"{path} holds no optimizer state: it cannot be resumed")
+        check_resumable(path, tensors, meta, self.total, self.optimizer, len(self.callbacks))
         ckpt.load_model_state(self.model, ckpt.split_prefix(tensors, "model"), path)
         ckpt.load_optimizer_state(
             self.optimizer, ckpt.split_prefix(tensors, "optim"), meta["optim"]
