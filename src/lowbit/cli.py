@@ -1,4 +1,4 @@
-"""`lowbit <verb>`: train, eval, models, datasets, demo, quantize, inspect, export, study.
+"""`lowbit <verb>`: the command-line tool (`lowbit --help` lists the verbs).
 
 User errors print one line (`lowbit: error: ...`) and exit with code 2; `--verbose` shows the
 traceback too.
@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lowbit import __version__
 from lowbit.errors import LowbitError
 
 log = logging.getLogger("lowbit")
@@ -82,6 +83,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     from lowbit.models import list_models
 
     print("\n".join(list_models()))
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from lowbit.recipes import RECIPES
+
+    for name in RECIPES.names():
+        doc = (RECIPES.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:10s} {doc[0] if doc else ''}")
     return 0
 
 
@@ -197,9 +207,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lowbit", description="Low-bit CNNs: INQ, GDRQ, LBW-Net, Group-Net and the "
+        "equal-size bit-width study, with honest measurements.")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logs and tracebacks")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}",
+                        help="print lowbit's version and exit")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("train", help="train (float or with a quant: section)")
     _add_config_args(p)
@@ -209,26 +223,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's full test set")
-    p.add_argument("checkpoint")
-    p.add_argument("--data-dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("checkpoint", help="a run checkpoint, packed .lowbit or folded file")
+    p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_eval)
 
     sub.add_parser("models", help="list registered models").set_defaults(fn=cmd_models)
+    sub.add_parser("methods", help="list registered methods").set_defaults(fn=cmd_methods)
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
 
     p = sub.add_parser("quantize", help="fine-tune a trained checkpoint with a low-bit method")
     _add_config_args(p)
     p.add_argument("--method", required=True, help="a registered method (lowbit methods)")
     p.add_argument("--bits", type=int, required=True, help="weight bits (quant.weight.bits)")
-    p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT")
+    p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT",
+                   help="the trained float checkpoint to start from")
     p.add_argument("--run-dir", help="where to write the run")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("inspect", help="per-layer bits, bytes, MACs, BOPs, codebook compliance")
-    p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE",
+                   help="a checkpoint, packed or folded file, or an experiment YAML")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--hist",
         metavar="DIR",
@@ -238,39 +255,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("export", help="write the bit-packed deployable artifact (.lowbit)")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output")
+    p.add_argument("checkpoint", help="the run checkpoint to export")
+    p.add_argument("-o", "--output", help="output path (default: CHECKPOINT.lowbit)")
     p.add_argument(
         "--fold-bn",
         action="store_true",
         help="fold quantization scales into BN (integer weights x per-channel affine); "
         "writes a folded model that `lowbit eval` loads",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the output path and size as JSON")
     p.set_defaults(fn=cmd_export)
 
     p = sub.add_parser("reproduce", help="run an experiments/*.yaml row and record the result")
-    p.add_argument("experiment")
-    p.add_argument("--data-dir")
+    p.add_argument("experiment", help="an experiments/*.yaml file")
+    p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
     p.add_argument("--run-dir", help="run directory (default: out_dir/<experiment name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--record-only", action="store_true", help="record a finished run, no training")
-    p.add_argument("--results-dir", default="benchmarks/results")
-    p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--results-dir", default="benchmarks/results",
+                   help="where the result JSON goes")
+    p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints",
+                   help="where the checkpoint copy goes")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("sweep", help="one run per value of a config key, best by validation")
     _add_config_args(p)
     p.add_argument("--param", required=True, help="dotted config key, e.g. quant.r")
-    p.add_argument("--values", nargs="+", required=True)
+    p.add_argument("--values", nargs="+", required=True, help="the values to try (YAML each)")
     p.add_argument("--out", default="runs/sweep", help="folder for the runs and sweep.json")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("demo", help="embedded end-to-end demo (digits, no downloads)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=15, help="epochs of the float run")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(fn=cmd_demo)
     return parser
 
