@@ -162,14 +162,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from lowbit.tools.reproduce import reproduce
 
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.experiment).stem)
+    scratch = not args.record  # results stay in the run directory unless asked to record
     result = reproduce(
         args.experiment,
-        args.run_dir,
+        run_dir,
         args.data_dir,
         resume=args.resume,
         record_only=args.record_only,
-        results_dir=args.results_dir,
-        checkpoints_dir=args.checkpoints_dir,
+        results_dir=run_dir if scratch else args.results_dir,
+        checkpoints_dir=run_dir if scratch else args.checkpoints_dir,
+        overrides=list(args.overrides),
     )
     if args.json:
         print(json.dumps(result))
@@ -266,16 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the output path and size as JSON")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("reproduce", help="run an experiments/*.yaml row and record the result")
+    p = sub.add_parser("reproduce", help="run an experiments/*.yaml row and check its target")
     p.add_argument("experiment", help="an experiments/*.yaml file")
+    p.add_argument("--record", action="store_true",
+                   help="write the result and checkpoint copy into --results-dir and "
+                   "--checkpoints-dir (the committed tables); without it they stay in the run "
+                   "directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value of the experiment (repeatable)")
     p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
     p.add_argument("--run-dir", help="run directory (default: out_dir/<experiment name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--record-only", action="store_true", help="record a finished run, no training")
     p.add_argument("--results-dir", default="benchmarks/results",
-                   help="where the result JSON goes")
+                   help="where --record writes the result JSON")
     p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints",
-                   help="where the checkpoint copy goes")
+                   help="where --record copies the checkpoint")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_reproduce)
 
