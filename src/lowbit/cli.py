@@ -107,12 +107,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from lowbit.build import load_run
     from lowbit.config import load_yaml, set_dotted
     from lowbit.engine.checkpoint import load_checkpoint
-    from lowbit.recipes import method_bits
+    from lowbit.recipes import RECIPES, method_bits
 
     _, meta = load_checkpoint(args.source)
     base = dict(meta["config"])
     base.update(quant={"method": args.method}, name=None, expected=None)
     base["train"] = {**base["train"], "init": str(args.source), "epochs": None}
+    for key, value in RECIPES.get(args.method, "method").finetune.items():  # fine-tune defaults
+        base[key] = {**base.get(key, {}), **value}
     if args.config:  # a recipe file refines the method's section and the schedule
         recipe = load_yaml(args.config)
         file_init = (recipe.get("train") or {}).get("init")

@@ -146,6 +146,8 @@ class GDRQRecipe(Recipe):
     default_act = {"name": "scaleclip", "bits": 4, "signed": False, "k": 14.0, "stat": "mean",
                    "momentum": 0.99, "learnable": False}
     weight_names = ("scaleclip",)
+    finetune = {"optim": {"lr": 0.005},  # the schedule fixes the length
+                "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5}}
     cfg: GDRQConfig
 
     def __init__(self, cfg: GDRQConfig) -> None:
