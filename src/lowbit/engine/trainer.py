@@ -29,7 +29,7 @@ from lowbit.config import DistillConfig, RunConfig
 from lowbit.data import BatchLoader, DatasetSplits, ImageData
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.callbacks import Callback, LoopState, Phase
-from lowbit.engine.distributed import DistInfo, all_reduce_sum
+from lowbit.engine.distributed import DistInfo, all_reduce_sum, sync_batchnorm
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
 from lowbit.engine.resume import check_resumable
@@ -103,7 +103,8 @@ class Trainer:
         tc = cfg.train
         self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model  # type: ignore[call-overload]
         self.net: nn.Module = self.model
-        if self.dist.enabled:
+        if self.dist.enabled:  # BatchNorm statistics over the global batch, as in one process
+            self.model = sync_batchnorm(self.model)
             self.net = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loader = BatchLoader(
