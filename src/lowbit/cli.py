@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -308,8 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 prints
+    if quiet_rank:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.ERROR if quiet_rank else logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
