@@ -43,7 +43,7 @@ def tiny_net(mid: int = 16) -> nn.Module:
 @pytest.mark.parametrize(("bad", "message"), [
     ({"weight": {"bits": 1}}, "weight: scaleclip with signed=True supports bits 2..16, got 1"),
     ({"weight": {"bits": 17}}, "supports bits 2..16, got 17"),
-    ({"weight": {"bits": 9}}, r"weight.bits must be in 2..8 \(codes fold into int8"),
+    ({"weight": {"bits": 9}}, "weight.bits must be in 2..8 (codes fold into int8"),
     ({"act": {"bits": 9}}, "act.bits must be in 1..8, got 9"),
     ({"act": {"bits": 0}}, "act: scaleclip with signed=False supports bits 1..16, got 0"),
     ({"weight": {"k": 0.0}}, "weight: scaleclip k must be > 0"),
