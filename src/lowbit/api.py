@@ -156,7 +156,7 @@ def _final_metrics(trainer: Trainer, data: DatasetSplits) -> dict[str, Any]:
 
 def build_quant_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """The (untrained) model a saved config describes, with its method's layers in place."""
-    return build_model(load_run(base=config), num_classes, in_channels, init=False)
+    return build_model(load_run(base=config), num_classes, in_channels, init=False, trusted=False)
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lowbit.data import list_datasets
-from lowbit.models import list_models
+from lowbit.models import is_user_model, list_models
 from lowbit.schema import ConfigError, from_dict, require, to_dict
 from lowbit.yamlio import YAMLError, safe_load
 
@@ -28,8 +28,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         require(
-            self.name in list_models(),
-            f"unknown model {self.name!r}; choose one of {', '.join(list_models())}",
+            self.name in list_models() or is_user_model(self.name),
+            f"unknown model {self.name!r}; choose one of {', '.join(list_models())}, or your "
+            "own builder as package.module:callable",
         )
         require(0 < self.width <= MAX_WIDTH,
                 f"width must be in (0, {MAX_WIDTH}] (a multiplier of every channel count; "
