@@ -46,13 +46,17 @@ class DataConfig:
     eval_batch_size: int = 500
     augment: bool = True
     val_fraction: float = 0.0  # > 0: hold out this much of train; per-epoch metrics use it
+    image_size: int = 32  # folder: datasets are resized to this (the others have their own)
 
     def validate(self) -> None:
         known = [n for n in list_datasets() if ":" not in n]
         require(
-            self.name in known or self.name.startswith("folder:"),
-            f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path>",
+            self.name in known or self.name.startswith("folder:") or self.name == "user",
+            f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path> "
+            "(or pass your own data through lowbit.api.fit)",
         )
+        require(8 <= self.image_size <= 1024, f"image_size must be in 8..1024, got "
+                f"{self.image_size}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
         require(
