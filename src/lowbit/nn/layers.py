@@ -12,7 +12,8 @@ Gradients reach `W` and `x` through each quantizer's own straight-through rule.
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -35,12 +36,26 @@ def _check_float_type(module: nn.Module, expected: type[nn.Module], cls_name: st
                         f"got {type(module).__name__}")
 
 
-class _QuantMixin(nn.Module):
-    """What QuantConv2d and QuantLinear share: quantizer slots and weight views."""
+class QuantLayer(nn.Module):
+    """What every quantized layer shares: quantizer slots and weight views.
+
+    `isinstance(m, QuantLayer)` is how downstream code finds quantized layers (QuantConv2d,
+    QuantLinear and the twins `quantized_class` makes for other conv/linear classes).
+    """
 
     weight: torch.Tensor
     weight_quant: Quantizer | None
     act_quant: Quantizer | None
+
+    @classmethod
+    def from_float(cls, module: Any, weight_quant: Quantizer | None = None,
+                   act_quant: Quantizer | None = None) -> QuantLayer:
+        """The quantized layer for float `module` (sharing its Parameters)."""
+        raise NotImplementedError
+
+    def to_float(self, latent: bool = False) -> nn.Module:
+        """The float layer with the quantized weight baked in (or, if `latent`, the float one)."""
+        raise NotImplementedError
 
     def _set_quantizers(self, weight_quant: Quantizer | None, act_quant: Quantizer | None) -> None:
         _check_quantizer(weight_quant, "weight_quant")
@@ -73,7 +88,7 @@ class _QuantMixin(nn.Module):
         return weight, bias
 
 
-class QuantConv2d(_QuantMixin, nn.Conv2d):
+class QuantConv2d(QuantLayer, nn.Conv2d):
     """`nn.Conv2d` whose input and weight pass through quantizers before the convolution.
 
     Supports every Conv2d option (stride, padding incl. 'same', dilation, groups, padding_mode,
@@ -131,7 +146,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return conv.train(self.training)
 
 
-class QuantLinear(_QuantMixin, nn.Linear):
+class QuantLinear(QuantLayer, nn.Linear):
     """`nn.Linear` whose input and weight pass through quantizers before the matrix product.
 
     State dict: the float Linear keys (`weight`, `bias`) plus `weight_quant.*` / `act_quant.*`.
@@ -173,6 +188,63 @@ class QuantLinear(_QuantMixin, nn.Linear):
         linear.register_parameter("weight", weight)
         linear.register_parameter("bias", bias)
         return linear.train(self.training)
+
+
+class _SwapForward(QuantLayer):
+    """Runs the float class's own forward with `self.weight` replaced by its quantized value."""
+
+    float_class: type[nn.Module]  # set on each twin class
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        params = self._parameters
+        latent = params["weight"]
+        params["weight"] = self._quant_weight()  # type: ignore[assignment]
+        try:
+            return super().forward(self._quant_input(x), *args, **kwargs)  # type: ignore[misc]
+        finally:
+            params["weight"] = latent
+
+    @classmethod
+    def from_float(cls, module: nn.Module, weight_quant: Quantizer | None = None,
+                   act_quant: Quantizer | None = None) -> QuantLayer:
+        """The twin of `module` (which becomes it, keeping its Parameters)."""
+        return quantize_layer(module, weight_quant, act_quant)
+
+    def to_float(self, latent: bool = False) -> nn.Module:
+        """A copy of the float layer with the quantized weight baked in (or the latent one)."""
+        weight, bias = self._float_params(latent)
+        new = copy.deepcopy(self)
+        new.__class__ = self.float_class  # type: ignore[assignment]
+        del new._modules["weight_quant"], new._modules["act_quant"]
+        new.register_parameter("weight", weight)
+        new.register_parameter("bias", bias)
+        return new
+
+
+_TWINS: dict[type[nn.Module], type[QuantLayer]] = {}
+
+
+def quantized_class(float_cls: type[nn.Module]) -> type[QuantLayer]:
+    """The quantized twin of any conv/linear class (a user's subclass, Conv1d, ...).
+
+    The twin runs the class's own forward with `self.weight` replaced by the quantized weight
+    and the input quantized first; state-dict keys stay those of the float class. A subclass
+    that transforms its weight in forward (weight standardisation) sees the quantized weight;
+    to quantize after such a transform, register a converter of your own.
+    """
+    if float_cls not in _TWINS:
+        _TWINS[float_cls] = type(f"Quant{float_cls.__name__}", (_SwapForward, float_cls),
+                                 {"__module__": __name__, "float_class": float_cls})
+    return _TWINS[float_cls]
+
+
+def quantize_layer(module: nn.Module, weight_quant: Quantizer | None,
+                   act_quant: Quantizer | None) -> QuantLayer:
+    """Turn `module` (any conv/linear instance) into its quantized twin, in place."""
+    module.__class__ = quantized_class(type(module))
+    assert isinstance(module, QuantLayer)
+    module._set_quantizers(weight_quant, act_quant)
+    return module
 
 
 class QuantAct(nn.Module):
