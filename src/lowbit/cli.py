@@ -35,6 +35,19 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
+def _without_nproc(argv: list[str]) -> list[str]:
+    """`argv` less its `--nproc N` / `--nproc=N` (each rank is one process)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
 def _add_model_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", metavar="MODULE:CALLABLE",
                    help="trust the user model builder the file names (lowbit imports no code a "
@@ -44,6 +57,10 @@ def _add_model_arg(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from lowbit.build import load_run
     from lowbit.config import load_yaml
+    from lowbit.engine.launch import launch
+
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return launch(args.nproc, _without_nproc(args.argv))
 
     if args.resume and not Path(args.resume, "config.yaml").is_file():
         raise LowbitError(f"{args.resume} is not a run directory (no config.yaml): "
@@ -230,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (float or with a quant: section)")
     _add_config_args(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train as N processes on this machine (distributed, gloo on CPU); "
+                   "the same result as one process with the same global batch")
     p.add_argument("--run-dir", help="where to write the run (default: out_dir/name)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_train)
@@ -318,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     quiet_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 prints
     if quiet_rank:
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime

@@ -58,6 +58,22 @@ def test_two_processes_match_one_with_batchnorm(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_nproc_trains_like_torchrun_and_an_error_is_one_line(tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "lowbit.cli", "train", "--nproc", "2"]
+    ok = subprocess.run([*cli, *ARGS, "--run-dir", str(tmp_path / "a")], env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.count("test top1") == 1  # rank 0 alone prints the result
+    bad = subprocess.run([*cli, *ARGS, "--set", "data.name=folder:/nonexistent",
+                          "--run-dir", str(tmp_path / "b")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    lines = [x for x in bad.stderr.splitlines() if x.strip()]
+    assert bad.returncode == 2 and len(lines) == 1, bad.stderr
+    assert lines[0].startswith("lowbit: error: image folder /nonexistent not found")
+
+
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one, two = tmp_path / "one", tmp_path / "two"
