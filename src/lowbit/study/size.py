@@ -147,29 +147,30 @@ def build_meta(factory: ModelFactory, width: float) -> nn.Module:
         return factory(width)
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
-    """Multiply-accumulates per sample, as `cost_report` counts them, by one forward pass of a
-    meta tensor when the model lives on the meta device (otherwise of zeros)."""
+def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    """Multiply-accumulates per sample of each conv/linear layer, counted as `cost_report`
+    counts them, from one forward pass of zeros on the model's device (meta: no compute)."""
     device = next(model.parameters()).device
-    total = 0
+    names = {id(model.get_submodule(c.name)): c.name for c in compute_layers(model)}
+    counts = dict.fromkeys(names.values(), 0)
 
     def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        nonlocal total
         if isinstance(module, nn.Conv2d):
             kh, kw = module.kernel_size
-            total += out.numel() * (module.in_channels // module.groups) * kh * kw
+            per_out = (module.in_channels // module.groups) * kh * kw
         else:
-            total += out.numel() * module.in_features  # type: ignore[operator]
+            per_out = int(module.in_features)  # type: ignore[arg-type]
+        counts[names[id(module)]] += out.numel() * per_out // input_shape[0]
 
-    handles = [m.register_forward_hook(hook) for m in model.modules()
-               if isinstance(m, nn.Conv2d | nn.Linear)]
+    modules = [m for m in model.modules() if id(m) in names]
+    handles = [m.register_forward_hook(hook) for m in modules]
     try:
         with torch.no_grad():
             model.eval()(torch.zeros(input_shape, device=device))
     finally:
         for h in handles:
             h.remove()
-    return total // input_shape[0]
+    return counts
 
 
 def quant_rules(table: Mapping[str, int]) -> dict[str, Any]:

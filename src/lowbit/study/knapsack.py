@@ -1,0 +1,82 @@
+"""Multiple-choice knapsack: one bit-width per layer, least total sensitivity under a size budget.
+
+minimise  sum_l s[l][b_l]   subject to   sum_l n_l * b_l <= capacity (bits),  b_l in choices
+
+Solved exactly by dynamic programming over the capacity, in units of the greatest common
+divisor of all item costs (no rounding). When that grid would exceed `max_cells`, costs are
+rounded up and the capacity down to a coarser unit: the answer then still fits the budget but
+may be slightly suboptimal, and `exact` says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class KnapsackResult:
+    """The chosen bits per layer, their summed sensitivity and weight bits, and exactness."""
+
+    bits: dict[str, int]
+    cost: float
+    used_bits: int
+    exact: bool
+
+
+def solve_knapsack(
+    elements: Mapping[str, int],
+    sensitivity: Mapping[str, Mapping[int, float]],
+    capacity_bits: int,
+    max_cells: int = 4_000_000,
+) -> KnapsackResult:
+    """Choose bits per layer (keys of `sensitivity[layer]`) minimising summed sensitivity.
+
+    Args:
+        elements: weight elements per layer.
+        sensitivity: per layer, {bits: loss increase}; the layer's choices are its keys.
+        capacity_bits: the budget for these layers' weights, in bits.
+        max_cells: largest DP grid (capacity in units) before coarsening.
+
+    Raises:
+        ValueError: not even the smallest bits of every layer fit the capacity.
+    """
+    names = list(elements)
+    costs = {n: {b: elements[n] * b for b in sensitivity[n]} for n in names}
+    smallest = sum(min(c.values()) for c in costs.values())
+    if smallest > capacity_bits:
+        raise ValueError(f"the budget ({capacity_bits:,} bits) cannot hold even the smallest "
+                         f"bits of every layer ({smallest:,} bits)")
+    unit = math.gcd(*(c for per in costs.values() for c in per.values()))
+    exact = capacity_bits // unit <= max_cells
+    if not exact:
+        unit = -(-capacity_bits // max_cells)
+    cells = capacity_bits // unit
+    best = np.full(cells + 1, np.inf)
+    best[0] = 0.0
+    choice = np.zeros((len(names), cells + 1), dtype=np.int16)
+    for i, name in enumerate(names):
+        new = np.full(cells + 1, np.inf)
+        for bits, cost in costs[name].items():
+            units = -(-cost // unit)
+            if units > cells:
+                continue
+            cand = np.full(cells + 1, np.inf)
+            cand[units:] = best[: cells + 1 - units] + float(sensitivity[name][bits])
+            better = cand < new
+            new[better], choice[i][better] = cand[better], bits
+        best = new
+    end = int(np.argmin(best))
+    picked: dict[str, int] = {}
+    for i in range(len(names) - 1, -1, -1):
+        bits = int(choice[i][end])
+        picked[names[i]] = bits
+        end -= -(-costs[names[i]][bits] // unit)
+    ordered = {n: picked[n] for n in names}
+    used = sum(costs[n][b] for n, b in ordered.items())
+    cost = sum(float(sensitivity[n][b]) for n, b in ordered.items())
+    return KnapsackResult(ordered, cost, used, exact)
+
