@@ -93,3 +93,12 @@ def test_ray_matches_sequential(sequential: tuple[Path, list[dict]], tmp_path: P
     finally:
         ray.shutdown()
     assert _essentials(got) == _essentials(results)
+
+
+def test_changed_settings_are_not_skipped(sequential: tuple[Path, list[dict]],
+                                          tmp_path: Path) -> None:
+    tmp, _ = sequential
+    plan = load_plan(tmp / "plan.yaml")
+    plan.raw["schedule"]["optim"]["lr"] = 0.01
+    with pytest.raises(ValueError, match="other settings"):
+        run_task(train_task(plan, expand(plan)[1]))

@@ -14,8 +14,15 @@ from lowbit.engine.checkpoint import save_checkpoint, with_prefix
 from lowbit.export import export_packed
 from lowbit.models import create_model
 from lowbit.study.configs import run_config
-from lowbit.study.size import (build_meta, full_table, layer_macs, model_size, quant_rules,
-                               table_size, weight_spec)
+from lowbit.study.size import (
+    build_meta,
+    full_table,
+    layer_macs,
+    model_size,
+    quant_rules,
+    table_size,
+    weight_spec,
+)
 from lowbit.study.solver import ZooFactory
 from lowbit.transform import quantize_model
 

@@ -54,29 +54,32 @@ def solve_knapsack(
     exact = capacity_bits // unit <= max_cells
     if not exact:
         unit = -(-capacity_bits // max_cells)
-    cells = capacity_bits // unit
+    units = {n: {b: -(-c // unit) for b, c in per.items()} for n, per in costs.items()}
+    bits = _dp(units, sensitivity, capacity_bits // unit)
+    used = sum(costs[n][b] for n, b in bits.items())
+    cost = sum(float(sensitivity[n][b]) for n, b in bits.items())
+    return KnapsackResult(bits, cost, used, exact)
+
+
+def _dp(units: Mapping[str, Mapping[int, int]], sensitivity: Mapping[str, Mapping[int, float]],
+        cells: int) -> dict[str, int]:
+    """best[c] = least summed sensitivity using exactly c units; then walk the choices back."""
+    names = list(units)
     best = np.full(cells + 1, np.inf)
     best[0] = 0.0
     choice = np.zeros((len(names), cells + 1), dtype=np.int16)
     for i, name in enumerate(names):
         new = np.full(cells + 1, np.inf)
-        for bits, cost in costs[name].items():
-            units = -(-cost // unit)
-            if units > cells:
+        for bits, size in units[name].items():
+            if size > cells:
                 continue
             cand = np.full(cells + 1, np.inf)
-            cand[units:] = best[: cells + 1 - units] + float(sensitivity[name][bits])
+            cand[size:] = best[: cells + 1 - size] + float(sensitivity[name][bits])
             better = cand < new
             new[better], choice[i][better] = cand[better], bits
         best = new
-    end = int(np.argmin(best))
-    picked: dict[str, int] = {}
+    end, picked = int(np.argmin(best)), {}
     for i in range(len(names) - 1, -1, -1):
-        bits = int(choice[i][end])
-        picked[names[i]] = bits
-        end -= -(-costs[names[i]][bits] // unit)
-    ordered = {n: picked[n] for n in names}
-    used = sum(costs[n][b] for n, b in ordered.items())
-    cost = sum(float(sensitivity[n][b]) for n, b in ordered.items())
-    return KnapsackResult(ordered, cost, used, exact)
-
+        picked[names[i]] = int(choice[i][end])
+        end -= units[names[i]][picked[names[i]]]
+    return {n: picked[n] for n in names}

@@ -27,6 +27,7 @@ from torch import nn
 
 from lowbit.data import BatchLoader, ImageData
 from lowbit.engine.trainer import autocast, evaluate
+from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer
 from lowbit.study.size import quant_rules, weight_spec
 from lowbit.transform import quantize_model
@@ -58,8 +59,9 @@ def greedy_bits(float_model: nn.Module, table: Mapping[str, int], searched: Sequ
     model = quantize_model(float_model, quant_rules(bits)).model
     tuner = _Tuner(model, train, settings, seed)
     tuner.run()
-    steps = [{"layer": None, "bits": LEVELS[0], "top1": _top1(model, val, settings),
-              "float_top1": ref}]
+    start = {"layer": None, "bits": LEVELS[0], "top1": _top1(model, val, settings),
+             "float_top1": ref}
+    steps: list[dict[str, Any]] = [start]
     for level, lower in zip(LEVELS, LEVELS[1:], strict=False):
         for name in searched:
             if bits[name] != level:
@@ -90,14 +92,13 @@ def sensitivity(float_model: nn.Module, searched: Sequence[str], val: ImageData,
     ref = evaluate(model, val, 500, bf16)["loss"]
     out: dict[str, dict[int, float]] = {}
     for name in searched:
-        layer = model.get_submodule(name)
-        weight = layer.weight.detach().clone()  # type: ignore[union-attr]
+        param = model.get_submodule(name).get_parameter("weight")
+        weight = param.detach().clone()
         out[name] = {}
         for bits in choices:
-            quantizer = get_quantizer(weight_spec(bits))
-            layer.weight.copy_(quantizer(weight))  # type: ignore[union-attr, operator]
+            param.copy_(_quantizer(bits)(weight))
             out[name][bits] = evaluate(model, val, 500, bf16)["loss"] - ref
-        layer.weight.copy_(weight)  # type: ignore[union-attr, operator]
+        param.copy_(weight)
     return out
 
 
@@ -130,9 +131,15 @@ class _Tuner:
             opt.step()
 
 
+def _quantizer(bits: int) -> Quantizer:
+    spec = weight_spec(bits)
+    if spec is None:
+        raise ValueError("the searches choose among quantized bit-widths (1..8), not float")
+    return get_quantizer(spec)
+
+
 def _set_bits(model: nn.Module, name: str, bits: int) -> None:
-    layer = model.get_submodule(name)
-    layer.weight_quant = get_quantizer(weight_spec(bits))
+    model.get_submodule(name).weight_quant = _quantizer(bits)
 
 
 def _top1(model: nn.Module, val: ImageData, settings: GreedySettings) -> float:

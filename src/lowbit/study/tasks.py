@@ -21,7 +21,7 @@ from lowbit.api import load_model, train
 from lowbit.config import RunConfig, build_config
 from lowbit.data import load_dataset
 from lowbit.engine.checkpoint import atomic_write_bytes
-from lowbit.engine.rundir import git_commit, machine_info
+from lowbit.engine.rundir import cpu_bf16_native, git_commit, machine_info
 from lowbit.study.mixed import GreedySettings, greedy_bits, sensitivity
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,9 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     """Run one task (or read its finished result); returns the result dict."""
     out = Path(task["result"])
     if out.is_file():
-        return dict(json.loads(out.read_text()))
+        done = dict(json.loads(out.read_text()))
+        _check_same(task, done, out)
+        return done
     start = time.time()
     if task["kind"] == "train":
         result = _train(task)
@@ -45,8 +47,20 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def _check_same(task: dict[str, Any], done: dict[str, Any], path: Path) -> None:
+    """A finished result counts only for the settings it was made with."""
+    if task["kind"] == "train":
+        same = done.get("config") == build_config(base=task["config"]).to_dict()
+    else:
+        same = done.get("settings") == task["settings"]
+    if not same:
+        raise ValueError(f"{path} was made with other settings than the plan now asks for; "
+                         "delete it (and its run folder) to redo it, or rename the plan")
+
+
 def _train(task: dict[str, Any]) -> dict[str, Any]:
     cfg = build_config(base=task["config"])
+    asked = cfg.to_dict()  # before train() adapts it to the machine (bf16 off without AVX512-BF16)
     run_dir = Path(task["run_dir"])
     if (run_dir / "last.safetensors").is_file():
         out = train(cfg, resume=run_dir)
@@ -66,7 +80,8 @@ def _train(task: dict[str, Any]) -> dict[str, Any]:
         "macs": cost.macs,
         "bops": cost.bops,
         "run_dir": str(run_dir),
-        "config": cfg.to_dict(),
+        "config": asked,
+        "trained_config": cfg.to_dict(),
     }
 
 
@@ -80,11 +95,12 @@ def _search(task: dict[str, Any]) -> dict[str, Any]:
     if task["method"] == "greedy":
         greedy = GreedySettings(**{f.name: settings[f.name] for f in fields(GreedySettings)
                                    if f.name in settings})
+        greedy.bf16 = greedy.bf16 and cpu_bf16_native()  # emulated bf16 is slower than fp32
         bits, steps = greedy_bits(model, table, searched, data.train, data.val, greedy,
                                   cfg.train.seed)
         return {"method": "greedy", "bits": bits, "steps": steps, "settings": settings}
     sens = sensitivity(model, searched, data.val, int(settings.get("eval_images", 2000)),
-                       bf16=bool(settings.get("bf16", False)))
+                       bf16=bool(settings.get("bf16", False)) and cpu_bf16_native())
     return {"method": "sensitivity", "sensitivity": sens, "settings": settings}
 
 
