@@ -66,3 +66,11 @@ def test_real_plans_expand(name: str) -> None:
     assert {r.bits for r in uniform} == {1, 2, 4, 8}
     assert all(abs(r.size_error) <= r.extra["solver_step"] / 2 + 1e-12 for r in uniform)
     assert plan.raw["schedule"]["data"]["val_fraction"] > 0  # searches need held-out images
+
+
+def test_plan_verb_runs_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tiny_plan(tmp_path, baselines=None, bits=[2])
+    assert main(["study", "plan", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "b2-w2-s0" in out and "top1" in out
+    assert (tmp_path / "results" / "runs" / "b2-w2-s0.json").is_file()

@@ -9,6 +9,12 @@
     is quantized (no fine-tuning); `lowbit.study.knapsack` then picks the bits that minimise
     the summed increase under a size budget.
 
+Both searches run once per seed on the float model of the plan's `search_width`; their tables
+are by layer name, so they apply at any width. At a budget, the greedy table gets the width
+that makes it match the budget (`solve_width` with a table); the knapsack runs at the width of
+the plan's `anchor_bits` uniform model at that budget (so every uniform table at anchor bits is
+feasible and the knapsack can only trade within it), its layer sizes counted at that width.
+
 Held-out images are the validation split of the training set (`with_validation`), never the
 test set. The first and last layers keep the plan's `first_last_bits` and are not searched.
 """
