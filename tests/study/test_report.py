@@ -32,14 +32,12 @@ def test_markdown_and_readme(tmp_path: Path) -> None:
     table = markdown(RESULTS)
     assert "| b1 | w1 | 1.5 | 1.0 | 2.0 | 3.00 | 81.00 ± 1.00 | 2 |" in table
     readme = tmp_path / "README.md"
-    readme.write_text("a\n<!-- study-table:start -->\nold\n<!-- study-table:end -->\nb\n")
-    update_readme(readme, table)
+    readme.write_text("a\n<!-- study-table:p:start -->\nold\n<!-- study-table:p:end -->\nb\n")
+    update_readme(readme, table, "p")
     text = readme.read_text()
     assert "old" not in text and table in text and text.endswith("b\n")
     with pytest.raises(ValueError, match="no"):
-        blank = tmp_path / "blank.md"
-        blank.write_text("nothing here\n")
-        update_readme(blank, table)
+        update_readme(readme, table, "other")
 
 
 def test_pareto_png(tmp_path: Path) -> None:

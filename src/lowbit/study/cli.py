@@ -83,7 +83,7 @@ def _report(args: argparse.Namespace) -> int:
     (plan.results_dir / "table.md").write_text(table)
     png = pareto_plot(results, plan.results_dir / "pareto.png", f"{plan.name}: top-1 vs size")
     if args.readme:
-        update_readme(args.readme, table)
+        update_readme(args.readme, table, plan.name)
     print(table, end="")
     print(f"wrote {plan.results_dir / 'table.md'} and {png}")
     return 0

@@ -2,8 +2,8 @@
 
 - `rows(results)`: one row per run (bits, width, exact size, MACs, BOPs, top-1);
 - `summary(results)`: one row per (budget, bits or method), mean and spread over seeds;
-- `markdown(results)`: both as markdown tables (for the README, between
-  `<!-- study-table:start -->` and `<!-- study-table:end -->` with `update_readme`);
+- `markdown(results)`: the summary as a markdown table (`update_readme` puts it in the README
+  between `<!-- study-table:NAME:start -->` and `<!-- study-table:NAME:end -->`, NAME the plan's);
 - `pareto_plot(results, path)`: top-1 against stored size, one curve per weight bit-width,
   mixed-precision points marked, the float reference as a dashed line.
 """
@@ -18,7 +18,6 @@ from typing import Any
 
 from lowbit.errors import LowbitError
 
-START, END = "<!-- study-table:start -->", "<!-- study-table:end -->"
 _MARKERS = {"greedy": "s", "knapsack": "D"}
 
 
@@ -68,15 +67,16 @@ def markdown(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def update_readme(path: str | Path, table: str) -> None:
-    """Replace the text between the study-table markers of `path` by `table`."""
+def update_readme(path: str | Path, table: str, name: str) -> None:
+    """Replace the text between the study-table markers of plan `name` in `path` by `table`."""
     path = Path(path)
     text = path.read_text()
-    if START not in text or END not in text:
-        raise ValueError(f"{path} has no {START} ... {END} block to fill")
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{table}{END}{tail}")
+    start, end = f"<!-- study-table:{name}:start -->", f"<!-- study-table:{name}:end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"{path} has no {start} ... {end} block to fill")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    path.write_text(f"{head}{start}\n{table}{end}{tail}")
 
 
 def _pyplot():  # noqa: ANN202 - matplotlib is optional
