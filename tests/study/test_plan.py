@@ -74,3 +74,22 @@ def test_plan_verb_runs_the_plan(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "b2-w2-s0" in out and "top1" in out
     assert (tmp_path / "results" / "runs" / "b2-w2-s0.json").is_file()
+
+
+def test_mixed_runs_resolve_within_budget() -> None:
+    from lowbit.study.execute import resolve_mixed, search_tasks
+
+    plan = load_plan(REPO / "experiments" / "study" / "resnet20.yaml")
+    runs = {r.id: r for r in expand(plan)}
+    knap, greedy = runs["b1-knapsack-s0"], runs["b1-greedy-s0"]
+    searched = search_tasks(plan, [knap])["sensitivity-s0"]["searched"]
+    assert len(searched) == 20  # 18 block convs + 2 shortcuts: all but the first and last
+    # Made-up sensitivities: the deeper the layer, the more it suffers at low bits.
+    sens = {n: {b: (i + 1) / b for b in (1, 2, 4, 8)} for i, n in enumerate(searched)}
+    resolve_mixed(plan, knap, {"sensitivity-s0": {"sensitivity": sens}})
+    assert knap.width == runs["b1-w4-s0"].width  # the anchor (4-bit) model's width
+    assert knap.size <= plan.budgets["b1"] and knap.table is not None
+    assert knap.table[searched[-1]] >= knap.table[searched[0]]
+    bits = {n: (1 if i % 2 else 4) for i, n in enumerate(searched)}
+    resolve_mixed(plan, greedy, {"greedy-s0": {"bits": {**knap.table, **bits}}})
+    assert abs(greedy.size_error) <= greedy.extra["solver_step"] / 2 + 1e-12
