@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.study.knapsack import solve_knapsack
+from lowbit.study.knapsack import monotone_in_bits, solve_knapsack
 
 CHOICES = (1, 2, 4, 8)
 
@@ -48,3 +48,13 @@ def test_coarse_grid_still_fits() -> None:
 def test_infeasible_budget() -> None:
     with pytest.raises(ValueError, match="cannot hold"):
         solve_knapsack({"a": 100}, {"a": {1: 0.0, 2: 0.0}}, 99)
+
+
+def test_monotone_sensitivities_fill_the_budget() -> None:
+    elements = {"a": 90, "b": 90}
+    noisy = {"a": {1: 0.5, 2: 0.7, 4: 0.1, 8: 0.2}, "b": {1: -0.1, 2: 0.0, 4: 0.0, 8: 0.3}}
+    sens = monotone_in_bits(noisy)
+    assert sens["a"] == {8: 0.1, 4: 0.1, 2: 0.5, 1: 0.5}
+    assert sens["b"] == {8: -0.1, 4: -0.1, 2: -0.1, 1: -0.1}
+    result = solve_knapsack(elements, sens, 90 * 12)
+    assert result.bits == {"a": 4, "b": 8}  # ties go to more bits: the budget is used

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.study.configs import run_config
-from lowbit.study.knapsack import solve_knapsack
+from lowbit.study.knapsack import monotone_in_bits, solve_knapsack
 from lowbit.study.plan import Plan, Run, describe, expand
 from lowbit.study.size import build_meta, compute_layers, full_table, table_size
 from lowbit.study.solver import solve_width
@@ -116,8 +116,8 @@ def resolve_mixed(plan: Plan, run: Run, found: dict[str, dict[str, Any]]) -> Run
     anchor = int((plan.baseline("knapsack") or {}).get("anchor_bits", 4))
     run.width = solve_width(plan.factory, anchor, target, plan.first_last_bits).width
     model = build_meta(plan.factory, run.width)
-    sens = {name: {int(b): float(v) for b, v in per.items()}
-            for name, per in result["sensitivity"].items()}
+    sens = monotone_in_bits({name: {int(b): float(v) for b, v in per.items()}
+                             for name, per in result["sensitivity"].items()})
     elements = {c.name: c.weight for c in compute_layers(model) if c.name in sens}
     table = full_table(model, anchor, plan.first_last_bits)
     fixed = table_size(model, table).total - sum(n * anchor / 8 for n in elements.values())

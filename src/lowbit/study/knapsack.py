@@ -17,6 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def monotone_in_bits(sensitivity: Mapping[str, Mapping[int, float]]) -> dict[str, dict[int, float]]:
+    """Each layer's sensitivities made non-increasing in bits: s'[b] = min(s[c] for c <= b).
+
+    More bits never need to hurt more than fewer (a measured increase at more bits is noise),
+    so a layer is never pushed to fewer bits than the budget allows by measurement noise; the
+    DP breaks ties toward the fuller use of the budget.
+    """
+    out = {}
+    for name, per in sensitivity.items():
+        ordered = sorted(per)
+        out[name] = {b: min(float(per[c]) for c in ordered if c <= b)
+                     for b in sorted(per, reverse=True)}
+    return out
+
+
 @dataclass(frozen=True)
 class KnapsackResult:
     """The chosen bits per layer, their summed sensitivity and weight bits, and exactness."""
@@ -78,7 +93,7 @@ def _dp(units: Mapping[str, Mapping[int, int]], sensitivity: Mapping[str, Mappin
             better = cand < new
             new[better], choice[i][better] = cand[better], bits
         best = new
-    end, picked = int(np.argmin(best)), {}
+    end, picked = cells - int(np.argmin(best[::-1])), {}  # ties: the fullest, not the emptiest
     for i in range(len(names) - 1, -1, -1):
         picked[names[i]] = int(choice[i][end])
         end -= units[names[i]][picked[names[i]]]
