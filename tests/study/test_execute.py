@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from lowbit.engine.trainer import Trainer
-from lowbit.study.execute import make_executor, run_plan, train_task
+from lowbit.study.execute import dispatch, make_executor, run_plan, train_task
 from lowbit.study.plan import expand, load_plan
 from lowbit.study.tasks import run_task
 
@@ -102,3 +102,18 @@ def test_changed_settings_are_not_skipped(sequential: tuple[Path, list[dict]],
     plan.raw["schedule"]["optim"]["lr"] = 0.01
     with pytest.raises(ValueError, match="other settings"):
         run_task(train_task(plan, expand(plan)[1]))
+
+
+def test_dispatch_keeps_remote_results_here(tmp_path: Path) -> None:
+    tasks = [{"kind": "search", "settings": {"k": i}, "result": str(tmp_path / f"{i}.json")}
+             for i in range(3)]
+    sent: list[list[dict]] = []
+
+    def remote(batch: list[dict]) -> list[dict]:  # a cluster that writes nothing here
+        sent.append(batch)
+        return [{"settings": t["settings"], "value": t["settings"]["k"] * 10} for t in batch]
+
+    (tmp_path / "1.json").write_text(json.dumps({"settings": {"k": 1}, "value": 99}))
+    first = dispatch(remote, tasks)
+    assert [r["value"] for r in first] == [0, 99, 20] and len(sent[0]) == 2
+    assert dispatch(remote, tasks) == first and sent[1] == []

@@ -24,7 +24,7 @@ from lowbit.study.knapsack import monotone_in_bits, solve_knapsack
 from lowbit.study.plan import Plan, Run, describe, expand
 from lowbit.study.size import build_meta, compute_layers, full_table, table_size
 from lowbit.study.solver import solve_width
-from lowbit.study.tasks import run_task
+from lowbit.study.tasks import run_task, write_result
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +53,31 @@ def run_plan(plan: Plan, executor: Executor) -> list[dict[str, Any]]:
     """Run (or resume) every run of `plan`; returns the result of each run, plan order."""
     runs = expand(plan)
     first = [r for r in runs if r.kind in ("float", "uniform")]
-    results = dict(zip([r.id for r in first], executor([train_task(plan, r) for r in first]),
-                       strict=True))
+    results = dict(zip([r.id for r in first],
+                       dispatch(executor, [train_task(plan, r) for r in first]), strict=True))
     mixed = [r for r in runs if r.kind in ("greedy", "knapsack")]
     searches = search_tasks(plan, mixed)
-    found = dict(zip(searches, executor(list(searches.values())), strict=True))
+    found = dict(zip(searches, dispatch(executor, list(searches.values())), strict=True))
     for run in mixed:
         resolve_mixed(plan, run, found)
-    results.update(zip([r.id for r in mixed], executor([train_task(plan, r) for r in mixed]),
-                       strict=True))
+    results.update(zip([r.id for r in mixed],
+                       dispatch(executor, [train_task(plan, r) for r in mixed]), strict=True))
     return [results[r.id] for r in runs]
+
+
+def dispatch(executor: Executor, tasks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Results of `tasks`: finished ones read here, the others sent to `executor`; every
+    result is also written here, so a cluster without shared storage still skips them next
+    time (resuming a killed run from its checkpoint needs the run folders shared, though)."""
+    finished = [Path(t["result"]).is_file() for t in tasks]
+    fresh = iter(executor([t for t, done in zip(tasks, finished, strict=True) if not done]))
+    out = []
+    for task, done in zip(tasks, finished, strict=True):
+        result = run_task(task) if done else next(fresh)
+        if not Path(task["result"]).is_file():
+            write_result(task, result)
+        out.append(result)
+    return out
 
 
 def train_task(plan: Plan, run: Run) -> dict[str, Any]:

@@ -2,7 +2,10 @@
 
 `address=None` starts (or joins) a local Ray instance; `address="auto"` or `"ray://host:port"`
 joins an existing cluster. Each task asks for `cpus_per_task` CPUs, so Ray runs as many at once
-as the cluster has room for; results come back in task order.
+as the cluster has room for; results come back in task order. Workers need lowbit installed,
+the dataset (`$LOWBIT_DATA`) and, for a killed run to resume from its checkpoint on another
+node, the plan's `runs_dir` on shared storage; result files are also written by the driver
+(`execute.dispatch`), so finished runs are skipped on a re-run either way.
 """
 
 from __future__ import annotations

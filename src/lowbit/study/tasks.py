@@ -43,8 +43,13 @@ def run_task(task: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"unknown task kind {task['kind']!r}")
     result.update(wall_s=round(time.time() - start, 1), commit=git_commit(),
                   machine=machine_info())
-    atomic_write_bytes(out, (json.dumps(result, indent=1) + "\n").encode())
+    write_result(task, result)
     return result
+
+
+def write_result(task: dict[str, Any], result: dict[str, Any]) -> None:
+    """Write a task's result JSON atomically where the task says."""
+    atomic_write_bytes(Path(task["result"]), (json.dumps(result, indent=1) + "\n").encode())
 
 
 def _check_same(task: dict[str, Any], done: dict[str, Any], path: Path) -> None:
