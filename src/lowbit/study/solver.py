@@ -69,14 +69,14 @@ def solve_width(factory: ModelFactory, bits: Bits, target_bytes: float,
 
     guess = _quadratic_guess(size, target_bytes)
     lo, hi = _bracket(size, target_bytes, guess)
-    for _ in range(60):  # w* = inf{w : size(w) > target}, to float precision
+    # w* = inf{w : size(w) > target}. A channel count c*w moves only every 1/c in w, so a
+    # bracket of 1e-6 separates the models either side of w* for any c below 10^5.
+    while hi - lo > 1e-6:
         mid = 0.5 * (lo + hi)
         if size(mid) > target_bytes:
             hi = mid
         else:
             lo = mid
-        if hi - lo < 1e-9 * hi:
-            break
     below, above = size(lo), size(hi)
     best = lo if abs(below - target_bytes) <= abs(above - target_bytes) else hi
     width = _short_width(factory, best)
