@@ -58,10 +58,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path: Path,
     full = run_task(train_task(whole, run))
     original = Trainer.train_epoch
 
-    def crash(self: Trainer, epoch: int) -> dict:
+    def crash(self: Trainer, epoch: int, *args: object) -> dict:
         if epoch == 1:  # after epoch 0's checkpoint was written
             raise RuntimeError("simulated kill")
-        return original(self, epoch)
+        return original(self, epoch, *args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(Trainer, "train_epoch", crash)
     with pytest.raises(RuntimeError, match="simulated kill"):
