@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=cmd_sweep)
 
+    from lowbit.study.cli import add_parser as add_study_parser
+
+    add_study_parser(sub)
+
     p = sub.add_parser("demo", help="embedded end-to-end demo (digits, no downloads)")
     p.add_argument("--epochs", type=int, default=15, help="epochs of the float run")
     p.add_argument("--seed", type=int, default=0, help="random seed")

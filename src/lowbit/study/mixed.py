@@ -1,0 +1,156 @@
+"""Mixed-precision baselines: per-layer bits tables for `quantize_model` rules.
+
+(a) `greedy_bits`: the paper's baseline, "the smallest bits per layer that keep accuracy"
+    (spec §6.4). From the trained float model, every searched layer starts at 8 bits; then for
+    each level 4, 2, 1 and each layer (in order) still at the level above, the layer is lowered,
+    the model is fine-tuned for a few steps, and the change is kept if held-out top-1 stays
+    within `tolerance` points of float, else undone (weights and BN restored).
+(b) `sensitivity`: per layer and bit-width, the increase of held-out loss when only that layer
+    is quantized (no fine-tuning); `lowbit.study.knapsack` then picks the bits that minimise
+    the summed increase under a size budget.
+
+Both searches run once per seed on the float model of the plan's `search_width`; their tables
+are by layer name, so they apply at any width. At a budget, the greedy table gets the width
+that makes it match the budget (`solve_width` with a table); the knapsack runs at the width of
+the plan's `anchor_bits` uniform model at that budget (so every uniform table at anchor bits is
+feasible and the knapsack can only trade within it), its layer sizes counted at that width.
+
+Held-out images are the validation split of the training set (`with_validation`), never the
+test set. The first and last layers keep the plan's `first_last_bits` and are not searched.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.data import BatchLoader, ImageData
+from lowbit.engine.trainer import autocast, evaluate
+from lowbit.quant.base import Quantizer
+from lowbit.quant.registry import get_quantizer
+from lowbit.study.size import quant_rules, weight_spec
+from lowbit.transform import quantize_model
+
+log = logging.getLogger(__name__)
+
+LEVELS = (8, 4, 2, 1)
+
+
+@dataclass
+class GreedySettings:
+    """Knobs of the greedy search (plan `baselines.greedy:`)."""
+
+    tolerance: float = 0.5  # top-1 points below float still accepted
+    finetune_steps: int = 50
+    lr: float = 0.01
+    batch_size: int = 128
+    eval_images: int = 5000
+    bf16: bool = False
+
+
+def greedy_bits(float_model: nn.Module, table: Mapping[str, int], searched: Sequence[str],
+                train: ImageData, val: ImageData, settings: GreedySettings,
+                seed: int = 0) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The greedy table (searched layers lowered, others as in `table`) and its step log."""
+    val = _head(val, settings.eval_images)
+    ref = evaluate(float_model, val, 500, settings.bf16)["top1"]
+    bits = {**table, **dict.fromkeys(searched, LEVELS[0])}
+    model = quantize_model(float_model, quant_rules(bits)).model
+    tuner = _Tuner(model, train, settings, seed)
+    tuner.run()
+    start = {"layer": None, "bits": LEVELS[0], "top1": _top1(model, val, settings),
+             "float_top1": ref}
+    steps: list[dict[str, Any]] = [start]
+    for level, lower in zip(LEVELS, LEVELS[1:], strict=False):
+        for name in searched:
+            if bits[name] != level:
+                continue
+            saved = copy.deepcopy(model.state_dict())
+            _set_bits(model, name, lower)
+            tuner.run()
+            top1 = _top1(model, val, settings)
+            kept = top1 >= ref - settings.tolerance
+            steps.append({"layer": name, "bits": lower, "top1": top1, "kept": kept})
+            log.info("greedy %s -> %d bits: top1 %.2f (float %.2f) %s", name, lower, top1,
+                     ref, "kept" if kept else "undone")
+            if kept:
+                bits[name] = lower
+            else:
+                _set_bits(model, name, level)
+                model.load_state_dict(saved)
+    return bits, steps
+
+
+@torch.no_grad()
+def sensitivity(float_model: nn.Module, searched: Sequence[str], val: ImageData,
+                eval_images: int = 2000, choices: Sequence[int] = LEVELS,
+                bf16: bool = False) -> dict[str, dict[int, float]]:
+    """{layer: {bits: held-out loss increase}} with only that layer's weight quantized."""
+    val = _head(val, eval_images)
+    model = copy.deepcopy(float_model).eval()
+    ref = evaluate(model, val, 500, bf16)["loss"]
+    out: dict[str, dict[int, float]] = {}
+    for name in searched:
+        param = model.get_submodule(name).get_parameter("weight")
+        weight = param.detach().clone()
+        out[name] = {}
+        for bits in choices:
+            param.copy_(_quantizer(bits)(weight))
+            out[name][bits] = evaluate(model, val, 500, bf16)["loss"] - ref
+        param.copy_(weight)
+    return out
+
+
+class _Tuner:
+    """A few SGD steps on the training split, continuing one seeded stream of batches."""
+
+    def __init__(self, model: nn.Module, train: ImageData, settings: GreedySettings,
+                 seed: int) -> None:
+        self.model, self.settings = model, settings
+        self.loader = BatchLoader(train, settings.batch_size, train=True, seed=seed)
+        self.batches = iter(self.loader)
+
+    def _next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        try:
+            return next(self.batches)
+        except StopIteration:
+            self.loader.set_epoch(self.loader.epoch + 1)
+            self.batches = iter(self.loader)
+            return next(self.batches)
+
+    def run(self) -> None:
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.settings.lr, momentum=0.9)
+        self.model.train()
+        for _ in range(self.settings.finetune_steps):
+            x, y = self._next()
+            with autocast(self.settings.bf16):
+                loss = F.cross_entropy(self.model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+
+
+def _quantizer(bits: int) -> Quantizer:
+    spec = weight_spec(bits)
+    if spec is None:
+        raise ValueError("the searches choose among quantized bit-widths (1..8), not float")
+    return get_quantizer(spec)
+
+
+def _set_bits(model: nn.Module, name: str, bits: int) -> None:
+    model.get_submodule(name).weight_quant = _quantizer(bits)
+
+
+def _top1(model: nn.Module, val: ImageData, settings: GreedySettings) -> float:
+    return float(evaluate(model, val, 500, settings.bf16)["top1"])
+
+
+def _head(data: ImageData, count: int) -> ImageData:
+    return data if count >= len(data) else data.subset(torch.arange(count))

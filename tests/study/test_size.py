@@ -1,0 +1,104 @@
+"""Exact stored size: the meta-device count equals cost_report and the packed file's content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowbit.accounting import cost_report
+from lowbit.config import build_config
+from lowbit.engine.checkpoint import save_checkpoint, with_prefix
+from lowbit.export import export_packed
+from lowbit.models import create_model
+from lowbit.study.configs import run_config
+from lowbit.study.size import (
+    build_meta,
+    full_table,
+    layer_macs,
+    model_size,
+    quant_rules,
+    table_size,
+    weight_spec,
+)
+from lowbit.study.solver import ZooFactory
+from lowbit.transform import quantize_model
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2", "vgg_small"])
+@pytest.mark.parametrize("width", [0.37, 1.0])
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+def test_meta_count_equals_cost_report(name: str, width: float, bits: int) -> None:
+    model = create_model(name, width=width)
+    table = full_table(model, bits)
+    quantized = quantize_model(model, quant_rules(table)).model
+    report = cost_report(quantized, (1, 3, 32, 32))
+    counted = model_size(ZooFactory(name), width, bits)
+    assert counted.total == report.bytes
+    assert counted.params == report.params
+    meta = build_meta(ZooFactory(name), width)
+    assert sum(layer_macs(meta, (1, 3, 32, 32)).values()) == report.macs
+
+
+def test_mixed_table_and_float_layers() -> None:
+    model = create_model("resnet20", width=0.5)
+    table = full_table(model, 2, first_last_bits=32)
+    table["layer2.0.conv1"], table["layer3.2.conv2"] = 8, 1
+    quantized = quantize_model(model, quant_rules(table)).model
+    size = table_size(model, table)
+    assert size.total == cost_report(quantized, (1, 3, 32, 32)).bytes
+    first, last = model.conv1.weight.numel(), model.fc.weight.numel()
+    assert size.float_weights == 4 * (first + last)
+    assert size.biases == 4 * model.fc.bias.numel()
+    assert size.scales == 4 * (len(table) - 2)  # one per-tensor scale per quantized layer
+
+
+def test_full_table_rejects_bad_tables() -> None:
+    model = create_model("small_cnn", in_channels=3)
+    with pytest.raises(ValueError, match="unknown layers"):
+        full_table(model, {"nope": 2})
+    with pytest.raises(ValueError, match="lacks"):
+        full_table(model, {"features.3": 2})
+    with pytest.raises(ValueError, match="bits"):
+        weight_spec(16)
+
+
+def _packed_file(tmp: Path, name: str, width: float, bits: int) -> tuple[Path, float]:
+    config = run_config({"model": name}, {"data": {"name": "cifar10"}}, width, 0,
+                        full_table(build_meta(ZooFactory(name), width), bits), "x")
+    cfg = build_config(base=config)
+    model = quantize_model(create_model(name, width=width), config["quant"]["rules"]).model
+    with torch.no_grad():  # trained-looking BN statistics; values do not change sizes
+        for p in model.parameters():
+            p.normal_()
+    meta = {"config": cfg.to_dict(), "model": name, "dataset": "cifar10", "num_classes": 10,
+            "in_channels": 3}
+    ckpt = save_checkpoint(tmp / "c.safetensors", with_prefix("model", model.state_dict()), meta)
+    return export_packed(ckpt, tmp / "m.lowbit"), model_size(ZooFactory(name), width, bits).total
+
+
+# export_packed subtracts min(code_range) = -1 from binary codes {-1, +1}, giving {0, 2}, which
+# does not fit its 1 bit per weight: binary models cannot be packed yet (export/ is not ours).
+_BINARY_PACK_BUG = pytest.mark.xfail(raises=ValueError, strict=True,
+                                     reason="export_packed cannot pack binary codes")
+
+
+@pytest.mark.parametrize(("name", "width", "bits"), [
+    pytest.param("resnet20", 1.0, 1, marks=_BINARY_PACK_BUG), ("resnet20", 0.5, 2),
+    ("resnet20", 1.5, 4), ("resnet20", 1.0, 8), ("resnet20", 1.36, 2),
+    pytest.param("mobilenet_v2", 0.5, 1, marks=_BINARY_PACK_BUG), ("mobilenet_v2", 0.5, 4),
+    ("mobilenet_v2", 0.78, 2), ("vgg_small", 0.25, 2)])
+def test_size_matches_packed_file(tmp_path: Path, name: str, width: float, bits: int) -> None:
+    path, counted = _packed_file(tmp_path, name, width, bits)
+    raw = path.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    content = len(raw) - 8 - header_len
+    header = json.loads(raw[8:8 + header_len])
+    counters = sum(8 for k in header if k.endswith("num_batches_tracked"))
+    packed = sum(1 for k in header if k.endswith(".weight.codes"))
+    # The tensor data is exactly the counted size plus the BN counters (int64, not counted)
+    # and at most one padding byte per packed tensor.
+    assert counted + counters <= content <= counted + counters + packed
+    assert abs(content - counted) / counted < 0.02
