@@ -8,11 +8,18 @@ state they hold (learned step sizes, masks, ...) appears under `weight_quant.*` 
 Forward: `y = op(act_quant(x), weight_quant(W), b)` where `op` is the float convolution or
 matrix product and the bias stays float. Either quantizer may be None (that side stays float).
 Gradients reach `W` and `x` through each quantizer's own straight-through rule.
+
+Eval-mode cache: frozen weights are quantized once, not on every forward. In eval mode, when
+no gradient can reach `W` (grad disabled, or `W.requires_grad` False), the layer keeps
+`weight_quant(W)` and reuses it while nothing it depends on changed: the key holds the weight's
+and every quantizer tensor's storage, `_version` (bumped by any in-place write: optimizer
+steps, `load_state_dict`, `copy_`), dtype and device, plus the quantizer's plain attributes
+(bits, flags such as Scale-Clip's `quantize`). `train()` drops the cache.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
@@ -20,6 +27,7 @@ from torch import nn
 from lowbit.quant.base import Quantizer
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+_Layer = TypeVar("_Layer", bound="_QuantMixin")
 
 
 def _check_quantizer(q: object, what: str) -> None:
@@ -53,7 +61,24 @@ class _QuantMixin(nn.Module):
         return x if self.act_quant is None else self.act_quant(x)
 
     def _quant_weight(self) -> torch.Tensor:
-        return self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        q = self.weight_quant
+        if q is None:
+            return self.weight
+        if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return q(self.weight)
+        key = _cache_key(self.weight, q)
+        cached = self.__dict__.get("_weight_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]  # type: ignore[no-any-return]
+        # A normal tensor even under inference_mode, so later autograd calls may save it.
+        with torch.inference_mode(False), torch.no_grad():
+            value = q(self.weight).detach()
+        self.__dict__["_weight_cache"] = (key, value)
+        return value
+
+    def train(self: _Layer, mode: bool = True) -> _Layer:
+        self.__dict__.pop("_weight_cache", None)
+        return super().train(mode)
 
     @torch.no_grad()
     def quantized_weight(self) -> torch.Tensor:
@@ -71,6 +96,15 @@ class _QuantMixin(nn.Module):
         if isinstance(b, torch.Tensor):
             bias = nn.Parameter(b.detach().clone(), requires_grad=b.requires_grad)
         return weight, bias
+
+
+def _cache_key(weight: torch.Tensor, q: Quantizer) -> tuple[Any, ...]:
+    """What the quantized weight depends on (see the module docstring)."""
+    tensors = (weight, *q.parameters(), *q.buffers())
+    state = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    plain = tuple((k, v) for k, v in vars(q).items()
+                  if isinstance(v, int | float | str | bool | None))
+    return state, plain
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
