@@ -184,14 +184,7 @@ def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor], header: d
 
 def _restore_layer(model: nn.Module, entry: Any, reader: _Reader, path: Any) -> str:
     """Install the `Decoded` quantizer of one `[name, bits, scale shape]` entry."""
-    try:
-        name, bits, scale_shape = entry
-        layer: Any = model.get_submodule(name)
-        assert _packable(layer) and isinstance(scale_shape, list)
-        assert all(isinstance(n, int) and n >= 0 for n in scale_shape)
-    except (ValueError, TypeError, AttributeError, AssertionError) as exc:
-        raise CheckpointError(f"packed model {path}: bad layer entry {str(entry)[:80]} "
-                              "for the model its config builds") from exc
+    name, bits, scale_shape, layer = _entry(model, entry, path)
     weight, q = layer.weight, layer.weight_quant
     table = q.code_range()
     if bits != _bits(table):
@@ -213,4 +206,17 @@ def _restore_layer(model: nn.Module, entry: Any, reader: _Reader, path: Any) -> 
     layer.weight_quant = frozen
     with torch.no_grad():
         weight.copy_(value)
-    return str(name)
+    return name
+
+
+def _entry(model: nn.Module, entry: Any, path: Any) -> tuple[str, int, list[int], Any]:
+    """(name, bits, scale shape, layer) of a well-formed layer entry, else a one-line error."""
+    try:
+        name, bits, scale_shape = entry
+        layer = model.get_submodule(name)
+        assert _packable(layer) and isinstance(bits, int) and isinstance(scale_shape, list)
+        assert all(isinstance(n, int) and n >= 0 for n in scale_shape)
+    except (ValueError, TypeError, AttributeError, AssertionError) as exc:
+        raise CheckpointError(f"packed model {path}: bad layer entry {str(entry)[:80]} "
+                              "for the model its config builds") from exc
+    return name, bits, scale_shape, layer
