@@ -5,7 +5,8 @@ safetensors header), its file suffixes, a loader `path -> (model, meta)` and opt
 writer `(model, meta, path) -> path`. `load_model(path)` finds the format from the file's
 header (or, for files that are not lowbit safetensors, from the suffix) and calls its loader;
 `save_model(model, meta, path, fmt)` calls a writer; `export_file(src, dst, fmt)` does both.
-Registered here: run checkpoints, packed `.lowbit` files and folded files. `meta` always holds
+Registered here: run checkpoints, packed `.lowbit` files (writer "packed-entropy": the same
+format with entropy-coded weight codes) and folded files. `meta` always holds
 the run info of `RUN_KEYS` (config, model, dataset, num_classes, in_channels), validated on load.
 
 Every loader rebuilds the model from the stored config (`model_from_config`: the float model,
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,8 @@ def _load_folded(path: Path) -> tuple[nn.Module, dict[str, Any]]:
 register_format(ModelFormat("checkpoint", ckpt.FORMAT, (".safetensors",), _load_checkpoint))
 register_format(ModelFormat("packed", packed.FORMAT, (".lowbit",), _load_packed,
                             packed.write_packed))
+register_format(ModelFormat("packed-entropy", None, (), _load_packed,
+                            partial(packed.write_packed, entropy=True)))  # loads as "packed"
 register_format(ModelFormat("folded", folded.FORMAT, (".folded.safetensors",), _load_folded,
                             folded.write_folded))
 

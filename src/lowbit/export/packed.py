@@ -12,7 +12,9 @@ names and shapes come back from the model the stored config rebuilds, and a dige
 dataset, one `[name, bits, scale shape]` entry per packed layer) is stored
 zlib-compressed in the uint8 tensor `header`; the safetensors metadata keeps the format tag and
 the integrity digest (see `lowbit.engine.checkpoint`). A weight's codes are stored as
-their indices in its quantizer's `code_range()` (binary's {-1, +1} packs at 1 bit).
+their indices in its quantizer's `code_range()` (binary's {-1, +1} packs at 1 bit). Optionally
+(`entropy=True`, header `codec: "lzma"`) the indices are entropy-coded instead: one LZMA2
+stream over one byte per index, smaller than the fixed bits for skewed codebooks.
 
 `restore_packed(model, tensors, header, path)` fills a freshly built model: each packed layer's
 weight quantizer becomes a `Decoded` holding its codes and scale, so the loaded model computes
@@ -33,7 +35,7 @@ from torch import nn
 
 from lowbit.engine.checkpoint import RUN_KEYS, check_tensor, write_lowbit_file
 from lowbit.errors import CheckpointError, LowbitError
-from lowbit.export.bitpack import pack_bits, unpack_bits
+from lowbit.export.bitpack import entropy_decode, entropy_encode, pack_bits, unpack_bits
 from lowbit.export.frozen import Decoded
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.base import Quantizer
@@ -68,8 +70,13 @@ def _encode(name: str, q: Quantizer, weight: torch.Tensor) -> tuple[torch.Tensor
         raise LowbitError(f"cannot pack layer {name}: {exc}") from exc
 
 
-def pack_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """(tensors, layout header) of a quantized model; see the module docstring."""
+def pack_model(model: nn.Module, entropy: bool = False
+               ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(tensors, layout header) of a quantized model; see the module docstring.
+
+    `entropy`: store the codes entropy-coded (`codec` "lzma": one LZMA2 stream over one byte
+    per code index, all layers) instead of at their fixed bits.
+    """
     blobs: dict[str, list[torch.Tensor]] = {"codes": []}
     layers: list[list[Any]] = []
     for name, layer in model.named_modules():
@@ -78,7 +85,8 @@ def pack_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any
         q: Any = layer.weight_quant
         codes, scale = _encode(name, q, layer.weight)
         table = q.code_range().to(torch.int64)
-        blobs["codes"].append(pack_bits(_indices(name, codes, table), _bits(table)))
+        idx = _indices(name, codes, table)
+        blobs["codes"].append(idx.to(torch.uint8) if entropy else pack_bits(idx, _bits(table)))
         _append(blobs, scale.detach().to(layer.weight.dtype))
         layers.append([name, _bits(table), list(scale.shape)])
     items = _state_items(model, [entry[0] for entry in layers])
@@ -86,7 +94,10 @@ def pack_model(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any
         _append(blobs, value)
     tensors = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.uint8)
                for k, v in blobs.items()}
-    return tensors, {"layers": layers, "state_digest": state_digest(items)}
+    layout: dict[str, Any] = {"layers": layers, "state_digest": state_digest(items)}
+    if entropy:
+        tensors["codes"], layout["codec"] = entropy_encode(tensors["codes"]), "lzma"
+    return tensors, layout
 
 
 def _bits(table: torch.Tensor) -> int:
@@ -107,14 +118,16 @@ def _append(blobs: dict[str, list[torch.Tensor]], value: torch.Tensor) -> None:
     blobs.setdefault(f"values.{str(value.dtype)[6:]}", []).append(value.reshape(-1))
 
 
-def write_packed(model: nn.Module, meta: dict[str, Any], path: str | Path) -> Path:
+def write_packed(model: nn.Module, meta: dict[str, Any], path: str | Path,
+                 entropy: bool = False) -> Path:
     """Write the packed artifact of a quantized `model` to `path` (atomically).
 
     Args:
         model: the deployable model (`recipe.convert(model)`, or any loaded lowbit model).
         meta: the run info of `RUN_KEYS` (config, model, dataset, num_classes, in_channels).
+        entropy: entropy-code the weight codes (smaller for skewed codebooks; see `pack_model`).
     """
-    tensors, layout = pack_model(model)
+    tensors, layout = pack_model(model, entropy)
     header = {**{k: meta[k] for k in RUN_KEYS}, **layout}
     text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     tensors["header"] = torch.frombuffer(bytearray(zlib.compress(text, 9)), dtype=torch.uint8)
@@ -141,6 +154,7 @@ class _Reader:
     def __init__(self, tensors: dict[str, torch.Tensor], path: Any) -> None:
         self.tensors, self.path = tensors, path
         self.pos = {k: 0 for k in tensors}
+        self.decoded: torch.Tensor | None = None
 
     def take(self, key: str, count: int) -> torch.Tensor:
         blob = self.tensors.get(key)
@@ -150,6 +164,23 @@ class _Reader:
                                   "for the model its config builds")
         self.pos[key] = start + count
         return blob[start : start + count]
+
+    def codes(self, count: int, bits: int) -> torch.Tensor:
+        """The next `count` code indices (int64), bit-packed or entropy-decoded."""
+        if self.decoded is None:
+            return unpack_bits(self.take("codes", -(-count * bits // 8)), bits, count)
+        return self.take("codes", count)
+
+    def decode_entropy(self, codec: Any, count: int) -> None:
+        """Decode the whole `codes` blob of an entropy-coded file (`count` indices in all)."""
+        if codec != "lzma":
+            raise CheckpointError(f"packed model {self.path}: unknown codes codec {codec!r}")
+        try:
+            self.decoded = entropy_decode(self.take("codes", self.tensors["codes"].numel()),
+                                          count)
+        except ValueError as exc:
+            raise CheckpointError(f"packed model {self.path}: {exc}") from exc
+        self.tensors, self.pos["codes"] = {**self.tensors, "codes": self.decoded}, 0
 
     def values(self, like: torch.Tensor) -> torch.Tensor:
         key = f"values.{str(like.dtype)[6:]}"
@@ -165,10 +196,11 @@ class _Reader:
 def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor], header: dict[str, Any],
                    path: Any) -> nn.Module:
     """Fill `model` (built from the header's config) with a packed file's contents; eval mode."""
+    entries = [_entry(model, entry, path) for entry in header["layers"]]
     reader = _Reader(tensors, path)
-    names = []
-    for entry in header["layers"]:
-        names.append(_restore_layer(model, entry, reader, path))
+    if "codec" in header:
+        reader.decode_entropy(header["codec"], sum(e[3].weight.numel() for e in entries))
+    names = [_restore_layer(entry, reader, path) for entry in entries]
     items = _state_items(model, names)
     if state_digest(items) != header.get("state_digest"):
         raise CheckpointError(f"packed model {path} does not match the model its config builds "
@@ -182,15 +214,15 @@ def restore_packed(model: nn.Module, tensors: dict[str, torch.Tensor], header: d
     return model.eval()
 
 
-def _restore_layer(model: nn.Module, entry: Any, reader: _Reader, path: Any) -> str:
-    """Install the `Decoded` quantizer of one `[name, bits, scale shape]` entry."""
-    name, bits, scale_shape, layer = _entry(model, entry, path)
+def _restore_layer(entry: tuple[str, int, list[int], Any], reader: _Reader, path: Any) -> str:
+    """Install the `Decoded` quantizer of one checked `_entry`."""
+    name, bits, scale_shape, layer = entry
     weight, q = layer.weight, layer.weight_quant
     table = q.code_range()
     if bits != _bits(table):
         raise CheckpointError(f"packed model {path}: {name} is stored at {bits} bits, its "
                               f"quantizer has {len(table)} codes ({_bits(table)} bits)")
-    idx = unpack_bits(reader.take("codes", -(-weight.numel() * bits // 8)), bits, weight.numel())
+    idx = reader.codes(weight.numel(), bits)
     if idx.numel() and int(idx.max()) >= len(table):
         raise CheckpointError(f"packed model {path}: codes of {name} lie outside its codebook")
     scale = reader.values(torch.empty(scale_shape, dtype=weight.dtype))
