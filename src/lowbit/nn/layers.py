@@ -11,10 +11,11 @@ Gradients reach `W` and `x` through each quantizer's own straight-through rule.
 
 Eval-mode cache: frozen weights are quantized once, not on every forward. In eval mode, when
 no gradient can reach `W` (grad disabled, or `W.requires_grad` False), the layer keeps
-`weight_quant(W)` and reuses it while nothing it depends on changed: the key holds the weight's
-and every quantizer tensor's storage, `_version` (bumped by any in-place write: optimizer
-steps, `load_state_dict`, `copy_`), dtype and device, plus the quantizer's plain attributes
-(bits, flags such as Scale-Clip's `quantize`). `train()` drops the cache.
+`weight_quant(W)` and reuses it while nothing it depends on changed: the key holds the identity of
+the weight and of every quantizer tensor (a replaced tensor, e.g. after `.to()`, is a new one)
+with its `_version` (bumped by any in-place write: optimizer steps, `load_state_dict`,
+`copy_`), plus the quantizer's plain attributes (bits, flags such as Scale-Clip's `quantize`).
+`train()` drops the cache.
 """
 
 from __future__ import annotations
@@ -66,14 +67,15 @@ class _QuantMixin(nn.Module):
             return self.weight
         if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
             return q(self.weight)
-        key = _cache_key(self.weight, q)
+        inputs = _cache_inputs(self.weight, q)
+        key = _cache_key(inputs, q)
         cached = self.__dict__.get("_weight_cache")
         if cached is not None and cached[0] == key:
             return cached[1]  # type: ignore[no-any-return]
         # A normal tensor even under inference_mode, so later autograd calls may save it.
         with torch.inference_mode(False), torch.no_grad():
             value = q(self.weight).detach()
-        self.__dict__["_weight_cache"] = (key, value)
+        self.__dict__["_weight_cache"] = (key, value, inputs)
         return value
 
     def train(self: _Layer, mode: bool = True) -> _Layer:
@@ -98,13 +100,24 @@ class _QuantMixin(nn.Module):
         return weight, bias
 
 
-def _cache_key(weight: torch.Tensor, q: Quantizer) -> tuple[Any, ...]:
-    """What the quantized weight depends on (see the module docstring)."""
-    tensors = (weight, *q.parameters(), *q.buffers())
-    state = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
-    plain = tuple((k, v) for k, v in vars(q).items()
-                  if isinstance(v, int | float | str | bool | None))
-    return state, plain
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _cache_inputs(weight: torch.Tensor, q: Quantizer) -> list[torch.Tensor]:
+    """The tensors a quantized weight depends on: the weight and the quantizer's own."""
+    if q._modules:  # a quantizer with sub-quantizers: walk all of their tensors
+        return [weight, *q.parameters(), *q.buffers()]
+    return [weight, *(t for t in q._parameters.values() if t is not None),
+            *(t for t in q._buffers.values() if t is not None)]
+
+
+def _cache_key(tensors: list[torch.Tensor], q: Quantizer) -> tuple[Any, ...]:
+    """Identity and in-place version of each tensor, plus the quantizer's plain attributes.
+
+    The cache keeps `tensors` alive, so an `id` cannot be reused by another tensor meanwhile.
+    """
+    return (tuple((id(t), t._version) for t in tensors),
+            tuple(v for v in q.__dict__.values() if type(v) in _PLAIN))
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
