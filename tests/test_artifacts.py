@@ -38,11 +38,13 @@ def test_formats_found_by_header(ckpt: Path, tmp_path: Path) -> None:
     folded = export_file(ckpt, tmp_path / "f.lowbit", "folded")
     assert [format_of(p).name for p in (ckpt, packed, folded)] == ["checkpoint", "packed",
                                                                   "folded"]
+    refolded = export_file(packed, tmp_path / "g.safetensors", "folded")  # from the packed file
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         ref = load_model(ckpt)[0](x)
         assert torch.equal(load_model(packed)[0](x), ref)
         torch.testing.assert_close(load_model(folded)[0](x), ref, rtol=1e-4, atol=1e-4)
+        assert torch.equal(load_model(refolded)[0](x), load_model(folded)[0](x))
 
 
 def test_a_format_registered_from_outside(tmp_path: Path) -> None:
