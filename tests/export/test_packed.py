@@ -197,6 +197,8 @@ _FORGED = {  # the same edits with a recomputed digest: caught by the structural
     "bad config": (_edit_header(lambda h: h["config"].__setitem__("model", 3)), "config"),
     "meta list": (lambda t, m: m.__setitem__(META_KEY, "[1]"), "JSON list"),
     "nan": (lambda t, m: t["values.float32"].__setitem__(0, float("nan")), "NaN"),
+    "codec": (_edit_header(lambda h: h.__setitem__("codec", "zstd")), "unknown codes codec"),
+    "bad entropy": (_edit_header(lambda h: h.__setitem__("codec", "lzma")), "corrupt|hold"),
 }
 
 

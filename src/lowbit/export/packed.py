@@ -176,8 +176,8 @@ class _Reader:
         if codec != "lzma":
             raise CheckpointError(f"packed model {self.path}: unknown codes codec {codec!r}")
         try:
-            self.decoded = entropy_decode(self.take("codes", self.tensors["codes"].numel()),
-                                          count)
+            stored = self.tensors.get("codes", torch.zeros(0, dtype=torch.uint8)).numel()
+            self.decoded = entropy_decode(self.take("codes", stored), count)
         except ValueError as exc:
             raise CheckpointError(f"packed model {self.path}: {exc}") from exc
         self.tensors, self.pos["codes"] = {**self.tensors, "codes": self.decoded}, 0
