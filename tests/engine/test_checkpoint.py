@@ -167,3 +167,13 @@ def test_files_are_created_with_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_digest_covers_every_dtype_and_shape(tmp_path: Path) -> None:
+    tensors = {"bf16": torch.randn(3).bfloat16(), "scalar": torch.tensor(5),
+               "empty": torch.zeros(0), "mask": torch.tensor([True, False]),
+               "t": torch.randn(4, 3).t()}
+    path = save_checkpoint(tmp_path / "c.safetensors", tensors, {})
+    got, _ = load_checkpoint(path)
+    assert all(torch.equal(got[k], v) for k, v in tensors.items())
+    assert digest(tensors, "{}") != digest({**tensors, "mask": torch.tensor([True, True])}, "{}")
