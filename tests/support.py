@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lowbit.engine.hooks import Hook
+from lowbit.engine.callbacks import Callback, LoopState
 from lowbit.quant.base import Quantizer
 
 # `--set` arguments of a seconds-long CLI run on synthetic data.
@@ -47,12 +47,12 @@ class SymUniform(Quantizer):
         return torch.arange(-n, n + 1, dtype=x.dtype) * x.abs().max().clamp_min(1e-8) / n
 
 
-class CrashAt(Hook):
+class CrashAt(Callback):
     """Simulates a crash at the start of `epoch` (after the previous epoch's checkpoint)."""
 
     def __init__(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def on_epoch_start(self, trainer: object, epoch: int) -> None:
-        if epoch == self.epoch:
+    def on_epoch_start(self, state: LoopState) -> None:
+        if state.epoch == self.epoch:
             raise RuntimeError("simulated crash")

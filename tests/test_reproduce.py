@@ -9,8 +9,8 @@ import yaml
 from lowbit.api import evaluate_checkpoint, train
 from lowbit.config import build_config
 from lowbit.engine.checkpoint import load_checkpoint
-from lowbit.reproduce import reproduce
 from lowbit.schema import ConfigError
+from lowbit.tools.reproduce import reproduce
 
 
 def _experiment(tmp_path: Path, tiny_config, **expected: float) -> Path:

@@ -195,12 +195,13 @@ def test_unsupported_layers_caught_by_a_broad_rule_are_reported() -> None:
     report = quantize_model(WithUnsupported(), {".*": SymUniform(2), "rnn": None})
     assert [c.name for c in report.converted] == ["conv"]
     assert {f.name: f.reason for f in report.kept_float} == {
-        "up": "unsupported type (rule '.*')", "rnn": "unsupported type (rule '.*')"}
+        "up": "unsupported type ConvTranspose2d: no converter (rule '.*')",
+        "rnn": "unsupported type LSTM: no converter (rule '.*')"}
     assert quantize_model(WithUnsupported(), {"up": None}).converted == []
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    (dict(rules={"stem": {"wieght": SymUniform(2)}}), "spec must be"),
+    (dict(rules={"stem": {"wieght": SymUniform(2)}}), "unknown spec keys.*did you mean 'weight'"),
     (dict(rules={"stem": "no_such_quantizer"}), "unknown quantizer 'no_such_quantizer'"),
     (dict(rules={"stem": {"weight": 3}}), "must be a name, config dict or Quantizer"),
     (dict(rules={"[": SymUniform(2)}), "invalid regular expression"),

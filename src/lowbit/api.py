@@ -1,8 +1,8 @@
 """High-level entry points shared by the CLI and by users' scripts.
 
-`train(cfg)` runs a configured training job; `load_model(path)` rebuilds the model saved in a
-checkpoint (quantized layers included); `evaluate_checkpoint(path)` measures it on its dataset's
-full test set.
+`train(run)` runs a resolved training job (`lowbit.build.load_run`); `load_model(path)` rebuilds
+the model saved in a checkpoint (quantized layers included); `evaluate_checkpoint(path)`
+measures it on its dataset's full test set.
 """
 
 from __future__ import annotations
@@ -17,55 +17,40 @@ import torch
 from torch import nn
 
 from lowbit.artifacts import load_model, model_from_config
-from lowbit.config import RunConfig, build_config
+from lowbit.build import Run, build_model, load_run, resolve
+from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
-from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
-from lowbit.engine.rundir import RunDir, cpu_bf16_native
+from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
-from lowbit.models import create_model
-from lowbit.recipes import Recipe, build_recipe
 
 log = logging.getLogger(__name__)
 
 
-def _float_model(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
-    m = cfg.model
-    return create_model(m.name, num_classes=num_classes, in_channels=in_channels, width=m.width,
-                        **m.kwargs)  # fmt: skip
-
-
-def build_model(cfg: RunConfig, data: DatasetSplits) -> tuple[nn.Module, Recipe | None]:
-    """The float model of `cfg` (initialised from `train.init` if set), prepared by its recipe."""
-    model = _float_model(cfg, data.train.num_classes, data.train.in_channels)
-    if cfg.train.init:
-        tensors, _ = ckpt.load_checkpoint(cfg.train.init)
-        ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), cfg.train.init)
-    recipe = build_recipe(cfg.quant) if cfg.quant else None
-    if recipe is not None:
-        model = recipe.prepare(model)
-    return model, recipe
-
-
 def default_run_name(cfg: RunConfig) -> str:
+    """`model-dataset-method-YYYYmmdd-HHMMSS`."""
     tag = cfg.quant["method"] if cfg.quant else "float"
     return f"{cfg.model.name}-{cfg.data.name}-{tag}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def train(
-    cfg: RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None
+    run: Run | RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None
 ) -> dict[str, Any]:
-    """Train per `cfg` in a run directory; `resume` continues from that run's last checkpoint."""
+    """Train per `run` in a run directory; `resume` continues from that run's last checkpoint.
+
+    A plain `RunConfig` (from `lowbit.config.build_config`) is resolved first.
+    """
     dist = init_distributed()
     try:
-        return _train(cfg, dist, resume, run_path)
+        return _train(run if isinstance(run, Run) else resolve(run), dist, resume, run_path)
     finally:
         cleanup(dist)
 
 
 def _train(
-    cfg: RunConfig, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None
+    run: Run, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None
 ) -> dict[str, Any]:
+    cfg = run.cfg
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     if cfg.train.bf16 and not cpu_bf16_native():
@@ -79,13 +64,9 @@ def _train(
     data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
     if cfg.data.val_fraction > 0:
         data = data.with_validation(cfg.data.val_fraction, cfg.train.seed)
-    model, recipe = build_model(cfg, data)
-    path = (
-        Path(resume)
-        if resume
-        else Path(run_path or Path(cfg.out_dir) / (cfg.name or default_run_name(cfg)))
-    )
-    run_dir = RunDir(path) if dist.is_main else None
+    model, recipe = build_model(run, data.train.num_classes, data.train.in_channels), run.recipe
+    path = Path(resume or run_path or _fresh_dir(Path(cfg.out_dir), cfg))
+    run_dir = RunDir(path, resume=bool(resume)) if dist.is_main else None
     meta = {
         "model": cfg.model.name,
         "dataset": cfg.data.name,
@@ -93,16 +74,14 @@ def _train(
         "in_channels": data.train.in_channels,
     }
     teacher = _teacher(cfg)
-    trainer = Trainer(
-        cfg, model, data, recipe.hooks() if recipe else [], run_dir, dist, meta, teacher
-    )
+    trainer = Trainer(cfg, model, data, run.callbacks, run_dir, dist, meta, teacher, run.phases)
     if run_dir is not None:
         if not resume:
             run_dir.write_config(cfg.to_dict())
         run_dir.attach_log()
     try:
         if resume:
-            trainer.resume(path / "last.safetensors")
+            _resume(trainer, path)
         trainer.fit()
         if recipe is not None:
             trainer.model = recipe.convert(trainer.model)
@@ -113,7 +92,34 @@ def _train(
         return {"run_dir": str(path), "epochs": trainer.epoch, **final}
     finally:
         if run_dir is not None:
-            run_dir.detach_log()
+            run_dir.close()
+
+
+def _resume(trainer: Trainer, path: Path) -> None:
+    """Continue from `path/last.safetensors`; a run killed before its first save starts over
+    (its config is in the directory; metrics written before the kill are dropped)."""
+    if (path / "last.safetensors").exists():
+        trainer.resume(path / "last.safetensors")
+        return
+    log.info("%s has no checkpoint yet (killed before the first save): starting it over", path)
+    if trainer.run_dir is not None:
+        trainer.run_dir.truncate_metrics(0)
+
+
+def _fresh_dir(out_dir: Path, cfg: RunConfig) -> Path:
+    """`out_dir/<name>`, created here; a default name that exists gets a -2, -3, ... suffix
+    (created exclusively, so two runs started in the same second never share a directory)."""
+    base = cfg.name or default_run_name(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(1, 1000):
+        path = out_dir / (base if i == 1 else f"{base}-{i}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            if cfg.name:  # a name the user chose: RunDir says whether it may be used
+                return path
+    raise RunDirError(f"no free run directory name under {out_dir} for {base}")
 
 
 def _teacher(cfg: RunConfig) -> nn.Module | None:
@@ -143,7 +149,6 @@ def _final_metrics(trainer: Trainer, data: DatasetSplits) -> dict[str, Any]:
 
 # Kept for compatibility: both now live in `lowbit.artifacts`.
 build_quant_model = model_from_config
-__all__ = ["build_model", "build_quant_model", "evaluate_checkpoint", "load_model", "train"]
 
 
 def evaluate_checkpoint(
@@ -155,7 +160,7 @@ def evaluate_checkpoint(
     checkpoint made on another machine names a path that may not exist here).
     """
     model, meta = load_model(path)
-    saved = build_config(base=meta["config"]).data.data_dir
+    saved = load_run(base=meta["config"]).cfg.data.data_dir
     data = load_dataset(meta["dataset"], data_dir or os.environ.get(ENV_DATA_DIR) or saved)
     result = evaluate(model, data.test, batch_size, bf16=False)
     return {

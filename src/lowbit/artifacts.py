@@ -25,12 +25,10 @@ from typing import Any
 
 from torch import nn
 
-from lowbit.config import build_config
+from lowbit.build import build_model, load_run
 from lowbit.engine import checkpoint as ckpt
 from lowbit.errors import CheckpointError, LowbitError
 from lowbit.export import folded, packed
-from lowbit.models import create_model
-from lowbit.recipes import build_recipe
 
 Loader = Callable[[Path], tuple[nn.Module, dict[str, Any]]]
 Writer = Callable[[nn.Module, dict[str, Any], Path], Path]
@@ -60,13 +58,7 @@ def register_format(fmt: ModelFormat) -> ModelFormat:
 
 def model_from_config(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
     """The (untrained) model a saved config describes, with its method's layers in place."""
-    cfg = build_config(base=config)
-    m = cfg.model
-    model = create_model(m.name, num_classes=num_classes, in_channels=in_channels,
-                         width=m.width, **m.kwargs)  # fmt: skip
-    if cfg.quant:
-        model = build_recipe(cfg.quant).prepare(model)
-    return model
+    return build_model(load_run(base=config), num_classes, in_channels, init=False)
 
 
 def _model_for(meta: dict[str, Any], path: Path, what: str) -> nn.Module:

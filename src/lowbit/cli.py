@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lowbit.errors import LowbitError
@@ -33,27 +34,31 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from lowbit.config import build_config, load_yaml
+    from lowbit.build import load_run
+    from lowbit.config import load_yaml
 
+    if args.resume and not Path(args.resume, "config.yaml").is_file():
+        raise LowbitError(f"{args.resume} is not a run directory (no config.yaml): "
+                          "--resume takes the folder of a run lowbit started")
     base = load_yaml(f"{args.resume}/config.yaml") if args.resume else None
-    cfg = build_config(base=base, config_file=args.config, overrides=_overrides(args))
-    return _train_or_print(cfg, args, resume=args.resume)
+    run = load_run(base=base, config_file=args.config, overrides=_overrides(args))
+    return _train_or_print(run, args, resume=args.resume)
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
     return list(args.overrides) + ([f"data.data_dir={args.data_dir}"] if args.data_dir else [])
 
 
-def _train_or_print(cfg: Any, args: argparse.Namespace, resume: str | None = None) -> int:
+def _train_or_print(run: Any, args: argparse.Namespace, resume: str | None = None) -> int:
     """`--dry-run`: print the resolved config; otherwise train and print the result."""
     import yaml
 
     from lowbit.api import train
 
     if args.dry_run:
-        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        print(yaml.safe_dump(run.cfg.to_dict(), sort_keys=False), end="")
         return 0
-    result = train(cfg, resume=resume, run_path=args.run_dir)
+    result = train(run, resume=resume, run_path=args.run_dir)
     top = f"test top1 {result['top1']:.2f}% top5 {result['top5']:.2f}%"
     print(json.dumps(result) if args.json else f"run {result['run_dir']}: {top}")
     return 0
@@ -89,23 +94,35 @@ def cmd_datasets(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from lowbit.config import build_config, load_yaml
+    from lowbit.build import load_run
+    from lowbit.config import load_yaml, set_dotted
     from lowbit.engine.checkpoint import load_checkpoint
-    from lowbit.recipes import quant_section_for
+    from lowbit.recipes import method_bits
 
     _, meta = load_checkpoint(args.source)
     base = dict(meta["config"])
-    base.update(quant=quant_section_for(args.method, args.bits), name=None, expected=None)
-    base["train"] = {**base["train"], "init": str(args.source)}
+    base.update(quant={"method": args.method}, name=None, expected=None)
+    base["train"] = {**base["train"], "init": str(args.source), "epochs": None}
     if args.config:  # a recipe file refines the method's section and the schedule
         recipe = load_yaml(args.config)
+        file_init = (recipe.get("train") or {}).get("init")
+        if file_init is not None and Path(file_init).resolve() != Path(args.source).resolve():
+            raise LowbitError(f"--from {args.source} disagrees with {args.config}, which sets "
+                              f"train.init={file_init}: give one of them")
         base["quant"] = {**base["quant"], **recipe.pop("quant", {})}
-        base.update(recipe)
-    return _train_or_print(build_config(base=base, overrides=_overrides(args)), args)
+        for key, value in recipe.items():  # a section merges key by key: train.init stays
+            both = isinstance(value, dict) and isinstance(base.get(key), dict)
+            base[key] = {**base[key], **value} if both else value
+        file_bits = method_bits(base["quant"])
+        if file_bits is not None and file_bits != args.bits:
+            raise LowbitError(f"--bits {args.bits} disagrees with {args.config}, which sets "
+                              f"quant.weight.bits={file_bits}: give one of them")
+    set_dotted(base, "quant.weight.bits", args.bits)
+    return _train_or_print(load_run(base=base, overrides=_overrides(args)), args)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from lowbit.inspect import inspect_target
+    from lowbit.tools.inspection import inspect_target
 
     report = inspect_target(args.target, hist_dir=args.hist)
     if args.json:
@@ -133,7 +150,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from lowbit.reproduce import reproduce
+    from lowbit.tools.reproduce import reproduce
 
     result = reproduce(
         args.experiment,
@@ -173,7 +190,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from lowbit.demo import run_demo
+    from lowbit.tools.demo import run_demo
 
     run_demo(epochs=args.epochs, seed=args.seed)
     return 0
@@ -202,8 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("quantize", help="fine-tune a trained checkpoint with a low-bit method")
     _add_config_args(p)
-    p.add_argument("--method", required=True, help="a registered recipe: qat, inq, lbw, gdrq")
-    p.add_argument("--bits", type=int, required=True, help="weight bits")
+    p.add_argument("--method", required=True, help="a registered method (lowbit methods)")
+    p.add_argument("--bits", type=int, required=True, help="weight bits (quant.weight.bits)")
     p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT")
     p.add_argument("--run-dir", help="where to write the run")
     p.add_argument("--json", action="store_true")

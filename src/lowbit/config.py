@@ -1,18 +1,23 @@
-"""The run configuration: defaults < `--config file.yaml` < `--set a.b=c`.
+"""The run configuration, as plain data: defaults < `--config file.yaml` < `--set a.b=c`.
 
-A YAML recipe is validated into `RunConfig` at load time (see `lowbit.schema`). The `quant:`
-section is checked by the chosen method's own schema (`lowbit.recipes`).
+A YAML file is validated into `RunConfig` at load time (see `lowbit.schema`). The `quant:`
+section stays a mapping here; `lowbit.build` resolves it, once, into its method's typed config.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-
+from lowbit.data import list_datasets
+from lowbit.models import list_models
 from lowbit.schema import ConfigError, from_dict, require, to_dict
+from lowbit.yamlio import YAMLError, safe_load
+
+MAX_WIDTH = 64.0
+MAX_SEED = 2**32 - 1  # data order uses seed * 100003 + epoch in a 64-bit generator seed
 
 
 @dataclass
@@ -22,13 +27,13 @@ class ModelConfig:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        from lowbit.models import list_models
-
         require(
             self.name in list_models(),
             f"unknown model {self.name!r}; choose one of {', '.join(list_models())}",
         )
-        require(self.width > 0, f"width must be > 0, got {self.width}")
+        require(0 < self.width <= MAX_WIDTH,
+                f"width must be in (0, {MAX_WIDTH}] (a multiplier of every channel count; "
+                f"{MAX_WIDTH}x ResNet-20 already holds 1.1e9 weights), got {self.width}")
 
 
 @dataclass
@@ -42,8 +47,6 @@ class DataConfig:
     val_fraction: float = 0.0  # > 0: hold out this much of train; per-epoch metrics use it
 
     def validate(self) -> None:
-        from lowbit.data import list_datasets
-
         known = [n for n in list_datasets() if ":" not in n]
         require(
             self.name in known or self.name.startswith("folder:"),
@@ -67,10 +70,12 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
 
     def validate(self) -> None:
-        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(0 < self.lr < math.inf, f"lr must be a finite number > 0, got {self.lr}")
         require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
-        require(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
-        require(len(self.betas) == 2, "betas must have two values")
+        require(0 <= self.weight_decay < math.inf,
+                f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+                f"betas must be two values in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -83,15 +88,18 @@ class ScheduleConfig:
     min_lr: float = 0.0
 
     def validate(self) -> None:
-        require(self.warmup_epochs >= 0, "warmup_epochs must be >= 0")
+        require(0 <= self.warmup_epochs < math.inf,
+                f"warmup_epochs must be a finite number >= 0, got {self.warmup_epochs}")
         require(self.step_size >= 1, "step_size must be >= 1")
         require(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        require(0 <= self.min_lr < math.inf,
+                f"min_lr must be a finite number >= 0, got {self.min_lr}")
         require(list(self.milestones) == sorted(self.milestones), "milestones must be increasing")
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 200
+    epochs: int | None = None  # None: the method's schedule, else DEFAULT_EPOCHS
     seed: int = 0
     bf16: bool = False
     channels_last: bool = False
@@ -103,10 +111,11 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
-        require(self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        require(self.epochs is None or self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
         require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         require(self.eval_every >= 1 and self.save_every >= 1, "eval_every/save_every must be >= 1")
         require(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 
 @dataclass
@@ -161,9 +170,9 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set expects key=value, got {text!r}")
     key, raw = text.split("=", 1)
     try:
-        return key.strip(), yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"--set {key}: cannot parse value {raw!r}") from exc
+        return key.strip(), safe_load(raw, f"--set {key}") if raw.strip() else None
+    except YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r} ({exc})") from None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -171,9 +180,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        data = safe_load(path.read_text(), f"config file {path}") or {}
+    except YAMLError as exc:
+        raise ConfigError(str(exc)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
@@ -184,21 +195,14 @@ def build_config(
     config_file: str | Path | None = None,
     overrides: list[str] | None = None,
 ) -> RunConfig:
-    """defaults < `base` < `config_file` < `overrides` ('a.b=c'), validated."""
+    """defaults < `base` < `config_file` < `overrides` ('a.b=c'), validated (but the `quant:`
+    section, which `lowbit.build.resolve` checks against its method)."""
     tree: dict[str, Any] = {}
     for layer in (base or {}, load_yaml(config_file) if config_file else {}):
         _merge(tree, layer)
     for text in overrides or []:
         set_dotted(tree, *parse_override(text))
-    cfg = from_dict(RunConfig, tree)
-    if cfg.quant is not None:
-        from lowbit.recipes import build_recipe, validate_quant_section
-
-        cfg.quant = validate_quant_section(cfg.quant)
-        epochs = build_recipe(cfg.quant).epochs()
-        if epochs is not None:  # a method with its own schedule (INQ's steps) sets the length
-            cfg.train.epochs = epochs
-    return cfg
+    return from_dict(RunConfig, tree)
 
 
 def _merge(dst: dict[str, Any], src: dict[str, Any]) -> None:

@@ -1,18 +1,28 @@
 """One-call conversion of a float model into a fake-quantized one, and back.
 
-`quantize_model(model, rules)` swaps `nn.Conv2d` / `nn.Linear` layers for `QuantConv2d` /
-`QuantLinear`. `rules` is an ordered mapping; each key is a regex (`re.fullmatch`ed against the
-qualified name from `named_modules()`, e.g. `r"layer\\d\\..*conv\\d"`) or a module type
-(`nn.Linear`, matched with `isinstance`); each value is a spec or `None` (keep float). A layer
-takes the first rule that matches it. A spec is one of:
+`quantize_model(model, rules)` swaps float modules for quantized ones. `rules` is an ordered
+mapping; each key is a regex (`re.fullmatch`ed against the qualified name from
+`named_modules()`, e.g. `r"layer\\d\\..*conv\\d"`) or a module type (`nn.Linear`, matched with
+`isinstance`); each value is a spec or `None` (keep float). A module takes the first rule that
+matches it. A spec is one of:
 
 - `{"weight": q, "act": q}` with each `q` a quantizer name, a config dict (`{"name": "uniform",
   "bits": 4}`), a `Quantizer` instance (deep-copied per layer) or None; either key may be left out;
-- a bare `q` (shorthand for `{"weight": q}`).
+  `"convert": NAME` picks a registered converter by name, and any further keys are that
+  converter's options (e.g. the number of branches of a multi-branch swap);
+- a bare `q` (shorthand for `{"weight": q}`);
+- a per-layer factory: a callable `(name, module) -> spec | None` (mixed precision: bits per
+  layer from a table, say).
+
+Conversions come from a registry: `@register_converter("conv2d", nn.Conv2d)` maps a float type
+to a builder `(module, spec) -> nn.Module`; a spec without `convert` uses the converter
+registered for the module's exact type. New kinds of swap (one conv -> K branches, one block ->
+K quantized copies) are registrations, not edits of this file. A converted module's children are
+not visited again.
 
 Each converted layer gets its own quantizer instances. A rule that matches no module name is an
-error, and so is a rule whose spec would convert nothing but unsupported layers (LSTM,
-ConvTranspose2d, a container matched by name, ...): rules address single conv/linear layers.
+error, and so is a rule whose spec would convert nothing but unsupported modules (LSTM,
+ConvTranspose2d, a container with no converter, ...).
 
 Default rules (`rules=None`, `weight=`/`act=` given): the first `nn.Conv2d` and the last `nn.Linear`
 (or the last `nn.Conv2d` if the model has no Linear), both in `named_modules()` registration order,
@@ -22,6 +32,7 @@ stay float, as in most low-bit papers; every other Conv2d and Linear is quantize
 from __future__ import annotations
 
 import copy
+import difflib
 import logging
 import re
 from collections.abc import Callable, Mapping
@@ -35,12 +46,77 @@ from lowbit.errors import LowbitError
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer
+from lowbit.registry import Registry
 
 log = logging.getLogger(__name__)
 
 QuantSpec = str | Mapping[str, Any] | Quantizer
-_FLOAT_TO_QUANT: dict[type[nn.Module], type[QuantConv2d] | type[QuantLinear]] = {
-    nn.Conv2d: QuantConv2d, nn.Linear: QuantLinear}
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """What a rule asks for one module: quantizer specs, a converter name, its options."""
+
+    weight: QuantSpec | None
+    act: QuantSpec | None
+    convert: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def weight_quantizer(self) -> Quantizer | None:
+        """A fresh weight quantizer (quantizers hold state: one per layer)."""
+        return _build(self.weight, "weight")
+
+    def act_quantizer(self) -> Quantizer | None:
+        """A fresh activation quantizer."""
+        return _build(self.act, "act")
+
+
+@dataclass(frozen=True)
+class Converter:
+    """A registered conversion: `build(module, spec)` returns the module that replaces it."""
+
+    name: str
+    types: tuple[type[nn.Module], ...]
+    build: Callable[[nn.Module, LayerSpec], nn.Module]
+
+
+CONVERTERS: Registry[Converter] = Registry("converter")
+
+
+def register_converter(
+    name: str, *types: type[nn.Module]
+) -> Callable[[Callable[[nn.Module, LayerSpec], nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register `build(module, spec) -> nn.Module` as converter `name`, the default
+    for modules of exactly the given float `types` (none: only chosen by `convert: name`)."""
+
+    def deco(build: Callable[[nn.Module, LayerSpec], nn.Module]) -> Callable[..., nn.Module]:
+        CONVERTERS.add(name, Converter(name, types, build))
+        return build
+
+    return deco
+
+
+@register_converter("conv2d", nn.Conv2d)
+def _conv2d(module: nn.Module, spec: LayerSpec) -> nn.Module:
+    return QuantConv2d.from_float(module, spec.weight_quantizer(), spec.act_quantizer())  # type: ignore[arg-type]
+
+
+@register_converter("linear", nn.Linear)
+def _linear(module: nn.Module, spec: LayerSpec) -> nn.Module:
+    return QuantLinear.from_float(module, spec.weight_quantizer(), spec.act_quantizer())  # type: ignore[arg-type]
+
+
+def converter_for(module: nn.Module, spec: LayerSpec | None = None) -> Converter | None:
+    """The converter a spec names, else the one registered for the module's exact type."""
+    if spec is not None and spec.convert is not None:
+        return CONVERTERS.get(spec.convert)
+    kind = type(module)
+    return next((CONVERTERS.get(n) for n in CONVERTERS.names()
+                 if kind in CONVERTERS.get(n).types), None)
+
+
+def _default_types() -> tuple[type[nn.Module], ...]:
+    return tuple(t for n in CONVERTERS.names() for t in CONVERTERS.get(n).types)
 
 
 @dataclass
@@ -53,6 +129,7 @@ class ConvertedLayer:
     act: dict[str, Any] | None
     rule: str
     aliases: list[str] = field(default_factory=list)
+    converter: str = ""
 
 
 @dataclass
@@ -88,16 +165,16 @@ class QuantizationReport:
 
 
 @dataclass
-class _LayerSpec:
-    weight: QuantSpec | None
-    act: QuantSpec | None
-
-
-@dataclass
 class _Rule:
     label: str
     matches: Callable[[str, nn.Module], bool]
-    spec: _LayerSpec | None
+    spec: LayerSpec | Callable[[str, nn.Module], Any] | None
+
+    def spec_for(self, name: str, module: nn.Module) -> LayerSpec | None:
+        """The rule's spec for one module (a factory is asked, and its answer checked)."""
+        if callable(self.spec):
+            return _normalize(self.spec(name, module), f"{self.label} (factory, at {name!r})")
+        return self.spec
 
 
 @dataclass
@@ -137,13 +214,19 @@ def quantize_model(model: nn.Module, rules: Mapping[Any, Any] | None = None, *,
     claims = _claims(entries, compiled)
     _check_rules(entries, compiled, claims)
     converted, kept = [], []
+    swapped: list[str] = []  # names of converted modules
     for entry, rule in zip(entries, claims, strict=True):
-        if rule is not None and rule.spec is not None and _convertible(entry):
-            model, done = _convert(model, entry, rule)
+        if any(_under(n, done) for n in entry.names for done in swapped):
+            continue  # inside a module already converted (a block swapped whole)
+        spec = rule.spec_for(entry.names[0], entry.module) if rule is not None else None
+        conv = converter_for(entry.module, spec) if spec is not None else None
+        if conv is not None and spec is not None and rule is not None:
+            model, done = _convert(model, entry, rule.label, spec, conv)
             converted.append(done)
+            swapped += entry.names
         elif _is_weight_layer(entry.module):
             kept.append(FloatLayer(entry.names[0], type(entry.module).__name__,
-                                   _float_reason(entry.module, rule)))
+                                   _float_reason(entry.module, rule, spec)))
     log.debug("quantized %d layers, kept %d in float", len(converted), len(kept))
     return QuantizationReport(model, converted, kept)
 
@@ -152,7 +235,7 @@ def every_layer_rules(model: nn.Module, spec: Any) -> dict[type[nn.Module], Any]
     """Rules that give every Conv2d and Linear of `model` the same `spec`, first and last
     layers included (only the types the model has, since a rule matching nothing is an error)."""
     present = {type(m) for m in model.modules()}
-    return {kind: spec for kind in _FLOAT_TO_QUANT if kind in present}
+    return {kind: spec for kind in _default_types() if kind in present}
 
 
 def dequantize_model(model: nn.Module, *, keep_act: bool = True,
@@ -194,30 +277,41 @@ def _entries(model: nn.Module) -> list[_Entry]:
     return list(by_id.values())
 
 
-def _normalize(spec: Any, label: str) -> _LayerSpec | None:
+def _normalize(spec: Any, label: str) -> LayerSpec | None:
     """Validate a rule's spec (building each quantizer once) and bring it to one form."""
     if spec is None:
         return None
     if isinstance(spec, str | Quantizer) or (isinstance(spec, Mapping) and "name" in spec):
         spec = {"weight": spec}
-    if not isinstance(spec, Mapping) or not spec or set(spec) - {"weight", "act"}:
+    if not isinstance(spec, Mapping) or not spec:
         raise LowbitError(f"rule {label}: spec must be {{'weight': q, 'act': q}}, a quantizer "
-                          f"name/config/instance, or None; got {spec!r}")
-    for part in spec.values():
+                          f"name/config/instance, a factory or None; got {spec!r}")
+    options = {k: v for k, v in spec.items() if k not in ("weight", "act", "convert")}
+    convert = spec.get("convert")
+    if options and convert is None:
+        close = difflib.get_close_matches(next(iter(options)), ["weight", "act", "convert"], n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise LowbitError(f"rule {label}: unknown spec keys {sorted(options)} (a spec holds "
+                          f"'weight', 'act', and 'convert' with that converter's options){hint}")
+    if convert is not None:
+        CONVERTERS.get(convert)  # an unknown converter fails now, naming the choices
+    for part in (spec.get("weight"), spec.get("act")):
         _build(part, label)  # fail now, before any layer is touched
-    out = _LayerSpec(spec.get("weight"), spec.get("act"))
-    return None if out.weight is None and out.act is None else out
+    out = LayerSpec(spec.get("weight"), spec.get("act"), convert, options)
+    return None if out.weight is None and out.act is None and convert is None else out
 
 
 def _compile_rules(rules: Mapping[Any, Any]) -> list[_Rule]:
     out = []
     for key, spec in rules.items():
         label = key.__name__ if isinstance(key, type) else f"'{key}'"  # no repr: no doubled \\
-        layer_spec = _normalize(spec, label)
+        layer_spec = spec if _is_factory(spec) else _normalize(spec, label)
         if isinstance(key, type) and issubclass(key, nn.Module):
-            if layer_spec is not None and not issubclass(key, tuple(_FLOAT_TO_QUANT)):
+            if (isinstance(layer_spec, LayerSpec) and layer_spec.convert is None
+                    and not issubclass(key, _default_types())):
                 raise LowbitError(f"rule {key.__name__}: unsupported layer type {key.__name__}; "
-                                  "quantize_model converts nn.Conv2d and nn.Linear")
+                                  f"no converter is registered for it (converters: "
+                                  f"{', '.join(CONVERTERS.names())})")
             out.append(_Rule(label, _type_matcher(key), layer_spec))
         elif isinstance(key, str):
             try:
@@ -230,7 +324,11 @@ def _compile_rules(rules: Mapping[Any, Any]) -> list[_Rule]:
     return out
 
 
-def _default_rules(entries: list[_Entry], spec: _LayerSpec | None) -> list[_Rule]:
+def _is_factory(spec: Any) -> bool:
+    return callable(spec) and not isinstance(spec, Quantizer | Mapping | str)
+
+
+def _default_rules(entries: list[_Entry], spec: LayerSpec | None) -> list[_Rule]:
     if spec is None:
         raise LowbitError("nothing to quantize: give rules= or a weight=/act= quantizer spec")
     convs = [e.module for e in entries if isinstance(e.module, nn.Conv2d)]
@@ -287,32 +385,43 @@ def _check_rules(entries: list[_Entry], rules: list[_Rule], claims: list[_Rule |
             raise LowbitError(f"rule {rule.label} matches no module; module names look like: "
                               f"{', '.join(repr(n) for n in names[:6])}")
         mine = [e for e, c in zip(entries, claims, strict=True) if c is rule]
-        if rule.spec is None or any(_convertible(e) for e in mine):
+        if rule.spec is None or _is_factory(rule.spec) or any(_convertible(e, rule) for e in mine):
             continue
         # Converts nothing. Fine if earlier rules took its conv/linear layers (it is shadowed);
         # an error if it aims at weight layers lowbit cannot quantize, or at no layer at all.
         bad = [e for e in mine if _is_weight_layer(e.module)]
-        if bad or not any(_convertible(e) for e in matched):
+        if bad or not any(_convertible(e, rule) for e in matched):
             bad = bad or matched
             found = ", ".join(sorted({type(e.module).__name__ for e in bad}))
             raise LowbitError(f"rule {rule.label}: unsupported layer type {found} (matched "
-                              f"{', '.join(repr(e.names[0]) for e in bad[:4])}); quantize_model "
-                              "converts nn.Conv2d and nn.Linear: match those layers by name")
+                              f"{', '.join(repr(e.names[0]) for e in bad[:4])}); no converter "
+                              f"is registered for it (converters: "
+                              f"{', '.join(CONVERTERS.names())}): match other layers by name")
 
 
-def _convertible(entry: _Entry) -> bool:
-    return type(entry.module) in _FLOAT_TO_QUANT
+def _convertible(entry: _Entry, rule: _Rule) -> bool:
+    spec = rule.spec if isinstance(rule.spec, LayerSpec) else None
+    return converter_for(entry.module, spec) is not None
 
 
-def _convert(model: nn.Module, entry: _Entry, rule: _Rule) -> tuple[nn.Module, ConvertedLayer]:
-    assert rule.spec is not None
-    wq, aq = _build(rule.spec.weight, rule.label), _build(rule.spec.act, rule.label)
-    new = _FLOAT_TO_QUANT[type(entry.module)].from_float(entry.module, wq, aq)  # type: ignore[arg-type]
+def _under(name: str, parent: str) -> bool:
+    """`name` is a strict descendant of module `parent` ('' is the root)."""
+    return name != parent and (parent == "" or name.startswith(parent + "."))
+
+
+def _convert(model: nn.Module, entry: _Entry, label: str, spec: LayerSpec,
+             conv: Converter) -> tuple[nn.Module, ConvertedLayer]:
+    try:
+        new = conv.build(entry.module, spec)
+    except (ValueError, TypeError) as exc:
+        raise LowbitError(f"rule {label}: converter {conv.name} at {entry.names[0]!r}: "
+                          f"{exc}") from exc
     for name in entry.names:  # a shared module becomes one shared quantized module
         model = _set_submodule(model, name, new)
+    wq, aq = _build(spec.weight, label), _build(spec.act, label)
     done = ConvertedLayer(entry.names[0], type(entry.module).__name__,
                           wq.to_config() if wq else None, aq.to_config() if aq else None,
-                          rule.label, entry.names[1:])
+                          label, entry.names[1:], conv.name)
     return model, done
 
 
@@ -349,14 +458,14 @@ def _is_weight_layer(module: nn.Module) -> bool:
     return any(p.dim() >= 2 for p in module.parameters(recurse=False))
 
 
-def _float_reason(module: nn.Module, rule: _Rule | None) -> str:
+def _float_reason(module: nn.Module, rule: _Rule | None, spec: LayerSpec | None) -> str:
     if isinstance(module, QuantConv2d | QuantLinear):
         return "already quantized (left as is)"
     if rule is None:
         return "no rule matched"
-    if rule.spec is None:
+    if spec is None:
         return f"kept float by rule {rule.label}"
-    return f"unsupported type (rule {rule.label})"
+    return f"unsupported type {type(module).__name__}: no converter (rule {rule.label})"
 
 
 def _describe(cfg: dict[str, Any] | None) -> str:

@@ -37,7 +37,7 @@ def real_data_root(pytestconfig: pytest.Config) -> Path:
     if not value:
         pytest.skip(f"real datasets not configured: set {ENV_DATA_DIR} (or pass --data-dir) to "
                     f"the shared data folder, e.g. ../shared/data")
-    return Path(value).expanduser()
+    return Path(value).expanduser().resolve()  # absolute: tests symlink into it from tmp dirs
 
 
 def need(root: Path, folder: str) -> Path:

@@ -1,7 +1,8 @@
-"""Training engine: loop, hooks, checkpoints, run directories, distributed set-up."""
+"""Training engine: loop, callbacks, checkpoints, run directories, distributed set-up."""
 
+from lowbit.engine.callbacks import Callback, LoopState, Phase, recalibrate_bn
 from lowbit.engine.checkpoint import load_checkpoint, save_checkpoint
-from lowbit.engine.hooks import Hook
 from lowbit.engine.trainer import Trainer, evaluate
 
-__all__ = ["Hook", "Trainer", "evaluate", "load_checkpoint", "save_checkpoint"]
+__all__ = ["Callback", "LoopState", "Phase", "Trainer", "evaluate", "load_checkpoint",
+           "recalibrate_bn", "save_checkpoint"]

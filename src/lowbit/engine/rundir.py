@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import torch
 import yaml
 
 from lowbit.engine.checkpoint import atomic_write_bytes
+from lowbit.errors import LowbitError
+
+log = logging.getLogger(__name__)
 
 
 def git_commit() -> str:
@@ -66,8 +71,6 @@ def cpu_bf16_native() -> bool:
 
 
 def machine_info() -> dict[str, Any]:
-    import os
-
     return {
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
@@ -80,14 +83,35 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-class RunDir:
-    """Owns the files of one run. Only rank 0 creates one."""
+RUN_FILES = ("metrics.jsonl", "last.safetensors", "final.safetensors")
 
-    def __init__(self, path: str | Path) -> None:
+
+class RunDirError(LowbitError):
+    """A run directory is in use, holds another run, or is not a run directory."""
+
+
+class RunDir:
+    """Owns the files of one run, for one process at a time. Only rank 0 creates one.
+
+    Opening takes an exclusive lock on `<run>/.lock` (released when the process ends, however it
+    ends): a second process gets a one-line error instead of interleaving files. A new run
+    (`resume=False`) refuses a directory that already holds a run's files, so it never appends to
+    an old run's metrics; temp files left by a save that was killed are removed.
+    """
+
+    def __init__(self, path: str | Path, resume: bool = False) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self._handler: logging.Handler | None = None
+        self._lock = _lock(self.path)
+        for stale in self.path.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        held = [n for n in RUN_FILES if (self.path / n).exists()]
+        if held and not resume:
+            raise RunDirError(f"run directory {self.path} already holds a run ({', '.join(held)})"
+                              f": continue it with --resume {self.path}, or choose another "
+                              "--run-dir")
 
     @property
     def last(self) -> Path:
@@ -120,22 +144,68 @@ class RunDir:
             logging.getLogger("lowbit").removeHandler(self._handler)
             self._handler.close()
 
+    def close(self) -> None:
+        """Release the lock (also released when the process ends)."""
+        self.detach_log()
+        self._lock.close()
+
     def log_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
 
     def truncate_metrics(self, before_epoch: int) -> None:
-        """Drop rows of epochs >= `before_epoch` (written after the checkpoint we resume from)."""
+        """Drop rows of epochs >= `before_epoch` (written after the checkpoint we resume from).
+
+        A last line cut short by a kill is one of them (metrics are written before the
+        checkpoint); a malformed line elsewhere is an error naming the file and line."""
         if not self.metrics_path.exists():
             return
-        rows = [
-            line
-            for line in self.metrics_path.read_text().splitlines()
-            if line.strip() and json.loads(line).get("epoch", -1) < before_epoch
-        ]
+        lines = [x for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        if lines and not _parses(lines[-1]):
+            log.info("%s: dropping a last line cut short by a kill", self.metrics_path)
+            lines = lines[:-1]
+        rows = [line for i, line in enumerate(lines, 1)
+                if _row(line, self.metrics_path, i).get("epoch", -1) < before_epoch]
         atomic_write_bytes(self.metrics_path, "".join(r + "\n" for r in rows).encode())
 
     def read_metrics(self) -> list[dict[str, Any]]:
         if not self.metrics_path.exists():
             return []
-        return [json.loads(x) for x in self.metrics_path.read_text().splitlines() if x.strip()]
+        return [_row(x, self.metrics_path, i)
+                for i, x in enumerate(self.metrics_path.read_text().splitlines(), 1) if x.strip()]
+
+
+def _parses(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _row(line: str, path: Path, number: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError:
+        row = None
+    if not isinstance(row, dict):
+        raise RunDirError(f"{path} line {number} is not a JSON object (truncated by a kill?): "
+                          f"{line[:60]!r}; delete that line to resume")
+    return row
+
+
+def _lock(path: Path) -> IO[str]:
+    """An exclusive, non-blocking lock on `path/.lock`; one line naming the holder if taken."""
+    fh = open(path / ".lock", "a+")  # noqa: SIM115 - held open for the run's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise RunDirError(f"run directory {path} is in use by {holder}; wait for it to finish "
+                          "or choose another --run-dir") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()}")
+    fh.flush()
+    return fh

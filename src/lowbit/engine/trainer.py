@@ -1,10 +1,15 @@
 """The training / evaluation loop, readable in one sitting.
 
-It knows nothing of quantization methods: they take part through `Hook`s. Per epoch: set the
-loader's epoch (seeded batches), step through batches with per-iteration learning rate, call the
-hooks around `optimizer.step()`, evaluate, log one metrics row, and save `last.safetensors`
-atomically. `resume()` restores model, optimizer, RNG, epoch and hook state, so a run killed at
-any moment continues to the same result as an uninterrupted one.
+It knows nothing of quantization methods: they take part as `Callback`s on a `LoopState`, and
+lay out the training as phases. The loop reads top to bottom:
+
+    for phase in phases:                      # the learning rate restarts at a phase boundary
+        callbacks.on_phase_start(phase)
+        for epoch in phase:                   # seeded batches, per-iteration learning rate,
+            train_epoch(); evaluate(); save()  # callbacks around optimizer.step()
+
+`resume()` restores model, optimizer, RNG, epoch and callback state, so a run killed at any
+moment continues to the same result as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -22,10 +28,11 @@ from torch import nn
 from lowbit.config import DistillConfig, RunConfig
 from lowbit.data import BatchLoader, DatasetSplits, ImageData
 from lowbit.engine import checkpoint as ckpt
+from lowbit.engine.callbacks import Callback, LoopState, Phase
 from lowbit.engine.distributed import DistInfo, all_reduce_sum
-from lowbit.engine.hooks import Hook
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
+from lowbit.engine.resume import check_resumable
 from lowbit.engine.rundir import RunDir
 
 log = logging.getLogger(__name__)
@@ -81,13 +88,16 @@ class Trainer:
         cfg: RunConfig,
         model: nn.Module,
         data: DatasetSplits,
-        hooks: list[Hook] | None = None,
+        callbacks: list[Callback] | None = None,
         run_dir: RunDir | None = None,
         dist: DistInfo | None = None,
         meta: dict[str, Any] | None = None,
         teacher: nn.Module | None = None,
+        phases: list[Phase] | None = None,
     ) -> None:
-        self.cfg, self.data, self.hooks = cfg, data, list(hooks or [])
+        self.cfg, self.data, self.callbacks = cfg, data, list(callbacks or [])
+        self.phases = phases or [Phase("train", cfg.train.epochs or 0)]
+        self.total = sum(p.epochs for p in self.phases)
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.dist, self.run_dir, self.meta = dist or DistInfo(), run_dir, dict(meta or {})
         tc = cfg.train
@@ -109,6 +119,17 @@ class Trainer:
             self.loader.data = _no_augment(data.train)
         self.epoch, self.step, self.history = 0, 0, []  # type: ignore[var-annotated]
         self.lr = cfg.optim.lr
+        self.loop = LoopState(self.model, self.optimizer, self._calibration_batches,
+                              autocast=lambda: autocast(tc.bf16))
+
+    def _calibration_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Up to `n` training batches in the current epoch's order (for calibration)."""
+        self.loader.set_epoch(self.epoch)
+        return itertools.islice(iter(self.loader), n)
+
+    def _sync(self) -> LoopState:
+        self.loop.epoch, self.loop.step = self.epoch, self.step
+        return self.loop
 
     # ---- state -------------------------------------------------------------------------
     def state(self, full: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -125,8 +146,8 @@ class Trainer:
             tensors.update(ckpt.with_prefix("optim", opt_t))
             tensors["rng/torch"] = torch.get_rng_state()
             meta["hooks"] = []
-            for i, hook in enumerate(self.hooks):
-                h_t, h_m = hook.state_dict()
+            for i, cb in enumerate(self.callbacks):
+                h_t, h_m = cb.state_dict()
                 tensors.update(ckpt.with_prefix(f"hook{i}", h_t))
                 meta["hooks"].append(h_m)
         return tensors, meta
@@ -134,15 +155,14 @@ class Trainer:
     def resume(self, path: Any) -> None:
         """Continue from a full checkpoint written by `save()`."""
         tensors, meta = ckpt.load_checkpoint(path)
-        if "optim" not in meta:
-            raise ckpt.CheckpointError(f"{path} holds no optimizer state: it cannot be resumed")
+        check_resumable(path, tensors, meta, self.total, self.optimizer, len(self.callbacks))
         ckpt.load_model_state(self.model, ckpt.split_prefix(tensors, "model"), path)
         ckpt.load_optimizer_state(
             self.optimizer, ckpt.split_prefix(tensors, "optim"), meta["optim"]
         )
         torch.set_rng_state(tensors["rng/torch"])
-        for i, hook in enumerate(self.hooks):
-            hook.load_state_dict(ckpt.split_prefix(tensors, f"hook{i}"), meta["hooks"][i])
+        for i, cb in enumerate(self.callbacks):
+            cb.load_state_dict(ckpt.split_prefix(tensors, f"hook{i}"), meta["hooks"][i])
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.epoch)
@@ -156,33 +176,45 @@ class Trainer:
 
     # ---- loop --------------------------------------------------------------------------
     def fit(self) -> dict[str, float]:
-        """Train from `self.epoch` to `cfg.train.epochs`; returns the last metrics row."""
-        for hook in self.hooks:
-            hook.on_fit_start(self)
-        total = self.cfg.train.epochs
-        while self.epoch < total:
-            row = self.train_epoch(self.epoch)
-            self.epoch += 1
-            if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == total:
-                split = "val" if self.data.val is not None else "test"
-                row.update({f"{split}_{k}": v for k, v in self.evaluate().items()})
-            for hook in self.hooks:
-                hook.on_epoch_end(self, self.epoch - 1, row)
-            self._record(row)
-        for hook in self.hooks:
-            hook.on_fit_end(self)
+        """Train from `self.epoch` to the end of the last phase; returns the last metrics row."""
+        self._call("on_fit_start")
+        start = 0
+        for phase in self.phases:
+            if self.epoch <= start:  # a resumed run re-entering a phase midway skips its start
+                self._call("on_phase_start", phase)
+            while self.epoch < start + phase.epochs:
+                self._run_epoch(phase, start)
+            start += phase.epochs
+        self._call("on_fit_end")
         return self.history[-1] if self.history else {}
+
+    def _run_epoch(self, phase: Phase, start: int) -> None:
+        row = self.train_epoch(self.epoch, phase, start)
+        self.epoch += 1
+        if self.epoch % self.cfg.train.eval_every == 0 or self.epoch == self.total:
+            split = "val" if self.data.val is not None else "test"
+            row.update({f"{split}_{k}": v for k, v in self.evaluate().items()})
+        state = self._sync()
+        state.epoch = self.epoch - 1  # the epoch that just ended (as the metrics row says)
+        for cb in self.callbacks:
+            cb.on_epoch_end(state, row)
+        self._record(row)
+
+    def _call(self, hook: str, *args: Any) -> None:
+        state = self._sync()
+        for cb in self.callbacks:
+            getattr(cb, hook)(state, *args)
 
     def _record(self, row: dict[str, Any]) -> None:
         self.history.append(row)
         if self.run_dir is not None and self.dist.is_main:
             self.run_dir.log_metrics(row)
-            if self.epoch % self.cfg.train.save_every == 0 or self.epoch == self.cfg.train.epochs:
+            if self.epoch % self.cfg.train.save_every == 0 or self.epoch == self.total:
                 self.save(self.run_dir.last)
         log.info(
             "epoch %d/%d %s",
             self.epoch,
-            self.cfg.train.epochs,
+            self.total,
             " ".join(f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float)),
         )
 
@@ -197,27 +229,23 @@ class Trainer:
             self.dist,
         )
 
-    def _lr_for(self, epoch: float) -> float:
-        total = self.cfg.train.epochs
-        for hook in self.hooks:
-            ph = hook.phase(int(epoch), total)
-            if ph is not None:
-                epoch, total = ph[0] + (epoch - int(epoch)), ph[1]
-                break
-        return lr_at(epoch, total, self.cfg.optim.lr, self.cfg.schedule)
+    def _lr_for(self, epoch: float, phase: Phase, start: int) -> float:
+        """The schedule within the phase when it restarts the learning rate, else overall."""
+        if phase.restart_lr:
+            return lr_at(epoch - start, max(phase.epochs, 1), self.cfg.optim.lr, self.cfg.schedule)
+        return lr_at(epoch, self.total, self.cfg.optim.lr, self.cfg.schedule)
 
-    def train_epoch(self, epoch: int) -> dict[str, Any]:
+    def train_epoch(self, epoch: int, phase: Phase, phase_start: int) -> dict[str, Any]:
         tc, start = self.cfg.train, time.perf_counter()
+        self._call("on_epoch_start")
         self.loader.set_epoch(epoch)
-        for hook in self.hooks:
-            hook.on_epoch_start(self, epoch)
         self.net.train()
         sums, n_batches = [0.0, 0.0, 0.0], len(self.loader)
         bar = progress_bar(
-            n_batches, f"epoch {epoch + 1}/{tc.epochs}", enabled=tc.progress and self.dist.is_main
+            n_batches, f"epoch {epoch + 1}/{self.total}", enabled=tc.progress and self.dist.is_main
         )
         for i, (x, y) in enumerate(self.loader):
-            self.lr = self._lr_for(epoch + i / n_batches)
+            self.lr = self._lr_for(epoch + i / n_batches, phase, phase_start)
             set_lr(self.optimizer, self.lr)
             loss, correct = self.train_step(x, y)
             sums[0] += loss * len(y)
@@ -229,39 +257,13 @@ class Trainer:
         seconds = time.perf_counter() - start
         return {
             "epoch": epoch,
+            "phase": phase.name,
             "lr": self.lr,
             "train_loss": loss / max(count, 1),
             "train_top1": 100 * correct / max(count, 1),
             "epoch_seconds": seconds,
             "images_per_s": count / max(seconds, 1e-9),
         }
-
-    @torch.no_grad()
-    def recalibrate_bn(self, batches: int) -> int:
-        """Re-estimate every BatchNorm's running statistics on `batches` training batches.
-
-        Cumulative average (momentum None) over the batches of the current epoch's order, in
-        train mode, without gradients: weights never change. Used after a last quantization step
-        that no training follows (INQ), where the statistics are stale. Returns batches used.
-        """
-        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if batches <= 0 or not bns:
-            return 0
-        momenta = [m.momentum for m in bns]
-        for m in bns:
-            m.reset_running_stats()
-            m.momentum = None
-        self.net.train()
-        self.loader.set_epoch(self.epoch)
-        used = 0
-        with autocast(self.cfg.train.bf16):
-            for x, _ in itertools.islice(self.loader, batches):
-                self.net(x)
-                used += 1
-        for m, momentum in zip(bns, momenta, strict=True):
-            m.momentum = momentum
-        log.info("re-estimated BatchNorm statistics on %d training batches", used)
-        return used
 
     @torch.no_grad()
     def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -283,11 +285,9 @@ class Trainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for hook in self.hooks:
-            hook.before_step(self)
+        self._call("before_step")
         self.optimizer.step()
-        for hook in self.hooks:
-            hook.after_step(self)
+        self._call("after_step")
         self.step += 1
         return loss.item(), (logits.argmax(1) == y).sum().item()
 

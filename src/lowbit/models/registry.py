@@ -13,8 +13,9 @@ from typing import Any
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.registry import Registry
 
-_MODELS: dict[str, Callable[..., nn.Module]] = {}
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
@@ -23,29 +24,27 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     missing = {"num_classes", "in_channels", "width"} - set(params)
     if missing:
         raise TypeError(f"model builder {fn.__name__} lacks arguments {sorted(missing)}")
-    _MODELS[fn.__name__] = fn
-    return fn
+    return MODELS.add(fn.__name__, fn)
 
 
 def list_models() -> list[str]:
-    return sorted(_MODELS)
+    return MODELS.names()
 
 
 def create_model(name: str, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
                  **kwargs: Any) -> nn.Module:
     """Build a registered model. Unknown names and bad arguments raise a one-line error."""
-    if name not in _MODELS:
-        raise LowbitError(f"unknown model {name!r}; choose one of {', '.join(list_models())}")
+    builder = MODELS.get(name)
     if num_classes < 1 or in_channels < 1:
         raise LowbitError("num_classes and in_channels must be positive")
     if not width > 0:
         raise LowbitError(f"width multiplier must be > 0, got {width}")
-    accepted = inspect.signature(_MODELS[name]).parameters
+    accepted = inspect.signature(builder).parameters
     unknown = set(kwargs) - set(accepted)
     if unknown:
         raise LowbitError(f"model {name} takes no argument(s) {sorted(unknown)}; it takes "
                           f"{sorted(accepted)}")
-    return _MODELS[name](num_classes=num_classes, in_channels=in_channels, width=width, **kwargs)
+    return builder(num_classes=num_classes, in_channels=in_channels, width=width, **kwargs)
 
 
 def scaled(channels: int, width: float) -> int:

@@ -50,6 +50,16 @@ class Quantizer(nn.Module):
         cfg = {k: getattr(self, k) for k in params if k != "self"}
         return {"name": self.name, **cfg}
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """A state dict holding none of this quantizer's keys (a float checkpoint loaded into a
+        quantized model) leaves its state as initialised instead of failing a strict load;
+        one holding some of them loads as usual (and missing ones are reported)."""
+        own = [prefix + k for k in (*self._parameters, *self._buffers)
+               if k not in self._non_persistent_buffers_set]
+        if own and not any(k in state_dict for k in own):
+            return
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.to_config().items() if k != "name")
 

@@ -6,19 +6,20 @@ from typing import Any
 
 from lowbit.errors import LowbitError
 from lowbit.quant.base import Quantizer
+from lowbit.registry import Registry
 
-_QUANTIZERS: dict[str, type[Quantizer]] = {}
+QUANTIZERS: Registry[type[Quantizer]] = Registry("quantizer")
 
 
 def register_quantizer(cls: type[Quantizer]) -> type[Quantizer]:
+    """Class decorator: register a Quantizer subclass under its `name`."""
     if not cls.name:
         raise TypeError(f"{cls.__name__} has no `name`")
-    _QUANTIZERS[cls.name] = cls
-    return cls
+    return QUANTIZERS.add(cls.name, cls)
 
 
 def list_quantizers() -> list[str]:
-    return sorted(_QUANTIZERS)
+    return QUANTIZERS.names()
 
 
 def get_quantizer(config: dict[str, Any] | str | Quantizer) -> Quantizer:
@@ -31,11 +32,8 @@ def get_quantizer(config: dict[str, Any] | str | Quantizer) -> Quantizer:
     if isinstance(config, str):
         config = {"name": config}
     config = dict(config)
-    name = config.pop("name", None)
-    if name not in _QUANTIZERS:
-        choices = ", ".join(list_quantizers())
-        raise LowbitError(f"unknown quantizer {name!r}; choose one of {choices}")
+    cls = QUANTIZERS.get(config.pop("name", None))
     try:
-        return _QUANTIZERS[name](**config)
+        return cls(**config)
     except TypeError as exc:
-        raise LowbitError(f"quantizer {name}: {exc}") from exc
+        raise LowbitError(f"quantizer {cls.name}: {exc}") from exc

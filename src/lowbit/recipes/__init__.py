@@ -1,109 +1,74 @@
-"""Quantization methods as recipes: `prepare(model)`, hooks for the loop, `convert(model)`.
+"""Quantization methods as recipes: `prepare(model)`, `phases()`, callbacks, `convert(model)`.
 
-Each method lives in its own file and registers a config dataclass plus a recipe class. The
-`quant:` section of a run config names the method (`method: qat|inq|lbw|gdrq|groupnet`) and is
-validated by that method's schema when the config is loaded.
+Each method lives in its own file and registers a `Recipe` subclass on import of this package.
+The `quant:` section of a run config names the method and is validated once, by
+`parse_quant_section`, into that recipe with its typed config (see `lowbit.recipes.base`).
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+import logging
 from typing import Any
 
-from torch import nn
-
-from lowbit.engine.hooks import Hook
+from lowbit.errors import LowbitError
+from lowbit.recipes.base import (
+    RECIPES,
+    QuantConfig,
+    Recipe,
+    merge_spec,
+    register_recipe,
+)
+from lowbit.recipes.legacy import migrate_section
 from lowbit.schema import ConfigError, from_dict, to_dict
 
-
-class Recipe:
-    """A method: turns a float model into its trainable low-bit form and back out for deployment."""
-
-    def prepare(self, model: nn.Module) -> nn.Module:
-        """Return the model with the method's layers in place (may modify `model`)."""
-        return model
-
-    def hooks(self) -> list[Hook]:
-        """Hooks the trainer calls (gradient masks, schedules, weight swaps)."""
-        return []
-
-    def convert(self, model: nn.Module) -> nn.Module:
-        """The deployable model after training (e.g. weights snapped to their codebook)."""
-        return model
-
-    def epochs(self) -> int | None:
-        """The total epochs the method's schedule needs, or None to use `train.epochs`."""
-        return None
-
-
-@dataclass
-class _Entry:
-    schema: type
-    build: Callable[[Any], Recipe]
-
-
-_RECIPES: dict[str, _Entry] = {}
-
-
-def register_recipe(
-    name: str, schema: type
-) -> Callable[[Callable[[Any], Recipe]], Callable[[Any], Recipe]]:
-    def deco(build: Callable[[Any], Recipe]) -> Callable[[Any], Recipe]:
-        _RECIPES[name] = _Entry(schema, build)
-        return build
-
-    return deco
-
-
-def _load_all() -> None:
-    import importlib
-
-    for mod in ("qat", "inq", "lbw", "gdrq", "groupnet"):
-        try:
-            importlib.import_module(f"lowbit.recipes.{mod}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"lowbit.recipes.{mod}":
-                raise
+log = logging.getLogger(__name__)
 
 
 def list_recipes() -> list[str]:
-    _load_all()
-    return sorted(_RECIPES)
+    return RECIPES.names()
 
 
-def validate_quant_section(section: dict[str, Any]) -> dict[str, Any]:
-    """Check a `quant:` section against its method's schema; returns it with defaults filled in."""
-    _load_all()
-    method = section.get("method")
-    if method not in _RECIPES:
-        raise ConfigError(
-            f"quant.method: {method!r} is not a method; choose one of "
-            f"{', '.join(sorted(_RECIPES)) or '(none installed)'}"
-        )
-    body = {k: v for k, v in section.items() if k != "method"}
-    cfg: Any = from_dict(_RECIPES[method].schema, body, "quant")
-    return {"method": method, **to_dict(cfg)}
+def parse_quant_section(section: dict[str, Any]) -> Recipe:
+    """The recipe a `quant:` section describes: old keys migrated, method defaults merged,
+    every field checked. Raises ConfigError with the dotted key on any problem."""
+    if not isinstance(section, dict):
+        raise ConfigError(f"quant: expected a mapping, got {section!r}")
+    cls = _recipe_class(section)
+    body = migrate_section(cls, {k: v for k, v in section.items() if k != "method"})
+    for side, default in (("weight", cls.default_weight), ("act", cls.default_act)):
+        body[side] = merge_spec(default, body[side]) if side in body else default
+    names = cls.weight_names
+    if names and body["weight"] is not None and body["weight"].get("name") not in names:
+        raise ConfigError(f"quant.weight.name: method {cls.name} works with "
+                          f"{' / '.join(names)} weights, got {body['weight'].get('name')!r}")
+    return cls(from_dict(cls.config_class, body, "quant"))
 
 
-def quant_section_for(method: str, bits: int) -> dict[str, Any]:
-    """The `quant:` section `lowbit quantize --method M --bits B` starts from."""
-    _load_all()
-    if method not in _RECIPES:
-        raise ConfigError(
-            f"--method {method!r} is not a method; choose one of {', '.join(sorted(_RECIPES))}"
-        )
-    if method == "qat":
-        return {"method": "qat", "weight": {"name": "uniform", "bits": bits}}
-    fields = {f.name for f in dataclasses.fields(_RECIPES[method].schema)}
-    key = "bits" if "bits" in fields else "weight_bits"
-    return {"method": method, key: bits}
+def create_recipe(method: str, **section: Any) -> Recipe:
+    """A recipe for use in any training loop: `create_recipe("inq", weight={"bits": 4})`."""
+    return parse_quant_section({"method": method, **section})
 
 
-def build_recipe(section: dict[str, Any]) -> Recipe:
-    """The recipe object for a validated `quant:` section."""
-    _load_all()
-    entry = _RECIPES[section["method"]]
-    body = {k: v for k, v in section.items() if k != "method"}
-    return entry.build(from_dict(entry.schema, body, "quant"))
+def method_bits(section: dict[str, Any]) -> int | None:
+    """The weight bits a (possibly old-shape) `quant:` section sets itself, or None."""
+    cls = _recipe_class(section)
+    weight = migrate_section(cls, {k: v for k, v in section.items() if k != "method"}).get("weight")
+    return weight.get("bits") if isinstance(weight, dict) else None
+
+
+def _recipe_class(section: dict[str, Any]) -> type[Recipe]:
+    try:
+        return RECIPES.get(section.get("method"), "quant.method")
+    except LowbitError as exc:  # a bad config value: ConfigError, as for every other key
+        raise ConfigError(str(exc)) from None
+
+
+def quant_section(recipe: Recipe) -> dict[str, Any]:
+    """The canonical `quant:` section of a recipe (what a run directory stores)."""
+    return {"method": recipe.name, **to_dict(recipe.cfg)}
+
+
+from lowbit.recipes import gdrq, inq, lbw, qat  # noqa: E402,F401  (registers the methods)
+
+__all__ = ["QuantConfig", "Recipe", "create_recipe", "list_recipes", "method_bits",
+           "parse_quant_section", "quant_section", "register_recipe"]

@@ -15,10 +15,15 @@ Training, two stages as the paper's two-step analysis suggests (spec §3.2, §3.
   1. `reshape_epochs` of distribution reshaping: the forward pass uses clipped *float* weights and
      activations (ScaleClip `quantize=False`), so the network adapts to the clipped ranges;
   2. `quant_epochs` of quantization-aware fine-tuning with the same thresholds, quantized.
-The recipe is also the trainer hook that flips every ScaleClip's `quantize` flag at the stage
-boundary; the stage lives in the hook state, and `phase()` restarts the LR schedule for stage 2.
+The recipe's phases are `reshape` and `quantize`; `on_phase_start` flips every ScaleClip's
+`quantize` flag at the boundary (the stage lives in the recipe's checkpointed state), and the
+learning-rate schedule restarts with the second phase.
 `prepare()` returns the deployable (quantized) form, so a checkpoint rebuilt by `load_model`
-evaluates quantized; the hook switches to clip-only when training starts in stage 1.
+evaluates quantized; the recipe switches to clip-only when training starts in stage 1.
+
+Config: `weight: {name: scaleclip, bits, k (k_w), stat, group_size, learnable, momentum}`,
+`act: {name: scaleclip, bits, k (k_a), ...}` or null (float activations); procedure knobs
+`reshape_epochs`, `quant_epochs`, `scale_clip` (the ablation switch), `bn_recalibration_batches`.
 
 Reconstruction choices (spec tags):
 - stat = mean|x| with k_w = 2 [S, spec §11 confirms mean|W|]; std as an option [R]. k_a > k_w
@@ -29,11 +34,11 @@ Reconstruction choices (spec tags):
   C/8 groups with 8 filters * fan-in weights each, enough for a stable mean|W_g| at fan-in 3x3x16;
   it sits between per-layer and per-channel in the sweep the spec suggests {per-layer, 8, 4, 1}.
   A layer whose width `group_size` does not divide uses the largest divisor below it (logged and
-  listed in `fallbacks`, and in the checkpoint's hook state).
+  listed in `fallbacks`, and in the checkpoint's recipe state).
 - Thresholds are statistics, not trained, by default (as both re-implementations) [V]; the
   option `learnable` trains a per-group log T initialised from the statistic [R] (weights: at
   `prepare`, from the loaded weights; activations: from the first training batch).
-- First conv and last linear layer stay float unless `quantize_first_last` [R, spec §3.6]; even
+- First conv and last linear layer stay float unless `keep_float: none` [R, spec §3.6]; even
   then the first conv's input (the normalised image, signed, already 8-bit data) stays float,
   because Scale-Clip's activation form is unsigned.
 - `scale_clip: false` is the "without Scale-Clip" ablation: the same quantizer, groups, EMA, bits
@@ -56,7 +61,7 @@ Reconstruction choices (spec tags):
   k_a = 3 clips most of the positive range (53.2 % vs 77.9 % at W2A4). The recipe's defaults
   are the sweep's choice at the default W2A4 (k_w = 2, k_a = 14; the spec's k_a = 3 stays the
   `scaleclip` quantizer's own default); other networks and bit-widths should sweep them, e.g.
-  `lowbit sweep --param quant.k_a` with `reshape_epochs=0 quant_epochs=0` (calibration only).
+  `lowbit sweep --param quant.act.k` with `reshape_epochs=0 quant_epochs=0` (calibration only).
 """
 
 from __future__ import annotations
@@ -64,21 +69,18 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from lowbit.engine.hooks import Hook
+from lowbit.engine.callbacks import LoopState, Phase, recalibrate_bn
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
 from lowbit.quant.activation import ScaleClip
-from lowbit.recipes import Recipe, register_recipe
+from lowbit.recipes.base import QuantConfig, Recipe, register_recipe
 from lowbit.schema import require
 from lowbit.transform import every_layer_rules, quantize_model
-
-if TYPE_CHECKING:
-    from lowbit.engine.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -86,54 +88,39 @@ RESHAPE, QUANTIZE = 1, 2  # the two training stages
 
 
 @dataclass
-class GDRQConfig:
+class GDRQConfig(QuantConfig):
     """The `quant:` section for `method: gdrq` (see the module docstring for each choice).
 
-    `act_bits: null` keeps activations float; `group_size: 0` or null is one group per layer;
-    with `scale_clip: false`, `k_w`, `k_a` and `stat` are unused (T = max|x|).
+    `act: null` keeps activations float; `weight.group_size: 0` or null is one group per layer;
+    with `scale_clip: false`, the specs' `k` and `stat` are unused (T = max|x|).
     """
 
-    weight_bits: int = 2
-    act_bits: int | None = 4
-    k_w: float = 2.0
-    k_a: float = 14.0
-    stat: Literal["mean", "std"] = "mean"
-    group_size: int | None = 8
-    learnable: bool = False
-    momentum: float = 0.99
     reshape_epochs: int = 2
     quant_epochs: int = 28
     scale_clip: bool = True
-    quantize_first_last: bool = False
     bn_recalibration_batches: int = 100
 
     def validate(self) -> None:
-        require(2 <= self.weight_bits <= 8, f"weight_bits must be in 2..8, got {self.weight_bits}")
-        require(self.act_bits is None or 1 <= self.act_bits <= 8,
-                f"act_bits must be in 1..8 or null (float activations), got {self.act_bits}")
-        require(self.k_w > 0 and self.k_a > 0, f"k_w and k_a must be > 0, got {self.k_w}, "
-                f"{self.k_a}")
-        require(self.group_size is None or self.group_size >= 0, "group_size must be >= 1, or "
-                f"0/null for one group per layer; got {self.group_size}")
-        require(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        super().validate()
         require(self.reshape_epochs >= 0 and self.quant_epochs >= 0,
                 "reshape_epochs and quant_epochs must be >= 0")
         require(self.bn_recalibration_batches >= 0, "bn_recalibration_batches must be >= 0")
 
-    def weight_spec(self, group_size: int | None) -> dict[str, Any]:
-        """ScaleClip config for a layer's weight with the group size resolved for that layer."""
-        k, stat = (self.k_w, self.stat) if self.scale_clip else (1.0, "max")
-        return {"name": "scaleclip", "bits": self.weight_bits, "signed": True, "k": k,
-                "stat": stat, "group_size": group_size, "momentum": self.momentum,
-                "learnable": self.learnable}
-
-    def act_spec(self) -> dict[str, Any] | None:
-        """ScaleClip config for a layer's (post-ReLU) input, or None for float activations."""
-        if self.act_bits is None:
+    def spec(self, side: str, group_size: int | None = None) -> dict[str, Any] | None:
+        """ScaleClip config for weights (with a layer's resolved group size) or activations."""
+        spec = getattr(self, side)
+        if spec is None:
             return None
-        k, stat = (self.k_a, self.stat) if self.scale_clip else (1.0, "max")
-        return {"name": "scaleclip", "bits": self.act_bits, "signed": False, "k": k,
-                "stat": stat, "momentum": self.momentum, "learnable": self.learnable}
+        spec = dict(spec)
+        if side == "weight":
+            spec["group_size"] = group_size
+        if not self.scale_clip:
+            spec.update(k=1.0, stat="max")
+        return spec
+
+    @property
+    def group_size(self) -> int | None:
+        return self.weight.get("group_size") if self.weight else None
 
 
 def resolve_group_size(requested: int | None, channels: int) -> int | None:
@@ -148,11 +135,21 @@ def resolve_group_size(requested: int | None, channels: int) -> int | None:
     return None if size == channels else size
 
 
-class GDRQRecipe(Recipe, Hook):
-    """Scale-Clip + group-wise quantization, two stages; the recipe is its own trainer hook."""
+@register_recipe
+class GDRQRecipe(Recipe):
+    """Scale-Clip + group-wise quantization in two phases: reshape, then quantize."""
+
+    name = "gdrq"
+    config_class = GDRQConfig
+    default_weight = {"name": "scaleclip", "bits": 2, "signed": True, "k": 2.0, "stat": "mean",
+                      "group_size": 8, "momentum": 0.99, "learnable": False}
+    default_act = {"name": "scaleclip", "bits": 4, "signed": False, "k": 14.0, "stat": "mean",
+                   "momentum": 0.99, "learnable": False}
+    weight_names = ("scaleclip",)
+    cfg: GDRQConfig
 
     def __init__(self, cfg: GDRQConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self.stage = QUANTIZE
         self.quantizers: list[ScaleClip] = []
         self.group_sizes: dict[str, int | None] = {}  # layer -> group size it uses
@@ -160,13 +157,16 @@ class GDRQRecipe(Recipe, Hook):
 
     # ---- recipe ------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
-        spec = {"weight": self.cfg.weight_spec(None), "act": self.cfg.act_spec()}
-        if self.cfg.quantize_first_last:
+        spec = {"weight": self.cfg.spec("weight"), "act": self.cfg.spec("act")}
+        if self.cfg.rules is not None:
+            model = super().prepare(model)
+        elif self.cfg.keep_float == "none":
             model = quantize_model(model, self._all_layer_rules(model, spec), inplace=True).model
         else:
             model = quantize_model(model, inplace=True, **spec).model
         for name, layer in model.named_modules():
-            if isinstance(layer, QuantConv2d | QuantLinear):
+            if isinstance(layer, QuantConv2d | QuantLinear) and isinstance(layer.weight_quant,
+                                                                            ScaleClip):
                 self._set_groups(name, layer)
         if self.fallbacks:
             used = ", ".join(f"{n}: {s or 'per layer'}" for n, s in self.fallbacks.items())
@@ -186,11 +186,12 @@ class GDRQRecipe(Recipe, Hook):
                 q.quantize = True
         return model
 
-    def hooks(self) -> list[Hook]:
-        return [self]
-
-    def epochs(self) -> int:
+    def fixed_epochs(self) -> int:
         return self.cfg.reshape_epochs + self.cfg.quant_epochs
+
+    def phases(self, epochs: int | None = None) -> list[Phase]:
+        return [Phase("reshape", self.cfg.reshape_epochs, index=0),
+                Phase("quantize", self.cfg.quant_epochs, index=1)]
 
     def _all_layer_rules(self, model: nn.Module, spec: dict[str, Any]) -> dict[Any, Any]:
         """Every conv/linear quantized; the first conv keeps a float (image) input."""
@@ -203,56 +204,38 @@ class GDRQRecipe(Recipe, Hook):
 
     def _set_groups(self, name: str, layer: QuantConv2d | QuantLinear) -> None:
         """Give the layer a weight quantizer whose groups fit its width (see resolve_group_size)."""
-        if not isinstance(layer.weight_quant, ScaleClip):
-            return
         channels = layer.weight.shape[0]
         size = resolve_group_size(self.cfg.group_size, channels)
         self.group_sizes[name] = size
         if self.cfg.group_size and channels % self.cfg.group_size:
             self.fallbacks[name] = size
-        spec = self.cfg.weight_spec(size)
+        spec = self.cfg.spec("weight", size) or {}
         quantizer = ScaleClip(**{k: v for k, v in spec.items() if k != "name"})
-        if self.cfg.learnable:  # materialise log T from the (possibly pretrained) weight now
+        if quantizer.learnable:  # materialise log T from the (possibly pretrained) weight now
             quantizer.initialize_parameters(layer.weight.detach())
         layer.weight_quant = quantizer
 
-    # ---- hooks -------------------------------------------------------------------------
-    def stage_at(self, epoch: int) -> int:
-        """The stage epoch `epoch` (0-based) trains in."""
-        return RESHAPE if epoch < self.cfg.reshape_epochs else QUANTIZE
-
+    # ---- callbacks ---------------------------------------------------------------------
     def _set_stage(self, stage: int) -> None:
         self.stage = stage
         for q in self.quantizers:
             q.quantize = stage == QUANTIZE
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self._set_stage(self.stage_at(trainer.epoch))
+    def on_fit_start(self, state: LoopState) -> None:
+        self._set_stage(RESHAPE if state.epoch < self.cfg.reshape_epochs else QUANTIZE)
 
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        stage = self.stage_at(epoch)
-        if stage != self.stage:
-            log.info("gdrq: epoch %d starts stage %d (%s)", epoch, stage,
-                     "reshaping, clip only" if stage == RESHAPE else "quantization-aware")
+    def on_phase_start(self, state: LoopState, phase: Phase) -> None:
+        stage = RESHAPE if phase.index == 0 else QUANTIZE
+        log.info("gdrq: epoch %d starts stage %d (%s)", state.epoch, stage,
+                 "reshaping, clip only" if stage == RESHAPE else "quantization-aware")
         self._set_stage(stage)
-        if epoch in (0, self.cfg.reshape_epochs):  # first epoch of a stage
-            self._recalibrate(trainer)
+        if phase.epochs:
+            recalibrate_bn(state, self.cfg.bn_recalibration_batches)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         self._set_stage(QUANTIZE)  # the final evaluation and checkpoint are quantized
-        if trainer.epoch <= self.cfg.reshape_epochs:  # no quantized epoch trained: calibrate
-            self._recalibrate(trainer)
-
-    def _recalibrate(self, trainer: Trainer) -> None:
-        """BN statistics and activation EMAs re-estimated with the current stage's forward."""
-        if self.cfg.bn_recalibration_batches:
-            trainer.recalibrate_bn(self.cfg.bn_recalibration_batches)
-
-    def phase(self, epoch: int, total: int) -> tuple[float, int] | None:
-        r = self.cfg.reshape_epochs
-        if epoch < r:
-            return float(epoch), r
-        return float(epoch - r), max(self.cfg.quant_epochs, 1)
+        if not self.cfg.quant_epochs:  # no quantized epoch trained: calibrate
+            recalibrate_bn(state, self.cfg.bn_recalibration_batches)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {"stage": self.stage, "group_sizes": dict(self.group_sizes),
@@ -286,6 +269,3 @@ def _init_from_batch(q: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         q.num_batches_tracked += 1
 
 
-@register_recipe("gdrq", GDRQConfig)
-def build_gdrq(cfg: GDRQConfig) -> Recipe:
-    return GDRQRecipe(cfg)

@@ -11,48 +11,46 @@ weights are frozen at 0 and fine-tuned around for `prune_epochs`; portions then 
 remaining weights. Frozen weights never change (see `lowbit.quant.inq`); the masks live in the
 model's buffers and the step counter in the checkpoint, so a killed run resumes exactly.
 
+Config: `weight: {name: inq, bits, strategy: magnitude|random, n1_mode: per_step|first}`;
+procedure knobs `portions`, `epochs_per_step`, `prune_sparsity`, `prune_epochs`,
+`bn_recalibration_batches`, `seed`. Phases: `prune` (if any), then one per partition step but
+the last, each restarting the learning rate; the last partition (100 %) happens at fit end.
+
 Choices where the paper is silent (spec §2.7, §2.9): the first and last layers are quantized as
-in the official code (`skip_first_last` keeps them float); n1 is recomputed at every step
-(`n1: per_step`) but never so that an already-frozen weight leaves the codebook; `n1: first`
-fixes it at the first partition. No training follows the last step, so BatchNorm statistics
-are those of the model before it; `bn_recalibration_batches: N` re-estimates them on N training
-batches (weights untouched; off by default, as in the paper).
+in the official code (`keep_float: first_last` keeps them float); n1 is recomputed at every step
+(`n1_mode: per_step`) but never so that an already-frozen weight leaves the codebook;
+`n1_mode: first` fixes it at the first partition. No training follows the last step, so
+BatchNorm statistics are those of the model before it; `bn_recalibration_batches: N`
+re-estimates them on N training batches (weights untouched; off by default, as in the paper).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from lowbit.engine.hooks import Hook
+from lowbit.engine.callbacks import LoopState, Phase, recalibrate_bn
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.inq import INQWeight
-from lowbit.recipes import Recipe, register_recipe
+from lowbit.recipes.base import KeepFloat, QuantConfig, Recipe, register_recipe
 from lowbit.schema import require
-from lowbit.transform import every_layer_rules, quantize_model
-
-if TYPE_CHECKING:
-    from lowbit.engine.trainer import Trainer
 
 
 @dataclass
-class INQConfig:
-    bits: int = 5
+class INQConfig(QuantConfig):
+    keep_float: KeepFloat = "none"
     portions: list[float] = field(default_factory=lambda: [0.5, 0.75, 0.875, 1.0])
     epochs_per_step: int = 4
-    strategy: Literal["magnitude", "random"] = "magnitude"
-    n1: Literal["per_step", "first"] = "per_step"
     prune_sparsity: float = 0.0
     prune_epochs: int = 0
-    skip_first_last: bool = False
     bn_recalibration_batches: int = 0
     seed: int = 0
 
     def validate(self) -> None:
-        require(2 <= self.bits <= 8, f"bits must be in 2..8, got {self.bits}")
+        super().validate()
         p = self.portions
         require(len(p) >= 1 and p[-1] == 1.0, "portions must end with 1.0")
         require(
@@ -65,60 +63,59 @@ class INQConfig:
         require(self.bn_recalibration_batches >= 0, "bn_recalibration_batches must be >= 0")
 
 
-class INQRecipe(Recipe, Hook):
-    """Partition → quantize-and-freeze → retrain, driven by the trainer's epoch hooks."""
+@register_recipe
+class INQRecipe(Recipe):
+    """Partition → quantize-and-freeze → retrain, one phase per partition step."""
+
+    name = "inq"
+    config_class = INQConfig
+    default_weight = {"name": "inq", "bits": 5, "strategy": "magnitude", "n1_mode": "per_step"}
+    weight_names = ("inq",)
+    cfg: INQConfig
 
     def __init__(self, cfg: INQConfig) -> None:
-        self.cfg = cfg
+        super().__init__(cfg)
         self.steps_done = 0
         self.pruned = False
-        self.layers: list[tuple[str, QuantConv2d | QuantLinear, INQWeight]] = []
+        self.layers: list[tuple[QuantConv2d | QuantLinear, INQWeight]] = []
 
-    # ---- recipe ------------------------------------------------------------------------
     def prepare(self, model: nn.Module) -> nn.Module:
-        spec = {"weight": {"name": "inq", "bits": self.cfg.bits, "strategy": self.cfg.strategy,
-                           "n1_mode": self.cfg.n1}}
-        if self.cfg.skip_first_last:
-            model = quantize_model(model, inplace=True, **spec).model
-        else:
-            model = quantize_model(model, every_layer_rules(model, spec), inplace=True).model
-        self.layers = [
-            (name, m, m.weight_quant)
-            for name, m in model.named_modules()
-            if isinstance(m, QuantConv2d | QuantLinear) and isinstance(m.weight_quant, INQWeight)
-        ]
-        for _, layer, q in self.layers:
+        model = super().prepare(model)
+        self.layers = [(m, m.weight_quant) for m in model.modules()
+                       if isinstance(m, QuantConv2d | QuantLinear)
+                       and isinstance(m.weight_quant, INQWeight)]
+        for layer, q in self.layers:
             q.attach(layer.weight)
         return model
 
-    def hooks(self) -> list[Hook]:
-        return [self]
-
-    def epochs(self) -> int:
+    def fixed_epochs(self) -> int:
         return self.cfg.prune_epochs + (len(self.cfg.portions) - 1) * self.cfg.epochs_per_step
 
-    # ---- hooks -------------------------------------------------------------------------
-    def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
+    def phases(self, epochs: int | None = None) -> list[Phase]:
+        out = [Phase("prune", self.cfg.prune_epochs)] if self.cfg.prune_epochs else []
+        out += [Phase(f"step {i + 1}/{len(self.cfg.portions)}", self.cfg.epochs_per_step)
+                for i in range(len(self.cfg.portions) - 1)]
+        return [Phase(p.name, p.epochs, index=i) for i, p in enumerate(out)]
+
+    # ---- callbacks ---------------------------------------------------------------------
+    def on_fit_start(self, state: LoopState) -> None:
         if self.cfg.prune_sparsity > 0 and not self.pruned:
-            for _, layer, q in self.layers:
+            for layer, q in self.layers:
                 q.prune(layer.weight, self.cfg.prune_sparsity)
             self.pruned = True
-        if epoch >= self.cfg.prune_epochs and self.cfg.epochs_per_step > 0:
-            self._advance_to((epoch - self.cfg.prune_epochs) // self.cfg.epochs_per_step)
 
-    def after_step(self, trainer: Trainer) -> None:
-        for _, layer, q in self.layers:  # undo weight decay / momentum drift on frozen entries
+    def on_phase_start(self, state: LoopState, phase: Phase) -> None:
+        step = phase.index - (1 if self.cfg.prune_epochs else 0)
+        if step >= 0:
+            self._advance_to(step)
+
+    def after_step(self, state: LoopState) -> None:
+        for layer, q in self.layers:  # undo weight decay / momentum drift on frozen entries
             q.restore(layer.weight)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, state: LoopState) -> None:
         self._advance_to(len(self.cfg.portions) - 1)
-        trainer.recalibrate_bn(self.cfg.bn_recalibration_batches)
-
-    def phase(self, epoch: int, total: int) -> tuple[float, int] | None:
-        p, e = self.cfg.prune_epochs, self.cfg.epochs_per_step
-        if epoch < p:
-            return float(epoch), p
-        return (float((epoch - p) % e), e) if e > 0 else None
+        recalibrate_bn(state, self.cfg.bn_recalibration_batches)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {"steps_done": self.steps_done, "pruned": self.pruned}
@@ -131,15 +128,10 @@ class INQRecipe(Recipe, Hook):
         """Run partition steps until step index `step` (0-based) is done."""
         while self.steps_done <= min(step, len(self.cfg.portions) - 1):
             fraction = self.cfg.portions[self.steps_done]
-            for i, (_, layer, q) in enumerate(self.layers):
+            for i, (layer, q) in enumerate(self.layers):
                 gen = torch.Generator().manual_seed(
                     self.cfg.seed * 7919 + self.steps_done * 131 + i
                 )
                 q.partition(layer.weight, fraction, gen)
                 q.restore(layer.weight)
             self.steps_done += 1
-
-
-@register_recipe("inq", INQConfig)
-def build_inq(cfg: INQConfig) -> Recipe:
-    return INQRecipe(cfg)

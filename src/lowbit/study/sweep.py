@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from lowbit.api import train
-from lowbit.config import build_config
+from lowbit.build import load_run
 from lowbit.engine.checkpoint import atomic_write_bytes
 from lowbit.engine.rundir import git_commit, machine_info
 from lowbit.schema import ConfigError
@@ -41,11 +41,11 @@ def run_sweep(
     for raw in values:
         value = yaml.safe_load(raw)
         extra = [*overrides, f"{param}={raw}"]
-        cfg = build_config(config_file=config_file, overrides=extra)
-        if cfg.data.val_fraction == 0:
-            cfg.data.val_fraction = val_fraction
+        run = load_run(config_file=config_file, overrides=extra)
+        if run.cfg.data.val_fraction == 0:
+            run.cfg.data.val_fraction = val_fraction
         log.info("sweep %s=%s", param, raw)
-        result = train(cfg, run_path=out_dir / f"{param}={raw}")
+        result = train(run, run_path=out_dir / f"{param}={raw}")
         rows.append(
             {
                 "value": value,

@@ -74,10 +74,10 @@ class InspectReport:
 
 def _load(target: str) -> tuple[nn.Module, str, str, dict[str, Any]]:
     if target.endswith((".yaml", ".yml")):
-        from lowbit.config import build_config
+        from lowbit.build import load_run
         from lowbit.data import DATASET_INFO
 
-        cfg = build_config(config_file=target)
+        cfg = load_run(config_file=target).cfg
         channels, _, num_classes = DATASET_INFO.get(cfg.data.name, (3, 32, 10))
         model = model_from_config(cfg.to_dict(), num_classes, channels)
         return model.eval(), cfg.model.name, cfg.data.name, cfg.to_dict()
@@ -110,7 +110,7 @@ def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> In
         report.file_bytes = Path(target).stat().st_size
         report.packed = format_of(target).name == "packed"
     if hist_dir is not None:
-        from lowbit.plots import distribution_histograms
+        from lowbit.tools.plots import distribution_histograms
 
         distribution_histograms(model, _test_batch(dataset, config), Path(hist_dir))
     return report

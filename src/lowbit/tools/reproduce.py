@@ -28,11 +28,12 @@ from typing import Any
 
 from lowbit.api import evaluate_checkpoint, train
 from lowbit.artifacts import export_file
-from lowbit.config import RunConfig, build_config
+from lowbit.build import load_run
+from lowbit.config import RunConfig
 from lowbit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from lowbit.engine.rundir import RunDir
-from lowbit.inspect import inspect_target
 from lowbit.schema import ConfigError
+from lowbit.tools.inspection import inspect_target
 
 
 def _reference(cfg: RunConfig, expected: dict[str, Any]) -> float:
@@ -116,12 +117,13 @@ def reproduce(
     experiment = Path(experiment)
     name = experiment.stem
     overrides = [f"data.data_dir={data_dir}"] if data_dir else []
-    cfg = build_config(config_file=experiment, overrides=overrides)
+    run = load_run(config_file=experiment, overrides=overrides)
+    cfg = run.cfg
     expected = cfg.expected or {}
     threshold = _reference(cfg, expected) if expected else None
     run_path = Path(run_dir or Path(cfg.out_dir) / name)
     if not record_only:
-        train(cfg, resume=run_path if resume else None, run_path=run_path)
+        train(run, resume=run_path if resume else None, run_path=run_path)
     ckpt = Path(checkpoints_dir) / f"{name}.safetensors"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     _copy_portable(run_path / "final.safetensors", ckpt)

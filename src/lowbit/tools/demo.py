@@ -17,30 +17,30 @@ from rich.console import Console
 from rich.table import Table
 
 from lowbit.api import load_model, train
-from lowbit.config import build_config
+from lowbit.build import load_run
 from lowbit.console import make_console
-from lowbit.recipes import list_recipes
 
 log = logging.getLogger(__name__)
 
 A4 = {"name": "uniform", "bits": 4, "signed": False, "clip": "learned", "clip_value": 4.0}
 INQ2_PORTIONS = [0.2, 0.4, 0.6, 0.8, 0.9, 1.0]
 
-# (label, weight bits, act bits, quant section); a method appears once its recipe is installed.
-DEMO_METHODS: list[tuple[str, str, str, dict[str, Any]]] = [
+# (label, weight bits, act bits, quant section, epochs: None where the method fixes its schedule)
+DEMO_METHODS: list[tuple[str, str, str, dict[str, Any], int | None]] = [
     ("QAT uniform", "4", "4", {"method": "qat", "weight": {"name": "uniform", "bits": 4},
-                               "act": A4}),
-    ("INQ pow2", "5", "32", {"method": "inq", "bits": 5, "epochs_per_step": 1}),
-    ("INQ pow2 (ternary)*", "2", "32", {"method": "inq", "bits": 2, "epochs_per_step": 2,
-                                        "portions": INQ2_PORTIONS, "skip_first_last": True}),
-    ("LBW pow2", "4", "32", {"method": "lbw", "bits": 4}),
-    ("LBW exact ternary", "2", "32", {"method": "lbw", "bits": 2}),
-    ("GDRQ scale-clip", "2", "4", {"method": "gdrq", "weight_bits": 2, "act_bits": 4}),
-    ("Group-Net binary", "1", "2", {"method": "groupnet", "bases": 3, "act_bits": 2}),
+                               "act": A4}, 5),
+    ("INQ pow2", "5", "32", {"method": "inq", "weight": {"bits": 5}, "epochs_per_step": 1}, None),
+    ("INQ pow2 (ternary)*", "2", "32", {"method": "inq", "weight": {"bits": 2},
+                                        "epochs_per_step": 2, "portions": INQ2_PORTIONS,
+                                        "keep_float": "first_last"}, None),
+    ("LBW pow2", "4", "32", {"method": "lbw", "weight": {"bits": 4}}, 5),
+    ("LBW exact ternary", "2", "32", {"method": "lbw", "weight": {"bits": 2}}, 5),
+    ("GDRQ scale-clip", "2", "4", {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 4},
+     None),
 ]  # fmt: skip
 
 
-def _base(out_dir: Path, epochs: int, seed: int) -> dict[str, Any]:
+def _base(out_dir: Path, epochs: int | None, seed: int) -> dict[str, Any]:
     return {
         "model": {"name": "small_cnn"},
         "data": {"name": "digits", "batch_size": 64, "eval_batch_size": 512},
@@ -91,19 +91,16 @@ def run_demo(epochs: int = 15, seed: int = 0, out_dir: str | None = None) -> lis
 
 def _run(root: Path, console: Console, epochs: int, seed: int) -> list[list[str]]:
     console.print(f"[bold]lowbit demo[/]: small_cnn on the embedded digits data; runs in {root}")
-    float_res = train(build_config(base={**_base(root, epochs, seed), "name": "float"}))
+    float_res = train(load_run(base={**_base(root, epochs, seed), "name": "float"}))
     rows = [_row("float", "32", "32", float_res)]
     init = str(Path(float_res["run_dir"]) / "final.safetensors")
-    available = set(list_recipes())
-    for label, wbits, abits, quant in DEMO_METHODS:
-        if quant["method"] not in available:
-            continue
-        base = _base(root, max(epochs // 3, 3), seed)
+    for label, wbits, abits, quant, run_epochs in DEMO_METHODS:
+        base = _base(root, run_epochs, seed)
         base.update(quant=quant, name=label.replace(" ", "_").replace("(", "").replace(")", ""))
         base["train"]["init"] = init
         base["optim"]["lr"] = 0.01
         console.print(f"fine-tuning: {label}")
-        rows.append(_row(label, wbits, abits, train(build_config(base=base))))
+        rows.append(_row(label, wbits, abits, train(load_run(base=base))))
     console.print(_table(rows))
     console.print("* first conv and last linear kept float (INQ quantizes every layer by default; "
                   "at 2 bits the 9-weight filters of the 1-channel input conv lose too much).")

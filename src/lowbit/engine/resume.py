@@ -1,0 +1,61 @@
+"""Checks on a checkpoint before a run resumes from it: everything resume will read, read once.
+
+A checkpoint that passed its integrity check can still not fit this run (another model, another
+schedule, an optimizer of other parameters) or have been written by hand; each problem is one
+line naming the file and what is wrong, before any state is touched.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lowbit.engine.checkpoint import CheckpointError, split_prefix
+
+
+def check_resumable(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                    total_epochs: int, optimizer: torch.optim.Optimizer,
+                    callbacks: int) -> None:
+    """Raise CheckpointError unless `path` can resume this run (see the module docstring)."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"cannot resume from {path}: {what}")
+
+    if not isinstance(meta, dict) or "optim" not in meta:
+        raise bad("it holds no optimizer state (a final or exported model, not a run's "
+                  "last.safetensors)")
+    rng = tensors.get("rng/torch")
+    like = torch.get_rng_state()
+    if rng is None or rng.dtype != like.dtype or rng.shape != like.shape:
+        raise bad("the random-number-generator state is missing or malformed")
+    epoch, step = meta.get("epoch"), meta.get("step")
+    if not (isinstance(epoch, int) and 0 <= epoch <= total_epochs):
+        raise bad(f"epoch {epoch!r} is outside this run's schedule of {total_epochs} epochs")
+    if not (isinstance(step, int) and step >= 0):
+        raise bad(f"step {step!r} is not a count of steps")
+    hooks = meta.get("hooks")
+    if not (isinstance(hooks, list) and len(hooks) == callbacks):
+        raise bad(f"it holds state for {len(hooks) if isinstance(hooks, list) else 'no'} "
+                  f"methods, this run has {callbacks}")
+    _check_optimizer(optimizer, split_prefix(tensors, "optim"), meta["optim"], bad)
+
+
+def _check_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
+                     meta: Any, bad: Any) -> None:
+    groups = meta.get("param_groups") if isinstance(meta, dict) else None
+    if not isinstance(groups, list) or not isinstance(meta.get("scalars"), dict):
+        raise bad("the optimizer state is malformed")
+    ours = [len(g["params"]) for g in optimizer.param_groups]
+    theirs = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in groups]
+    if ours != theirs:
+        raise bad(f"the optimizer state holds parameter groups of {theirs} parameters, this "
+                  f"model's optimizer {ours}")
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    for key, value in tensors.items():
+        index, _, name = key.partition("/")
+        if not index.isdigit() or int(index) >= len(params):
+            raise bad(f"optimizer state {key!r} names no parameter of this model")
+        if value.dim() > 0 and value.shape != params[int(index)].shape:
+            raise bad(f"optimizer state {key} has shape {tuple(value.shape)}, its parameter "
+                      f"{tuple(params[int(index)].shape)}")
