@@ -10,10 +10,10 @@ from torch import nn
 
 from lowbit.api import train
 from lowbit.config import build_config
+from lowbit.inspect import _test_batch, inspect_target
+from lowbit.plots import distribution_histograms
 from lowbit.quant import ScaleClip
 from lowbit.recipes import build_recipe, validate_quant_section
-from lowbit.tools.inspection import _test_batch, inspect_target
-from lowbit.tools.plots import distribution_histograms
 
 pytest.importorskip("matplotlib")
 

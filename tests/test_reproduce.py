@@ -16,10 +16,12 @@ from lowbit.tools.reproduce import reproduce
 def _experiment(tmp_path: Path, tiny_config, **expected: float) -> Path:
     base = tiny_config(tmp_path, epochs=2)
     float_run = train(build_config(base=base), run_path=tmp_path / "float")
+    train_section = {k: v for k, v in base["train"].items() if k != "epochs"}  # INQ fixes it
     exp = {
         **base,
-        "train": {**base["train"], "init": str(Path(float_run["run_dir"]) / "final.safetensors")},
-        "quant": {"method": "inq", "bits": 4, "portions": [0.5, 1.0], "epochs_per_step": 1},
+        "train": {**train_section, "init": str(Path(float_run["run_dir"]) / "final.safetensors")},
+        "quant": {"method": "inq", "weight": {"bits": 4}, "portions": [0.5, 1.0],
+                  "epochs_per_step": 1},
         "expected": {"metric": "top1", **expected},
     }
     path = tmp_path / "inq_w4_tiny.yaml"

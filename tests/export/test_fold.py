@@ -16,7 +16,7 @@ from lowbit.export.fold import FoldedConvBN, find_conv_bn_pairs, fold_bn, fold_p
 from lowbit.models import create_model
 from lowbit.nn.layers import QuantConv2d
 from lowbit.quant import Quantizer, ScaleClip, get_quantizer
-from lowbit.recipes import build_recipe, validate_quant_section
+from lowbit.recipes import parse_quant_section
 
 
 def calibrated(model: nn.Module, shape: tuple[int, ...], dtype: torch.dtype) -> nn.Module:
@@ -37,7 +37,7 @@ def rel_diff(model: nn.Module, folded: nn.Module, x: torch.Tensor) -> float:
 
 def gdrq_resnet(group_size: int) -> nn.Module:
     torch.manual_seed(0)
-    recipe = build_recipe(validate_quant_section({"method": "gdrq", "group_size": group_size}))
+    recipe = parse_quant_section({"method": "gdrq", "weight": {"group_size": group_size}})
     return recipe.prepare(create_model("resnet20", width=0.5))
 
 
@@ -151,7 +151,8 @@ def gdrq_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = build_config(base={
         "model": {"name": "small_cnn", "width": 0.25}, "data": {"name": "synthetic"},
         "train": {"progress": False, "seed": 0},
-        "quant": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1, "group_size": 4},
+        "quant": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1,
+                  "weight": {"group_size": 4}},
     })
     train(cfg, run_path=tmp / "run")
     return tmp / "run" / "final.safetensors"

@@ -26,12 +26,14 @@ from lowbit.recipes import list_recipes
 _TINY = {
     "model": {"name": "small_cnn", "width": 0.25},
     "data": {"name": "synthetic", "batch_size": 256, "eval_batch_size": 128},
-    "train": {"epochs": 1, "progress": False, "seed": 0},
+    "train": {"progress": False, "seed": 0},
 }
 _METHODS = {  # smallest schedules; each trains 2-4 steps on 512 synthetic images
-    "inq": {"method": "inq", "bits": 4, "portions": [0.5, 1.0], "epochs_per_step": 1},
+    "inq": {"method": "inq", "weight": {"bits": 4}, "portions": [0.5, 1.0],
+            "epochs_per_step": 1},
     "lbw": {"method": "lbw"},
-    "gdrq": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1, "group_size": 4},
+    "gdrq": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1,
+             "weight": {"group_size": 4}},
 }
 _WEIGHT_QUANTIZERS = [q for q in list_quantizers() if q != "inq"]  # inq: only via its recipe
 
@@ -75,7 +77,9 @@ def test_pack_rejects_out_of_range() -> None:
 
 
 def _run(tmp: Path, quant: dict) -> Path:
-    cfg = build_config(base={**_TINY, "quant": quant})
+    fixed = quant["method"] in ("inq", "gdrq")  # their schedules fix the epoch count
+    train_section = {**_TINY["train"], **({} if fixed else {"epochs": 1})}
+    cfg = build_config(base={**_TINY, "train": train_section, "quant": quant})
     train(cfg, run_path=tmp / "run")
     return tmp / "run" / "final.safetensors"
 
