@@ -135,7 +135,7 @@ def reproduce(
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "checkpoint": str(ckpt),
         "eval_command": f"lowbit eval {ckpt} --json",
-        **_run_stats(RunDir(run_path), data_dir),
+        **_run_stats(RunDir(run_path, resume=True), data_dir),  # reads the finished run
         "model": final["model"],
         "dataset": final["dataset"],
         "num_test": final["num_test"],
