@@ -150,7 +150,9 @@ def save_model(model: nn.Module, meta: dict[str, Any], path: str | Path, fmt: st
         choices = ", ".join(sorted(k for k, f in FORMATS.items() if f.write))
         raise LowbitError(f"cannot write model format {fmt!r}; choose one of {choices}")
     ckpt.check_run_meta(meta, path, "model info for")
-    return entry.write(model, meta, Path(path))
+    # the canonical config: a file exported from an old-shape checkpoint needs no migration
+    config = load_run(base=meta["config"]).cfg.to_dict()
+    return entry.write(model, {**meta, "config": config}, Path(path))
 
 
 def export_file(source: str | Path, path: str | Path, fmt: str = "packed") -> Path:
