@@ -62,19 +62,19 @@ class _QuantMixin(nn.Module):
         return x if self.act_quant is None else self.act_quant(x)
 
     def _quant_weight(self) -> torch.Tensor:
-        q = self.weight_quant
+        q, w = self.weight_quant, self.weight
         if q is None:
-            return self.weight
-        if self.training or (torch.is_grad_enabled() and self.weight.requires_grad):
-            return q(self.weight)
-        inputs = _cache_inputs(self.weight, q)
+            return w
+        if self.training or (w.requires_grad and torch.is_grad_enabled()):
+            return q(w)
+        inputs = _cache_inputs(w, q)
         key = _cache_key(inputs, q)
         cached = self.__dict__.get("_weight_cache")
         if cached is not None and cached[0] == key:
             return cached[1]  # type: ignore[no-any-return]
         # A normal tensor even under inference_mode, so later autograd calls may save it.
         with torch.inference_mode(False), torch.no_grad():
-            value = q(self.weight).detach()
+            value = q(w).detach()
         self.__dict__["_weight_cache"] = (key, value, inputs)
         return value
 
@@ -107,17 +107,21 @@ def _cache_inputs(weight: torch.Tensor, q: Quantizer) -> list[torch.Tensor]:
     """The tensors a quantized weight depends on: the weight and the quantizer's own."""
     if q._modules:  # a quantizer with sub-quantizers: walk all of their tensors
         return [weight, *q.parameters(), *q.buffers()]
-    return [weight, *(t for t in q._parameters.values() if t is not None),
-            *(t for t in q._buffers.values() if t is not None)]
+    inputs = [weight]
+    for group in (q._parameters, q._buffers):
+        if group:
+            inputs += [t for t in group.values() if t is not None]
+    return inputs
 
 
-def _cache_key(tensors: list[torch.Tensor], q: Quantizer) -> tuple[Any, ...]:
+def _cache_key(tensors: list[torch.Tensor], q: Quantizer) -> list[Any]:
     """Identity and in-place version of each tensor, plus the quantizer's plain attributes.
 
     The cache keeps `tensors` alive, so an `id` cannot be reused by another tensor meanwhile.
     """
-    return (tuple((id(t), t._version) for t in tensors),
-            tuple(v for v in q.__dict__.values() if type(v) in _PLAIN))
+    key: list[Any] = [(id(t), t._version) for t in tensors]
+    key += [v for v in q.__dict__.values() if type(v) in _PLAIN]
+    return key
 
 
 class QuantConv2d(_QuantMixin, nn.Conv2d):
