@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"skip   {name} (result recorded)")
             continue
         resume = (run_dir / "last.safetensors").exists()
-        cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--data-dir",
+        cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
                args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else [])]
         print(f"{'resume' if resume else 'start '} {name}: {' '.join(cmd[2:])}", flush=True)
         if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:

@@ -1,4 +1,4 @@
-"""The build layer: one quant spec, method defaults, migration, and conflicts that name both sides."""
+"""The build layer: one quant spec, method defaults, migration, and conflicts naming both sides."""
 
 from __future__ import annotations
 
@@ -88,3 +88,20 @@ def test_cli_epochs_conflict_is_one_line(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1
     assert "train.epochs=2 conflicts with method inq" in err[0]
+
+
+def test_quantize_starts_from_the_methods_fine_tuning_defaults(tmp_path: Path, capsys) -> None:
+    run = tmp_path / "float"
+    assert main(["train", *tiny_run_args(train__epochs=1), "--set", "optim.lr=0.3",
+                 "--run-dir", str(run)]) == 0
+    src = str(run / "final.safetensors")
+    for method, epochs in (("lbw", 15), ("inq", 12)):
+        assert main(["quantize", "--method", method, "--bits", "4", "--from", src,
+                     "--dry-run"]) == 0
+        cfg = yaml.safe_load(capsys.readouterr().out)
+        assert cfg["optim"]["lr"] == 0.005 and cfg["schedule"]["name"] == "cosine"
+        assert cfg["train"]["epochs"] == epochs and cfg["train"]["init"] == src
+    assert main(["quantize", "--method", "lbw", "--bits", "4", "--from", src, "--dry-run",
+                 "--set", "optim.lr=0.01", "--set", "train.epochs=3"]) == 0
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    assert cfg["optim"]["lr"] == 0.01 and cfg["train"]["epochs"] == 3

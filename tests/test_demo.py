@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from lowbit.demo import run_demo
+from lowbit.tools.demo import run_demo
 
 
 def test_demo_table(tmp_path: Path) -> None:

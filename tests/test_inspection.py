@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lowbit.cli import main
 from support import tiny_run_args
@@ -93,4 +94,36 @@ def test_inspect_missing_file(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_quantize_unknown_method(float_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["quantize", "--method", "magic", "--bits", "2", "--from", str(float_ckpt)]) == 2
-    assert "is not a method" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown" in err and "'magic'; choose one of" in err and "inq" in err
+    assert err.count("\n") == 1
+
+
+def test_quantize_bits_disagreeing_with_an_old_shape_config_file(
+    float_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("quant: {method: inq, bits: 4}\n")  # old `bits` is the weight's bits
+    args = ["quantize", "--method", "inq", "--bits", "3", "--from", str(float_ckpt),
+            "--config", str(recipe), "--dry-run"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--bits 3" in err and "quant.weight.bits=4" in err and err.count("\n") == 1
+
+
+def test_quantize_config_file_refines_sections_and_keeps_the_source(
+    float_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("train: {seed: 5}\nquant: {method: qat, keep_float: none}\n")
+    args = ["quantize", "--method", "qat", "--bits", "3", "--from", str(float_ckpt),
+            "--config", str(recipe), "--dry-run"]
+    assert main(args) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["train"]["seed"] == 5 and resolved["train"]["init"] == str(float_ckpt)
+    assert resolved["train"]["progress"] is False  # the rest of the checkpoint's train section
+    assert resolved["quant"]["keep_float"] == "none" and resolved["quant"]["weight"]["bits"] == 3
+    recipe.write_text("train: {init: other.safetensors}\nquant: {method: qat}\n")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"--from {float_ckpt}" in err and "train.init=other.safetensors" in err

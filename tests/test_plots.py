@@ -10,10 +10,11 @@ from torch import nn
 
 from lowbit.api import train
 from lowbit.config import build_config
-from lowbit.inspect import _test_batch, inspect_target
-from lowbit.plots import distribution_histograms
+from lowbit.engine import LoopState
 from lowbit.quant import ScaleClip
-from lowbit.recipes import build_recipe, validate_quant_section
+from lowbit.recipes import parse_quant_section
+from lowbit.tools.inspection import _test_batch, inspect_target
+from lowbit.tools.plots import distribution_histograms
 
 pytest.importorskip("matplotlib")
 
@@ -29,11 +30,11 @@ def gdrq_net(reshaping: bool) -> nn.Module:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
                         nn.ReLU(), nn.Conv2d(8, 4, 3), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
-    recipe = build_recipe(validate_quant_section({"method": "gdrq", "group_size": 4,
-                                                   "bn_recalibration_batches": 0}))
+    recipe = parse_quant_section({"method": "gdrq", "weight": {"group_size": 4},
+                                  "bn_recalibration_batches": 0})
     model = recipe.prepare(net)
     if reshaping:
-        recipe.on_epoch_start(None, 0)  # type: ignore[arg-type]
+        recipe.on_phase_start(LoopState(model), recipe.phases()[0])  # the reshape stage
     return model
 
 
@@ -55,7 +56,8 @@ def test_inspect_hist_draws_checkpoint_layers(tmp_path: Path) -> None:
     cfg = build_config(base={
         "model": {"name": "small_cnn", "width": 0.25}, "data": {"name": "synthetic"},
         "train": {"progress": False},
-        "quant": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1, "group_size": 4},
+        "quant": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1,
+                  "weight": {"group_size": 4}},
     })
     train(cfg, run_path=tmp_path / "run")
     inspect_target(tmp_path / "run" / "final.safetensors", hist_dir=tmp_path / "hist")
@@ -66,7 +68,7 @@ def test_inspect_hist_draws_checkpoint_layers(tmp_path: Path) -> None:
 
 def test_no_dataset_files_skips_activations(tmp_path: Path,
                                             caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="lowbit.inspect"):
+    with caplog.at_level(logging.INFO, logger="lowbit.tools.inspection"):
         batch = _test_batch("cifar10", {"data": {"data_dir": str(tmp_path / "absent")}})
     assert batch is None and "activation histograms skipped" in caplog.text
     synthetic = _test_batch("synthetic", {})

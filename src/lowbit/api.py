@@ -79,6 +79,7 @@ def _train(
         if not resume:
             run_dir.write_config(cfg.to_dict())
         run_dir.attach_log()
+        run_dir.add_sinks(list(cfg.train.metrics), _saved_epoch(path) if resume else None)
     try:
         if resume:
             _resume(trainer, path)
@@ -93,6 +94,12 @@ def _train(
     finally:
         if run_dir is not None:
             run_dir.close()
+
+
+def _saved_epoch(path: Path) -> int:
+    """The epoch a resumed run continues from (0 before its first save)."""
+    last = path / "last.safetensors"
+    return int(ckpt.load_checkpoint(last)[1].get("epoch", 0)) if last.exists() else 0
 
 
 def _resume(trainer: Trainer, path: Path) -> None:

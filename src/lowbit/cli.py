@@ -1,4 +1,4 @@
-"""`lowbit <verb>`: train, eval, models, datasets, demo, quantize, inspect, export, study.
+"""`lowbit <verb>`: the command-line tool (`lowbit --help` lists the verbs).
 
 User errors print one line (`lowbit: error: ...`) and exit with code 2; `--verbose` shows the
 traceback too.
@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from lowbit import __version__
 from lowbit.errors import LowbitError
 
 log = logging.getLogger("lowbit")
@@ -85,6 +87,15 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_methods(args: argparse.Namespace) -> int:
+    from lowbit.recipes import RECIPES
+
+    for name in RECIPES.names():
+        doc = (RECIPES.get(name).__doc__ or "").strip().splitlines()
+        print(f"{name:10s} {doc[0] if doc else ''}")
+    return 0
+
+
 def cmd_datasets(args: argparse.Namespace) -> int:
     from lowbit.data import list_datasets
 
@@ -97,12 +108,14 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from lowbit.build import load_run
     from lowbit.config import load_yaml, set_dotted
     from lowbit.engine.checkpoint import load_checkpoint
-    from lowbit.recipes import method_bits
+    from lowbit.recipes import RECIPES, method_bits
 
     _, meta = load_checkpoint(args.source)
     base = dict(meta["config"])
     base.update(quant={"method": args.method}, name=None, expected=None)
     base["train"] = {**base["train"], "init": str(args.source), "epochs": None}
+    for key, value in RECIPES.get(args.method, "method").finetune.items():  # fine-tune defaults
+        base[key] = {**base.get(key, {}), **value}
     if args.config:  # a recipe file refines the method's section and the schedule
         recipe = load_yaml(args.config)
         file_init = (recipe.get("train") or {}).get("init")
@@ -152,14 +165,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from lowbit.tools.reproduce import reproduce
 
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.experiment).stem)
+    scratch = not args.record  # results stay in the run directory unless asked to record
     result = reproduce(
         args.experiment,
-        args.run_dir,
+        run_dir,
         args.data_dir,
         resume=args.resume,
         record_only=args.record_only,
-        results_dir=args.results_dir,
-        checkpoints_dir=args.checkpoints_dir,
+        results_dir=run_dir if scratch else args.results_dir,
+        checkpoints_dir=run_dir if scratch else args.checkpoints_dir,
+        overrides=list(args.overrides),
     )
     if args.json:
         print(json.dumps(result))
@@ -197,9 +213,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lowbit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="lowbit", description="Low-bit CNNs: INQ, GDRQ, LBW-Net, Group-Net and the "
+        "equal-size bit-width study, with honest measurements.")
     parser.add_argument("--verbose", "-v", action="store_true", help="debug logs and tracebacks")
-    sub = parser.add_subparsers(dest="verb", required=True)
+    parser.add_argument("--version", action="version", version=f"lowbit {__version__}",
+                        help="print lowbit's version and exit")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     p = sub.add_parser("train", help="train (float or with a quant: section)")
     _add_config_args(p)
@@ -209,26 +229,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's full test set")
-    p.add_argument("checkpoint")
-    p.add_argument("--data-dir")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("checkpoint", help="a run checkpoint, packed .lowbit or folded file")
+    p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_eval)
 
     sub.add_parser("models", help="list registered models").set_defaults(fn=cmd_models)
+    sub.add_parser("methods", help="list registered methods").set_defaults(fn=cmd_methods)
     sub.add_parser("datasets", help="list datasets").set_defaults(fn=cmd_datasets)
 
     p = sub.add_parser("quantize", help="fine-tune a trained checkpoint with a low-bit method")
     _add_config_args(p)
     p.add_argument("--method", required=True, help="a registered method (lowbit methods)")
     p.add_argument("--bits", type=int, required=True, help="weight bits (quant.weight.bits)")
-    p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT")
+    p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT",
+                   help="the trained float checkpoint to start from")
     p.add_argument("--run-dir", help="where to write the run")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_quantize)
 
     p = sub.add_parser("inspect", help="per-layer bits, bytes, MACs, BOPs, codebook compliance")
-    p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE",
+                   help="a checkpoint, packed or folded file, or an experiment YAML")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--hist",
         metavar="DIR",
@@ -238,39 +261,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_inspect)
 
     p = sub.add_parser("export", help="write the bit-packed deployable artifact (.lowbit)")
-    p.add_argument("checkpoint")
-    p.add_argument("-o", "--output")
+    p.add_argument("checkpoint", help="the run checkpoint to export")
+    p.add_argument("-o", "--output", help="output path (default: CHECKPOINT.lowbit)")
     p.add_argument(
         "--fold-bn",
         action="store_true",
         help="fold quantization scales into BN (integer weights x per-channel affine); "
         "writes a folded model that `lowbit eval` loads",
     )
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the output path and size as JSON")
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("reproduce", help="run an experiments/*.yaml row and record the result")
-    p.add_argument("experiment")
-    p.add_argument("--data-dir")
+    p = sub.add_parser("reproduce", help="run an experiments/*.yaml row and check its target")
+    p.add_argument("experiment", help="an experiments/*.yaml file")
+    p.add_argument("--record", action="store_true",
+                   help="write the result and checkpoint copy into --results-dir and "
+                   "--checkpoints-dir (the committed tables); without it they stay in the run "
+                   "directory")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config value of the experiment (repeatable)")
+    p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
     p.add_argument("--run-dir", help="run directory (default: out_dir/<experiment name>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("--record-only", action="store_true", help="record a finished run, no training")
-    p.add_argument("--results-dir", default="benchmarks/results")
-    p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--results-dir", default="benchmarks/results",
+                   help="where --record writes the result JSON")
+    p.add_argument("--checkpoints-dir", default="benchmarks/checkpoints",
+                   help="where --record copies the checkpoint")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_reproduce)
 
     p = sub.add_parser("sweep", help="one run per value of a config key, best by validation")
     _add_config_args(p)
     p.add_argument("--param", required=True, help="dotted config key, e.g. quant.r")
-    p.add_argument("--values", nargs="+", required=True)
+    p.add_argument("--values", nargs="+", required=True, help="the values to try (YAML each)")
     p.add_argument("--out", default="runs/sweep", help="folder for the runs and sweep.json")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(fn=cmd_sweep)
 
     p = sub.add_parser("demo", help="embedded end-to-end demo (digits, no downloads)")
-    p.add_argument("--epochs", type=int, default=15)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=int, default=15, help="epochs of the float run")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(fn=cmd_demo)
     return parser
 
@@ -278,8 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet_rank = int(os.environ.get("RANK", "0")) > 0  # under torchrun only rank 0 prints
+    if quiet_rank:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - for the process's lifetime
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.ERROR if quiet_rank else logging.DEBUG if args.verbose else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )

@@ -109,6 +109,7 @@ class TrainConfig:
     threads: int | None = None
     save_every: int = 1
     progress: bool = True
+    metrics: list[Literal["csv", "tensorboard"]] = field(default_factory=list)  # + metrics.jsonl
 
     def validate(self) -> None:
         require(self.epochs is None or self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")

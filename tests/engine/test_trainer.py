@@ -11,7 +11,7 @@ from lowbit import api
 from lowbit.api import train
 from lowbit.config import ScheduleConfig, build_config
 from lowbit.data import load_dataset
-from lowbit.engine import Hook, Trainer
+from lowbit.engine import Callback, LoopState, Phase, Trainer, recalibrate_bn
 from lowbit.engine.optim import build_optimizer, lr_at
 from lowbit.engine.rundir import RunDir, machine_info
 from lowbit.models import create_model
@@ -36,10 +36,10 @@ def test_training_learns_synthetic_data(tmp_path: Path, tiny_config) -> None:
     assert rows[-1]["train_loss"] < rows[0]["train_loss"]
 
 
-def _trainer(cfg, run_dir: Path, hooks: list[Hook]) -> Trainer:
+def _trainer(cfg, run_dir: Path, hooks: list[Callback], resume: bool = False) -> Trainer:
     torch.manual_seed(cfg.train.seed)
     model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
-    return Trainer(cfg, model, load_dataset("synthetic"), hooks, RunDir(run_dir))
+    return Trainer(cfg, model, load_dataset("synthetic"), hooks, RunDir(run_dir, resume=resume))
 
 
 def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -> None:
@@ -49,7 +49,8 @@ def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -
     crashed = _trainer(cfg, tmp_path / "b", [crash_at(2)])
     with pytest.raises(RuntimeError, match="simulated"):
         crashed.fit()
-    resumed = _trainer(cfg, tmp_path / "b", [crash_at(-1)])
+    crashed.run_dir.close()  # a process that dies releases its run directory
+    resumed = _trainer(cfg, tmp_path / "b", [crash_at(-1)], resume=True)
     resumed.resume(tmp_path / "b" / "last.safetensors")
     assert resumed.epoch == 2
     resumed.fit()
@@ -66,29 +67,29 @@ def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -
     assert len(strip) == 8 and strip[:4] == strip[4:]
 
 
-class Recorder(Hook):
+class Recorder(Callback):
     def __init__(self) -> None:
         self.calls: list[str] = []
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, state: LoopState) -> None:
         self.calls.append("fit_start")
 
-    def before_step(self, trainer: Trainer) -> None:
+    def on_phase_start(self, state: LoopState, phase: Phase) -> None:
+        self.calls.append(f"phase {phase.name} at {state.epoch}")
+
+    def before_step(self, state: LoopState) -> None:
         # A method masks gradients here: freeze the classifier bias completely.
-        trainer.model.fc.bias.grad = torch.zeros_like(trainer.model.fc.bias)
+        state.model.fc.bias.grad = torch.zeros_like(state.model.fc.bias)
         self.calls.append("before")
 
-    def after_step(self, trainer: Trainer) -> None:
+    def after_step(self, state: LoopState) -> None:
         self.calls.append("after")
 
-    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict) -> None:
-        self.calls.append(f"epoch{epoch}")
-
-    def phase(self, epoch: int, total: int) -> tuple[float, int]:
-        return float(epoch % 1), 1  # restart the schedule every epoch
+    def on_epoch_end(self, state: LoopState, metrics: dict) -> None:
+        self.calls.append(f"epoch{state.epoch}")
 
 
-def test_hooks_are_called_and_can_mask_gradients(tmp_path: Path, tiny_config) -> None:
+def test_callbacks_are_called_and_can_mask_gradients(tmp_path: Path, tiny_config) -> None:
     cfg = build_config(
         base=tiny_config(tmp_path, epochs=2), overrides=["optim.weight_decay=0", "optim.momentum=0"]
     )
@@ -96,13 +97,35 @@ def test_hooks_are_called_and_can_mask_gradients(tmp_path: Path, tiny_config) ->
     model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
     bias0 = model.fc.bias.detach().clone()
     hook = Recorder()
-    trainer = Trainer(cfg, model, data, [hook])
+    phases = [Phase("a", 1, index=0), Phase("b", 1, index=1)]
+    trainer = Trainer(cfg, model, data, [hook], phases=phases)
     trainer.fit()
-    assert hook.calls[0] == "fit_start" and "epoch0" in hook.calls and "epoch1" in hook.calls
+    assert hook.calls[:2] == ["fit_start", "phase a at 0"]
+    assert "phase b at 1" in hook.calls and "epoch0" in hook.calls and "epoch1" in hook.calls
+    assert hook.calls.index("epoch0") < hook.calls.index("phase b at 1")
     assert hook.calls.count("before") == hook.calls.count("after") == trainer.step
     assert torch.equal(model.fc.bias, bias0)
-    # The phase hook restarts the cosine schedule each epoch: the first LR of epoch 2 is high again.
-    assert trainer.lr < cfg.optim.lr
+    # Each phase restarts the cosine schedule: the last LR of phase b is low again after a
+    # restart, and the metrics rows name their phase.
+    rows = trainer.history
+    assert [r["phase"] for r in rows] == ["a", "b"] and trainer.lr < cfg.optim.lr
+    assert rows[1]["lr"] == pytest.approx(rows[0]["lr"])  # phase b ran the schedule anew
+
+
+def test_phases_restart_the_learning_rate(tmp_path: Path, tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=2), overrides=["schedule.warmup_epochs=0"])
+    model = create_model("small_cnn", num_classes=4, in_channels=3, width=0.25)
+    trainer = Trainer(cfg, model, load_dataset("synthetic"),
+                      phases=[Phase("a", 2, index=0), Phase("b", 2, index=1)])
+    a, b = trainer.phases
+    assert trainer.total == 4
+    assert trainer._lr_for(2.0, b, 2) == pytest.approx(trainer._lr_for(0.0, a, 0))
+    assert trainer._lr_for(2.0, b, 2) == pytest.approx(cfg.optim.lr)  # back to the top
+    assert trainer._lr_for(1.9, a, 0) < trainer._lr_for(2.0, b, 2)
+    # a phase that does not restart follows the schedule over the whole run
+    flat = Phase("c", 2, restart_lr=False, index=1)
+    assert trainer._lr_for(2.0, flat, 2) == pytest.approx(lr_at(2.0, 4, cfg.optim.lr, cfg.schedule))
+    assert trainer._lr_for(2.0, flat, 2) < cfg.optim.lr
 
 
 def test_lr_schedules() -> None:
@@ -192,7 +215,7 @@ def test_recalibrate_bn_is_the_average_of_batch_statistics(tmp_path: Path, tiny_
     handle = bn.register_forward_hook(lambda m, inp, out: seen.append(inp[0].mean((0, 2, 3))))
     weights = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" not in k
                and "num_batches" not in k}
-    assert trainer.recalibrate_bn(3) == 3
+    assert recalibrate_bn(trainer.loop, 3) == 3  # the trainer's loop state gives batches
     handle.remove()
     assert len(seen) == 3
     torch.testing.assert_close(bn.running_mean, torch.stack(seen).mean(0))
@@ -200,4 +223,5 @@ def test_recalibrate_bn_is_the_average_of_batch_statistics(tmp_path: Path, tiny_
     for k, v in trainer.model.state_dict().items():
         if k in weights:
             assert torch.equal(v, weights[k]), k  # no parameter moved
-    assert trainer.recalibrate_bn(0) == 0
+    assert recalibrate_bn(trainer.loop, 0) == 0
+    assert recalibrate_bn(LoopState(trainer.model), 3) == 0  # a loop without batches: skipped

@@ -123,9 +123,19 @@ def test_state_dict_keys_are_the_float_keys_plus_quantizer_state() -> None:
     ql = QuantLinear.from_float(lin, SymUniform(2), Stepped())
     assert set(qc.state_dict()) == set(conv.state_dict()) | {"weight_quant.step"}
     assert set(ql.state_dict()) == set(lin.state_dict()) | {"act_quant.step"}
-    # A float checkpoint loads into the quantized layer; only quantizer state is missing.
-    missing, unexpected = qc.load_state_dict(nn.Conv2d(3, 4, 3).state_dict(), strict=False)
-    assert missing == ["weight_quant.step"] and unexpected == []
+    # A float checkpoint loads into the quantized layer, even strictly: a state dict holding
+    # none of a quantizer's keys leaves that quantizer's state as initialised.
+    with torch.no_grad():
+        qc.weight_quant.step.fill_(0.5)
+    float_state = nn.Conv2d(3, 4, 3).state_dict()
+    missing, unexpected = qc.load_state_dict(float_state, strict=False)
+    assert missing == [] and unexpected == []
+    qc.load_state_dict(float_state)  # strict
+    assert torch.equal(qc.weight, float_state["weight"])
+    assert float(qc.weight_quant.step.detach()) == 0.5
+    # a state dict with quantizer state loads it as usual
+    qc.load_state_dict({**float_state, "weight_quant.step": torch.tensor(2.0)})
+    assert float(qc.weight_quant.step.detach()) == 2.0
 
 
 def test_quantized_weight_is_detached_and_fresh() -> None:

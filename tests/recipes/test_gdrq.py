@@ -2,6 +2,7 @@
 
 import copy
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -9,21 +10,23 @@ import torch
 from torch import nn
 
 from lowbit.accounting import check_compliance
-from lowbit.api import build_model, load_model, train
+from lowbit.api import load_model, train
+from lowbit.build import build_model, load_run
 from lowbit.config import build_config
 from lowbit.data import load_dataset
-from lowbit.engine import Trainer
+from lowbit.engine import LoopState, Trainer, recalibrate_bn
 from lowbit.engine.rundir import RunDir
 from lowbit.export.fold import FoldedConvBN, fold_bn
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import ScaleClip
-from lowbit.recipes import build_recipe, validate_quant_section
+from lowbit.recipes import gdrq as gdrq_module
+from lowbit.recipes import parse_quant_section, quant_section
 from lowbit.recipes.gdrq import RESHAPE, GDRQRecipe, resolve_group_size
 from lowbit.schema import ConfigError
 
 
 def gdrq(**kw: object) -> GDRQRecipe:
-    recipe = build_recipe(validate_quant_section({"method": "gdrq", **kw}))
+    recipe = parse_quant_section({"method": "gdrq", **kw})
     assert isinstance(recipe, GDRQRecipe)
     return recipe
 
@@ -37,32 +40,50 @@ def tiny_net(mid: int = 16) -> nn.Module:
     )
 
 
-@pytest.mark.parametrize("bad", [
-    {"weight_bits": 1}, {"weight_bits": 9}, {"act_bits": 0}, {"k_w": 0.0}, {"k_a": -1.0},
-    {"group_size": -2}, {"momentum": 1.0}, {"reshape_epochs": -1},
-    {"stat": "max"}, {"groups": 8},
+@pytest.mark.parametrize(("bad", "message"), [
+    ({"weight": {"bits": 1}}, "weight: scaleclip with signed=True supports bits 2..16, got 1"),
+    ({"weight": {"bits": 17}}, "supports bits 2..16, got 17"),
+    ({"weight": {"bits": 9}}, "weight.bits must be in 2..8 (codes fold into int8"),
+    ({"act": {"bits": 9}}, "act.bits must be in 1..8, got 9"),
+    ({"act": {"bits": 0}}, "act: scaleclip with signed=False supports bits 1..16, got 0"),
+    ({"weight": {"k": 0.0}}, "weight: scaleclip k must be > 0"),
+    ({"act": {"k": -1.0}}, "act: scaleclip k must be > 0"),
+    ({"weight": {"group_size": -2}}, "group_size needs signed=True"),
+    ({"act": {"momentum": 1.0}}, "momentum must be in"),
+    ({"reshape_epochs": -1}, "reshape_epochs and quant_epochs must be >= 0"),
+    ({"weight": {"stat": "median"}}, "stat must be"),
+    ({"weight": {"groups": 8}}, "groups"),
+    ({"groups": 8}, "unknown config key 'quant.groups'"),
+    ({"weight": {"name": "uniform", "bits": 2}}, "gdrq works with scaleclip weights"),
 ])
-def test_bad_config(bad: dict) -> None:
-    with pytest.raises(ConfigError):
-        validate_quant_section({"method": "gdrq", **bad})
+def test_bad_config(bad: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_quant_section({"method": "gdrq", **bad})
 
 
 def test_defaults_schedule_and_lr_phases() -> None:
-    section = validate_quant_section({"method": "gdrq"})
-    assert (section["weight_bits"], section["act_bits"], section["k_w"], section["k_a"]) == (
-        2, 4, 2.0, 14.0)
+    section = quant_section(parse_quant_section({"method": "gdrq"}))
+    w, a = section["weight"], section["act"]
+    assert (w["bits"], a["bits"], w["k"], a["k"]) == (2, 4, 2.0, 14.0)
+    assert (w["name"], w["signed"], a["name"], a["signed"]) == (
+        "scaleclip", True, "scaleclip", False)
+    assert section["keep_float"] == "first_last"
     recipe = gdrq(reshape_epochs=2, quant_epochs=5)
-    assert recipe.epochs() == 7
-    assert recipe.phase(0, 7) == (0.0, 2) and recipe.phase(1, 7) == (1.0, 2)
-    assert recipe.phase(2, 7) == (0.0, 5) and recipe.phase(6, 7) == (4.0, 5)
-    assert gdrq(reshape_epochs=0, quant_epochs=3).phase(0, 3) == (0.0, 3)
-    cfg = build_config(base={"model": {"name": "small_cnn"}, "data": {"name": "synthetic"},
-                             "quant": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 4}})
-    assert cfg.train.epochs == 5  # the engine runs both stages
+    assert recipe.fixed_epochs() == 7
+    # two phases, the learning rate restarting with the second: reshape (epochs 0-1), quantize
+    phases = recipe.phases()
+    assert [(p.name, p.epochs, p.index, p.restart_lr) for p in phases] == [
+        ("reshape", 2, 0, True), ("quantize", 5, 1, True)]
+    assert [(p.name, p.epochs) for p in gdrq(reshape_epochs=0, quant_epochs=3).phases()] == [
+        ("reshape", 0), ("quantize", 3)]
+    run = load_run(base={"model": {"name": "small_cnn"}, "data": {"name": "synthetic"},
+                         "quant": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 4}})
+    assert run.cfg.train.epochs == 5  # the engine runs both stages
+    assert [p.epochs for p in run.phases] == [1, 4]
 
 
 def test_layer_selection_and_quantizers() -> None:
-    model = gdrq(act_bits=3).prepare(tiny_net())
+    model = gdrq(act={"bits": 3}).prepare(tiny_net())
     assert type(model[0]) is nn.Conv2d and type(model[8]) is nn.Linear  # first/last stay float
     conv = model[3]
     assert isinstance(conv, QuantConv2d)
@@ -70,32 +91,34 @@ def test_layer_selection_and_quantizers() -> None:
     assert isinstance(wq, ScaleClip) and isinstance(aq, ScaleClip)
     assert (wq.signed, wq.clip_k, wq.bits, wq.group_size) == (True, 2.0, 2, 8)
     assert (aq.signed, aq.clip_k, aq.bits, aq.momentum) == (False, 14.0, 3, 0.99)
-    assert gdrq(act_bits=None).prepare(tiny_net())[3].act_quant is None
+    assert gdrq(act=None).prepare(tiny_net())[3].act_quant is None
 
-    both = gdrq(quantize_first_last=True).prepare(tiny_net())
+    both = gdrq(keep_float="none").prepare(tiny_net())
     assert isinstance(both[0], QuantConv2d) and both[0].act_quant is None  # image input: float
     assert isinstance(both[0].weight_quant, ScaleClip)
     assert isinstance(both[8], QuantLinear) and isinstance(both[8].act_quant, ScaleClip)
     convs_only = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3))
-    convs_only = gdrq(quantize_first_last=True).prepare(convs_only)
+    convs_only = gdrq(keep_float="none").prepare(convs_only)
     assert isinstance(convs_only[0], QuantConv2d) and isinstance(convs_only[3], QuantConv2d)
 
 
 def test_stage_one_clips_float_stage_two_quantizes() -> None:
-    recipe = gdrq(reshape_epochs=1, quant_epochs=1, group_size=4, bn_recalibration_batches=0)
+    recipe = gdrq(reshape_epochs=1, quant_epochs=1, weight={"group_size": 4},
+                  bn_recalibration_batches=0)
     model = recipe.prepare(tiny_net())
+    reshape, quantize = recipe.phases()
     conv = model[3]
     w = conv.weight.detach()
     t = 2.0 * w.reshape(4, -1).abs().mean(1).repeat_interleave(4).view(-1, 1, 1, 1)
     for _ in range(2):  # idempotent
-        recipe.on_epoch_start(None, 0)  # type: ignore[arg-type]
+        recipe.on_phase_start(LoopState(model, epoch=0), reshape)
         assert recipe.stage == RESHAPE
         clipped = conv.quantized_weight()
         torch.testing.assert_close(clipped, torch.maximum(torch.minimum(w, t), -t))
         assert len(clipped[:4].unique()) > 3  # float values, not ternary
         x = torch.rand(2, 8, 6, 6) * 10
         assert len(conv.act_quant(x).unique()) > 16  # clipped float input, not 4-bit
-    recipe.on_epoch_start(None, 1)  # type: ignore[arg-type]
+    recipe.on_phase_start(LoopState(model, epoch=1), quantize)
     quantized = conv.quantized_weight()
     for g in range(4):  # ternary {-T_g, 0, T_g} per group
         values = quantized[4 * g:4 * g + 4].unique()
@@ -105,7 +128,7 @@ def test_stage_one_clips_float_stage_two_quantizes() -> None:
 
 
 def test_per_group_thresholds_differ_across_groups() -> None:
-    model = gdrq(group_size=4).prepare(tiny_net())
+    model = gdrq(weight={"group_size": 4}).prepare(tiny_net())
     conv = model[3]
     with torch.no_grad():  # groups of very different scales
         conv.weight.mul_(torch.tensor([1.0, 3.0, 0.2, 7.0]).repeat_interleave(4).view(-1, 1, 1, 1))
@@ -121,7 +144,7 @@ def test_per_group_thresholds_differ_across_groups() -> None:
 
 
 def test_activation_ema_updates_in_train_frozen_in_eval() -> None:
-    model = gdrq(momentum=0.5).prepare(tiny_net())
+    model = gdrq(act={"momentum": 0.5}).prepare(tiny_net())
     aq = model[3].act_quant
     model.train()
     model(torch.randn(4, 3, 8, 8))
@@ -141,7 +164,7 @@ def test_group_size_fallback_is_logged_and_reported(caplog: pytest.LogCaptureFix
     assert resolve_group_size(8, 8) is None and resolve_group_size(8, 7) is None
     assert resolve_group_size(4, 7) == 1 and resolve_group_size(0, 16) is None
     assert resolve_group_size(None, 16) is None and resolve_group_size(1, 5) == 1
-    recipe = gdrq(group_size=8)
+    recipe = gdrq(weight={"group_size": 8})
     with caplog.at_level(logging.WARNING, logger="lowbit.recipes.gdrq"):
         model = recipe.prepare(tiny_net(mid=12))
     assert recipe.fallbacks == {"3": 6} and recipe.group_sizes == {"3": 6}
@@ -152,7 +175,7 @@ def test_group_size_fallback_is_logged_and_reported(caplog: pytest.LogCaptureFix
 
 
 def test_without_scale_clip_is_max_range_uniform() -> None:
-    model = gdrq(scale_clip=False, group_size=8).prepare(tiny_net())
+    model = gdrq(scale_clip=False, weight={"group_size": 8}).prepare(tiny_net())
     conv = model[3]
     w = conv.weight.detach()
     group_max = w.reshape(2, -1).abs().amax(1).repeat_interleave(8)
@@ -163,7 +186,8 @@ def test_without_scale_clip_is_max_range_uniform() -> None:
 
 
 def test_learnable_thresholds_start_at_the_statistic() -> None:
-    model = gdrq(learnable=True, group_size=4).prepare(tiny_net())
+    model = gdrq(weight={"learnable": True, "group_size": 4}, act={"learnable": True}).prepare(
+        tiny_net())
     wq = model[3].weight_quant
     expected = 2.0 * model[3].weight.detach().reshape(4, -1).abs().mean(1)
     torch.testing.assert_close(wq.log_threshold.exp(), expected)
@@ -185,9 +209,11 @@ def test_learnable_thresholds_start_at_the_statistic() -> None:
 
 def test_end_to_end_compliance_fold_and_resume(tmp_path: Path, tiny_config, crash_at) -> None:
     base = tiny_config(tmp_path)
-    base["quant"] = {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 2, "group_size": 4}
-    cfg = build_config(base=base)
-    full = train(copy.deepcopy(cfg), run_path=tmp_path / "full")
+    base["quant"] = {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 2,
+                     "weight": {"group_size": 4}}
+    assert base["train"]["epochs"] == 3  # equal to the schedule's 1 + 2: allowed
+    cfg = load_run(base=copy.deepcopy(base)).cfg
+    full = train(load_run(base=copy.deepcopy(base)), run_path=tmp_path / "full")
     assert full["epochs"] == 3
     model, _ = load_model(tmp_path / "full" / "final.safetensors")
     assert check_compliance(model).passed
@@ -200,19 +226,25 @@ def test_end_to_end_compliance_fold_and_resume(tmp_path: Path, tiny_config, cras
         want, got = ref(x), folded(x)
     assert ((got - want).abs().max() / want.abs().max()) <= 1e-4
 
-    def trainer(run: str, hooks: list) -> Trainer:
+    def trainer(run_name: str, hooks: list, resume: bool = False) -> Trainer:
         torch.manual_seed(cfg.train.seed)
         data = load_dataset("synthetic")
-        model, recipe = build_model(cfg, data)
-        return Trainer(cfg, model, data, recipe.hooks() + hooks, RunDir(tmp_path / run))
+        run = load_run(base=copy.deepcopy(base))
+        model = build_model(run, data.train.num_classes, data.train.in_channels)
+        recipe = run.recipe
+        return Trainer(run.cfg, model, data, [recipe, *hooks],
+                       RunDir(tmp_path / run_name, resume=resume),
+                       phases=recipe.phases())
 
     crashed = trainer("part", [crash_at(1)])  # dies at the stage boundary
     with pytest.raises(RuntimeError):
         crashed.fit()
-    resumed = trainer("part", [crash_at(-1)])
+    crashed.run_dir.close()  # a process that dies releases its run directory
+    resumed = trainer("part", [crash_at(-1)], resume=True)
     resumed.resume(tmp_path / "part" / "last.safetensors")
-    assert resumed.epoch == 1 and resumed.hooks[0].stage == RESHAPE  # restored from hook state
-    assert not any(q.quantize for q in resumed.hooks[0].quantizers)
+    # restored from the callback state
+    assert resumed.epoch == 1 and resumed.callbacks[0].stage == RESHAPE
+    assert not any(q.quantize for q in resumed.callbacks[0].quantizers)
     resumed.fit()
     want_state = load_model(tmp_path / "full" / "final.safetensors")[0].state_dict()
     for key, value in resumed.model.state_dict().items():
@@ -220,39 +252,59 @@ def test_end_to_end_compliance_fold_and_resume(tmp_path: Path, tiny_config, cras
 
 
 class _RecalRecorder:
-    """Stands in for the Trainer: records recalibrate_bn calls, at a settable epoch."""
+    """Wraps the real `recalibrate_bn`: records (epoch, batches used) of each calibration."""
 
-    def __init__(self, epoch: int = 0) -> None:
-        self.epoch, self.calls = epoch, []  # type: ignore[var-annotated]
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int]] = []
 
-    def recalibrate_bn(self, n: int) -> int:
-        self.calls.append((self.epoch, n))
-        return n
+    def __call__(self, state: LoopState, n: int) -> int:
+        used = recalibrate_bn(state, n)
+        if used:
+            self.calls.append((state.epoch, used))
+        return used
 
 
-def test_bn_recalibration_at_each_stage_start_and_after_a_calibration_only_run() -> None:
+def _state(model: nn.Module, epoch: int = 0) -> LoopState:
+    return LoopState(model, batches=lambda n: ((torch.randn(2, 3, 8, 8), torch.zeros(2))
+                                               for _ in range(n)), epoch=epoch)
+
+
+def test_bn_recalibration_at_each_stage_start_and_after_a_calibration_only_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rec = _RecalRecorder()
+    monkeypatch.setattr(gdrq_module, "recalibrate_bn", rec)
     recipe = gdrq(reshape_epochs=1, quant_epochs=2, bn_recalibration_batches=7)
-    recipe.prepare(tiny_net())
-    rec = _RecalRecorder()
-    for epoch in range(3):
-        rec.epoch = epoch
-        recipe.on_epoch_start(rec, epoch)  # type: ignore[arg-type]
+    model = recipe.prepare(tiny_net())
+    state = _state(model)
+    recipe.on_fit_start(state)
+    start = 0
+    for phase in recipe.phases():  # as the trainer drives it
+        state.epoch = start
+        recipe.on_phase_start(state, phase)
+        for epoch in range(start, start + phase.epochs):
+            state.epoch = epoch
+            recipe.on_epoch_start(state)
+        start += phase.epochs
     assert rec.calls == [(0, 7), (1, 7)]  # stage 1 start, stage 2 start, not epoch 2
-    rec.epoch = 3
-    recipe.on_fit_end(rec)  # type: ignore[arg-type]
+    state.epoch = 3
+    recipe.on_fit_end(state)
     assert len(rec.calls) == 2  # quantized epochs were trained: statistics are current
-    for epoch in (0, 1):  # calibration-only or reshaping-only run: calibrate the quantized net
-        rec = _RecalRecorder(epoch)
-        recipe.on_fit_end(rec)  # type: ignore[arg-type]
-        assert rec.calls == [(epoch, 7)] and recipe.stage == 2
+    for reshape in (0, 1):  # calibration-only or reshaping-only run: calibrate the quantized net
+        rec.calls.clear()
+        only = gdrq(reshape_epochs=reshape, quant_epochs=0, bn_recalibration_batches=7)
+        state = _state(only.prepare(tiny_net()), epoch=reshape)
+        only.on_fit_end(state)
+        assert rec.calls == [(reshape, 7)] and only.stage == 2
+    rec.calls.clear()
     off = gdrq(bn_recalibration_batches=0)
-    off.prepare(tiny_net())
-    rec = _RecalRecorder()
-    off.on_epoch_start(rec, 0)  # type: ignore[arg-type]
-    off.on_fit_end(rec)  # type: ignore[arg-type]
+    state = _state(off.prepare(tiny_net()))
+    for phase in off.phases():
+        off.on_phase_start(state, phase)
+    off.on_fit_end(state)
     assert rec.calls == []
     with pytest.raises(ConfigError):
-        validate_quant_section({"method": "gdrq", "bn_recalibration_batches": -1})
+        parse_quant_section({"method": "gdrq", "bn_recalibration_batches": -1})
 
 
 def test_calibration_only_run_sets_bn_statistics_and_activation_clips(tmp_path: Path,
@@ -264,10 +316,11 @@ def test_calibration_only_run_sets_bn_statistics_and_activation_clips(tmp_path: 
     init = str(tmp_path / "float" / "final.safetensors")
     runs = {}
     for n in (0, 5):
-        cfg = {**base, "train": {**base["train"], "init": init},
-               "quant": {"method": "gdrq", "group_size": 4, "bn_recalibration_batches": n,
-                         "reshape_epochs": 0, "quant_epochs": 0}}
-        train(build_config(base=cfg), run_path=tmp_path / f"cal{n}")
+        train_section = {k: v for k, v in base["train"].items() if k != "epochs"}
+        cfg = {**base, "train": {**train_section, "init": init},
+               "quant": {"method": "gdrq", "weight": {"group_size": 4},
+                         "bn_recalibration_batches": n, "reshape_epochs": 0, "quant_epochs": 0}}
+        train(load_run(base=cfg), run_path=tmp_path / f"cal{n}")
         runs[n] = load_model(tmp_path / f"cal{n}" / "final.safetensors")[0].state_dict()
     weights = [k for k in runs[0] if k.endswith(".weight")]
     assert all(torch.equal(runs[0][k], runs[5][k]) for k in weights)
@@ -276,3 +329,27 @@ def test_calibration_only_run_sets_bn_statistics_and_activation_clips(tmp_path: 
     tracked = [k for k in runs[5] if k.endswith("act_quant.num_batches_tracked")]
     assert tracked and all(int(runs[5][k]) == 5 for k in tracked)
     assert all(int(runs[0][k]) == 0 for k in tracked)
+
+
+@pytest.mark.parametrize("act_bits", [2, None])
+def test_old_shape_section_migrates_to_the_same_recipe(
+    act_bits: int | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = {"method": "gdrq", "weight_bits": 4, "act_bits": act_bits, "k_w": 4.0, "k_a": 4.0,
+           "group_size": 4, "stat": "std", "momentum": 0.9, "learnable": False,
+           "quantize_first_last": True, "reshape_epochs": 1, "quant_epochs": 3}
+    act = None if act_bits is None else {"bits": act_bits, "k": 4.0, "stat": "std",
+                                         "momentum": 0.9, "learnable": False}
+    new = {"method": "gdrq", "weight": {"bits": 4, "k": 4.0, "group_size": 4, "stat": "std",
+                                        "momentum": 0.9, "learnable": False},
+           "act": act, "keep_float": "none", "reshape_epochs": 1, "quant_epochs": 3}
+    with caplog.at_level(logging.WARNING, logger="lowbit.recipes.legacy"):
+        migrated = parse_quant_section(old)
+    assert "weight_bits" in caplog.text and "quantize_first_last" in caplog.text
+    assert quant_section(migrated) == quant_section(parse_quant_section(new))
+    a = migrated.prepare(tiny_net())
+    b = parse_quant_section(new).prepare(tiny_net())
+    assert repr(a) == repr(b) and isinstance(a[0], QuantConv2d)
+    assert (a[3].act_quant is None) == (act_bits is None)
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(a(x), b(x), rtol=0, atol=0)

@@ -1,5 +1,7 @@
 """LBW-Net: BinaryConnect-style training with least-squares power-of-two weights."""
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -7,7 +9,8 @@ from torch import nn
 
 from lowbit.accounting import check_compliance
 from lowbit.nn import QuantConv2d
-from lowbit.recipes import build_recipe, validate_quant_section
+from lowbit.quant import get_quantizer
+from lowbit.recipes import parse_quant_section, quant_section
 from lowbit.schema import ConfigError
 
 
@@ -29,14 +32,17 @@ class TinyDetector(nn.Module):
         return self.cls_head(f), self.box_head(f)
 
 
-def lbw(**kw: object):  # noqa: ANN201
-    return build_recipe(validate_quant_section({"method": "lbw", **kw}))
+def lbw(keep_float: str | None = None, **weight: object):  # noqa: ANN201
+    section: dict = {"method": "lbw", "weight": weight}
+    if keep_float is not None:
+        section["keep_float"] = keep_float
+    return parse_quant_section(section)
 
 
 @pytest.mark.parametrize("bits", [2, 4])
 def test_detector_trains_with_lbw_weights(bits: int) -> None:
     torch.manual_seed(0)
-    model = lbw(bits=bits, quantize_first_last=True).prepare(TinyDetector())
+    model = lbw(bits=bits, keep_float="none").prepare(TinyDetector())
     quantized = [m for m in model.modules() if isinstance(m, QuantConv2d)]
     assert len(quantized) == 5  # backbone + both heads
     x = torch.randn(8, 3, 16, 16)
@@ -63,27 +69,48 @@ def test_two_bits_is_exact_ternary_and_per_channel_option() -> None:
     recipe = lbw(bits=2, per_channel=True)
     model = recipe.prepare(TinyDetector())
     q = model.backbone[3].weight_quant
-    assert q.name == "ternary" and q.per_channel
+    assert (q.name, q.bits) == ("lbw", 2) and q.per_channel
+    w = torch.randn(32, 16, 3, 3)  # lbw at 2 bits is the exact ternary solution
+    ternary = get_quantizer({"name": "ternary", "per_channel": True})
+    assert torch.allclose(q(w), ternary(w))
     assert model.backbone[0].__class__ is nn.Conv2d  # first conv kept float by default
 
 
-def test_bits_and_solver_options() -> None:
-    q = lbw(bits=5, solver="threshold", r=0.6).prepare(TinyDetector()).backbone[3].weight_quant
+def test_bits_and_method_options() -> None:
+    q = lbw(bits=5, method="threshold", r=0.6).prepare(TinyDetector()).backbone[3].weight_quant
     assert (q.name, q.bits, q.method, q.r) == ("lbw", 5, "threshold", 0.6)
     with pytest.raises(ConfigError):
-        validate_quant_section({"method": "lbw", "bits": 1})
+        parse_quant_section({"method": "lbw", "weight": {"bits": 1}})
     with pytest.raises(ConfigError):
-        validate_quant_section({"method": "lbw", "bits": 4, "solver": "magic"})
+        parse_quant_section({"method": "lbw", "weight": {"bits": 4, "method": "magic"}})
     with pytest.raises(ConfigError, match="2..8"):
-        validate_quant_section({"method": "lbw", "bits": 9})
+        parse_quant_section({"method": "lbw", "weight": {"bits": 9}})
 
 
 @pytest.mark.parametrize("bits", [7, 8])
 def test_seven_and_eight_bits_train_and_comply(bits: int) -> None:
-    model = lbw(bits=bits, solver="threshold").prepare(TinyDetector())
+    model = lbw(bits=bits, method="threshold").prepare(TinyDetector())
     q = model.backbone[3].weight_quant
     assert (q.bits, q.r) == (bits, 1.0)  # r from the validation sweep is the recipe default
     out = model(torch.randn(2, 3, 16, 16))
     sum(o.sum() for o in (out if isinstance(out, tuple) else (out,))).backward()
     assert model.backbone[3].weight.grad is not None
     assert check_compliance(model).passed
+
+
+def test_old_shape_section_migrates_to_the_same_recipe(caplog: pytest.LogCaptureFixture) -> None:
+    old = {"method": "lbw", "bits": 3, "solver": "threshold", "r": 0.6, "per_channel": True,
+           "quantize_first_last": True}
+    new = {"method": "lbw", "weight": {"bits": 3, "method": "threshold", "r": 0.6,
+                                       "per_channel": True}, "keep_float": "none"}
+    with caplog.at_level(logging.WARNING, logger="lowbit.recipes.legacy"):
+        migrated = parse_quant_section(old)
+    assert "old keys" in caplog.text and "solver" in caplog.text
+    assert quant_section(migrated) == quant_section(parse_quant_section(new))
+    torch.manual_seed(0)
+    a = migrated.prepare(TinyDetector())
+    torch.manual_seed(0)
+    b = parse_quant_section(new).prepare(TinyDetector())
+    assert repr(a) == repr(b)
+    x = torch.randn(2, 3, 16, 16)
+    assert all(torch.equal(u, v) for u, v in zip(a(x), b(x), strict=True))

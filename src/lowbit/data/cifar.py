@@ -148,12 +148,12 @@ def _find_layout(name: str, root: Path, download_ok: bool) -> dict[str, Any]:
         return present[0]
     dirs = " or ".join(f"{root / lay['dir']}/" for lay in LAYOUTS[name])
     raise DataError(f"{name} not found: expected {dirs}; pass --data-dir (or set LOWBIT_DATA) to "
-                    f"the folder holding it, or add --download")
+                    f"the folder holding it, or pass --set data.download=true")
 
 
 def _read_split(root: Path, layout: dict[str, Any], split: str,
                 num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    hint = f"it is part of {URL}{layout['archive'][0]}; add --download to fetch it"
+    hint = f"it is part of {URL}{layout['archive'][0]}; pass --set data.download=true to fetch it"
     images, labels = [], []
     for fname, md5 in layout[split]:
         path = check_file(root / layout["dir"] / fname, md5, hint)

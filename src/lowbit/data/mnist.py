@@ -72,7 +72,8 @@ def load_mnist(name: str, root: Path, download_ok: bool = False) -> DatasetSplit
         path = folder / fname
         if download_ok:  # download() keeps a good file and replaces a corrupt one
             download(src["url"] + fname, path, md5)
-        check_file(path, md5, f"download it from {src['url']}{fname} (or add --download)")
+        check_file(path, md5, f"download it from {src['url']}{fname} "
+                   "(or pass --set data.download=true)")
         arrays[fname.split("-")[0] + "-" + fname.split("-")[1]] = read_idx(path)
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):

@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.engine.progress import progress_bar
+
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -116,10 +118,13 @@ def recalibrate_bn(state: LoopState, batches: int) -> int:
     was_training = model.training
     model.train()
     used = 0
+    bar = progress_bar(batches, "re-estimating BatchNorm statistics")
     with (state.autocast or contextlib.nullcontext)():
         for x, _ in itertools.islice(state.batches(batches), batches):
             model(x)
             used += 1
+            bar.update()
+    bar.close()
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
     model.train(was_training)

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from lowbit.engine.checkpoint import atomic_write_bytes
+from lowbit.engine.sinks import Sink, make_sinks
 from lowbit.errors import LowbitError
 
 log = logging.getLogger(__name__)
@@ -104,6 +105,7 @@ class RunDir:
         self.path.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.path / "metrics.jsonl"
         self._handler: logging.Handler | None = None
+        self.sinks: list[Sink] = []
         self._lock = _lock(self.path)
         for stale in self.path.glob(".*.tmp"):
             stale.unlink(missing_ok=True)
@@ -147,11 +149,21 @@ class RunDir:
     def close(self) -> None:
         """Release the lock (also released when the process ends)."""
         self.detach_log()
+        for sink in self.sinks:
+            sink.close()
         self._lock.close()
+
+    def add_sinks(self, names: list[str], resume_epoch: int | None = None) -> None:
+        """Also write metrics to these sinks (`lowbit.engine.sinks`: csv, tensorboard)."""
+        self.sinks = make_sinks(names, self.path, resume_epoch)
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        if self.sinks:
+            rows = self.read_metrics()
+            for sink in self.sinks:
+                sink.write(row, rows)
 
     def truncate_metrics(self, before_epoch: int) -> None:
         """Drop rows of epochs >= `before_epoch` (written after the checkpoint we resume from).

@@ -29,7 +29,7 @@ from lowbit.config import DistillConfig, RunConfig
 from lowbit.data import BatchLoader, DatasetSplits, ImageData
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.callbacks import Callback, LoopState, Phase
-from lowbit.engine.distributed import DistInfo, all_reduce_sum
+from lowbit.engine.distributed import DistInfo, all_reduce_sum, sync_batchnorm
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
 from lowbit.engine.resume import check_resumable
@@ -50,6 +50,7 @@ def evaluate(
     bf16: bool = False,
     channels_last: bool = False,
     dist: DistInfo | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Top-1 / top-5 accuracy (%) and mean loss of `model` on the whole of `data`."""
     dist = dist or DistInfo()
@@ -65,7 +66,9 @@ def evaluate(
     )
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
     k = min(5, data.num_classes)
+    bar = progress_bar(len(loader), "evaluating", enabled=progress and dist.is_main)
     for x, y in loader:
+        bar.update()
         with autocast(bf16):
             logits = model(x)
         logits = logits.float()
@@ -74,6 +77,7 @@ def evaluate(
         sums[1] += (top[:, 0] == y).sum().item()
         sums[2] += (top == y[:, None]).any(1).sum().item()
         sums[3] += len(y)
+    bar.close()
     loss, top1, top5, n = all_reduce_sum(sums, dist)
     model.train(was_training)
     n = max(n, 1)
@@ -103,7 +107,8 @@ class Trainer:
         tc = cfg.train
         self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model  # type: ignore[call-overload]
         self.net: nn.Module = self.model
-        if self.dist.enabled:
+        if self.dist.enabled:  # BatchNorm statistics over the global batch, as in one process
+            self.model = sync_batchnorm(self.model)
             self.net = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loader = BatchLoader(
@@ -227,6 +232,7 @@ class Trainer:
             tc.bf16,
             tc.channels_last,
             self.dist,
+            tc.progress,
         )
 
     def _lr_for(self, epoch: float, phase: Phase, start: int) -> float:

@@ -88,6 +88,14 @@ class Recipe(Callback):
     default_weight: ClassVar[dict[str, Any] | None] = None
     default_act: ClassVar[dict[str, Any] | None] = None
     weight_names: ClassVar[tuple[str, ...] | None] = None  # quantizers the method works with
+    # What `lowbit quantize` fine-tunes with, over the float run's own schedule (a float run's
+    # 160 epochs at lr 0.1 would undo the pretraining); a method that fixes its length leaves
+    # out train.epochs.
+    finetune: ClassVar[dict[str, dict[str, Any]]] = {
+        "train": {"epochs": 15},
+        "optim": {"lr": 0.005},
+        "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5},
+    }
 
     def __init__(self, cfg: QuantConfig) -> None:
         self.cfg = cfg

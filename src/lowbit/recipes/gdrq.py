@@ -102,6 +102,11 @@ class GDRQConfig(QuantConfig):
 
     def validate(self) -> None:
         super().validate()
+        w_bits = (self.weight or {}).get("bits", 2)
+        require(2 <= w_bits <= 8, f"weight.bits must be in 2..8 (codes fold into int8 "
+                f"arithmetic), got {w_bits}")
+        a_bits = (self.act or {}).get("bits", 4)
+        require(1 <= a_bits <= 8, f"act.bits must be in 1..8, got {a_bits}")
         require(self.reshape_epochs >= 0 and self.quant_epochs >= 0,
                 "reshape_epochs and quant_epochs must be >= 0")
         require(self.bn_recalibration_batches >= 0, "bn_recalibration_batches must be >= 0")
@@ -146,6 +151,8 @@ class GDRQRecipe(Recipe):
     default_act = {"name": "scaleclip", "bits": 4, "signed": False, "k": 14.0, "stat": "mean",
                    "momentum": 0.99, "learnable": False}
     weight_names = ("scaleclip",)
+    finetune = {"optim": {"lr": 0.005},  # the schedule fixes the length
+                "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5}}
     cfg: GDRQConfig
 
     def __init__(self, cfg: GDRQConfig) -> None:

@@ -71,6 +71,8 @@ class INQRecipe(Recipe):
     config_class = INQConfig
     default_weight = {"name": "inq", "bits": 5, "strategy": "magnitude", "n1_mode": "per_step"}
     weight_names = ("inq",)
+    finetune = {"optim": {"lr": 0.005},  # the schedule fixes the length
+                "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5}}
     cfg: INQConfig
 
     def __init__(self, cfg: INQConfig) -> None:

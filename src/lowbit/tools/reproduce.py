@@ -20,7 +20,6 @@ deployment gets, which must equal the checkpoint's.
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -112,11 +111,16 @@ def reproduce(
     record_only: bool = False,
     results_dir: str | Path = "benchmarks/results",
     checkpoints_dir: str | Path = "benchmarks/checkpoints",
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run (or resume, or just record) an experiment; returns the recorded result."""
+    """Run (or resume, or just record) an experiment; returns the recorded result.
+
+    `overrides` ('a.b=c') change the experiment for this run; the result records them.
+    """
     experiment = Path(experiment)
     name = experiment.stem
-    overrides = [f"data.data_dir={data_dir}"] if data_dir else []
+    user_overrides = list(overrides or [])
+    overrides = [*user_overrides, *([f"data.data_dir={data_dir}"] if data_dir else [])]
     run = load_run(config_file=experiment, overrides=overrides)
     cfg = run.cfg
     expected = cfg.expected or {}
@@ -131,11 +135,13 @@ def reproduce(
     metric = expected.get("metric", "top1")
     result = {
         "experiment": str(experiment),
-        "command": _portable(" ".join(["lowbit", *sys.argv[1:]]), data_dir),
+        "command": " ".join(["lowbit", "reproduce", str(experiment),
+                             *(f"--set {o}" for o in user_overrides), "--record",
+                             "--data-dir", "$LOWBIT_DATA"]),
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "checkpoint": str(ckpt),
         "eval_command": f"lowbit eval {ckpt} --json",
-        **_run_stats(RunDir(run_path, resume=True), data_dir),  # reads the finished run
+        **_run_stats(RunDir(run_path, resume=True), data_dir),
         "model": final["model"],
         "dataset": final["dataset"],
         "num_test": final["num_test"],
