@@ -20,6 +20,7 @@ from lowbit.artifacts import load_model, model_from_config
 from lowbit.build import Run, build_model, load_run, resolve
 from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
+from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
 from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
