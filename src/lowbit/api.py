@@ -20,6 +20,7 @@ from lowbit.artifacts import load_model, model_from_config
 from lowbit.build import Run, build_model, load_run, resolve
 from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
+from lowbit.data.user import user_splits
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
 from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
@@ -35,22 +36,54 @@ def default_run_name(cfg: RunConfig) -> str:
 
 
 def train(
-    run: Run | RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None
+    run: Run | RunConfig, resume: str | Path | None = None, run_path: str | Path | None = None,
+    *, data: DatasetSplits | None = None, model: nn.Module | None = None,
 ) -> dict[str, Any]:
     """Train per `run` in a run directory; `resume` continues from that run's last checkpoint.
 
-    A plain `RunConfig` (from `lowbit.config.build_config`) is resolved first.
+    A plain `RunConfig` (from `lowbit.config.build_config`) is resolved first. `data` replaces
+    the dataset the config names (your own data: `lowbit.data.user.user_splits`), and `model`
+    the model it names (your float model, which the run's method then prepares).
     """
+    return _run(run if isinstance(run, Run) else resolve(run), resume, run_path, data, model)[0]
+
+
+def _run(run: Run, resume: str | Path | None, run_path: str | Path | None,
+         data: DatasetSplits | None, model: nn.Module | None) -> tuple[dict[str, Any], nn.Module]:
     dist = init_distributed()
     try:
-        return _train(run if isinstance(run, Run) else resolve(run), dist, resume, run_path)
+        return _train(run, dist, resume, run_path, data, model)
     finally:
         cleanup(dist)
 
 
+def fit(model: nn.Module, train_data: Any, test_data: Any = None, *, val_data: Any = None,
+        quant: dict[str, Any] | None = None, config: dict[str, Any] | None = None,
+        num_classes: int | None = None, run_dir: str | Path | None = None) -> dict[str, Any]:
+    """Train your model on your data (`torch.utils.data` Datasets or DataLoaders), float or
+    with a method (`quant={"method": "lbw", "weight": {"bits": 2}}`). `config` holds the other
+    sections (optim, schedule, train, distill). Returns the result dict (test metrics, run
+    directory) with the trained, converted model under "model"."""
+    cls = type(model)
+    base = {**(config or {}), "quant": quant,
+            "model": {"name": f"{cls.__module__}:{cls.__qualname__}"},
+            "data": {**(config or {}).get("data", {}), "name": "user"}}
+    splits = user_splits(train_data, test_data, num_classes, val_data)
+    result, trained = _run(load_run(base=base), None, run_dir, splits, model)
+    return {**result, "model": trained}
+
+
+def evaluate_model(model: nn.Module, test_data: Any, num_classes: int | None = None,
+                   batch_size: int = 500) -> dict[str, float]:
+    """Top-1/top-5 and loss of any model on your data (a Dataset or a DataLoader)."""
+    splits = user_splits(test_data, num_classes=num_classes)
+    return evaluate(model, splits.test, batch_size, bf16=False)
+
+
 def _train(
-    run: Run, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None
-) -> dict[str, Any]:
+    run: Run, dist: DistInfo, resume: str | Path | None, run_path: str | Path | None,
+    user_data: DatasetSplits | None = None, user_model: nn.Module | None = None,
+) -> tuple[dict[str, Any], nn.Module]:
     cfg = run.cfg
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -62,10 +95,15 @@ def _train(
         )
         cfg.train.bf16 = False
     torch.manual_seed(cfg.train.seed)
-    data = load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download)
+    data = user_data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download,
+                                     cfg.data.image_size)
     if cfg.data.val_fraction > 0:
         data = data.with_validation(cfg.data.val_fraction, cfg.train.seed)
-    model, recipe = build_model(run, data.train.num_classes, data.train.in_channels), run.recipe
+    recipe = run.recipe
+    if user_model is None:
+        model = build_model(run, data.train.num_classes, data.train.in_channels)
+    else:
+        model = recipe.prepare(user_model) if recipe is not None else user_model
     path = Path(resume or run_path or _fresh_dir(Path(cfg.out_dir), cfg))
     run_dir = RunDir(path, resume=bool(resume)) if dist.is_main else None
     meta = {
@@ -91,7 +129,7 @@ def _train(
         if run_dir is not None:
             trainer.save(run_dir.final, full=False)
             log.info("final checkpoint: %s  top1=%.2f", run_dir.final, final["top1"])
-        return {"run_dir": str(path), "epochs": trainer.epoch, **final}
+        return {"run_dir": str(path), "epochs": trainer.epoch, **final}, trainer.model
     finally:
         if run_dir is not None:
             run_dir.close()

@@ -57,8 +57,12 @@ def register_format(fmt: ModelFormat) -> ModelFormat:
 
 
 def model_from_config(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The (untrained) model a saved config describes, with its method's layers in place."""
-    return build_model(load_run(base=config), num_classes, in_channels, init=False)
+    """The (untrained) model a saved config describes, with its method's layers in place.
+
+    A model named by `module:callable` in a file's config is not imported from it (untrusted).
+    """
+    return build_model(load_run(base=config), num_classes, in_channels, init=False,
+                       trusted=False)
 
 
 def _model_for(meta: dict[str, Any], path: Path, what: str) -> nn.Module:

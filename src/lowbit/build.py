@@ -75,17 +75,20 @@ def load_run(
     return resolve(build_config(base, config_file, overrides))
 
 
-def float_model(cfg: RunConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The float model the config names (untrained)."""
+def float_model(cfg: RunConfig, num_classes: int, in_channels: int,
+                trusted: bool = True) -> nn.Module:
+    """The float model the config names (untrained); `trusted=False` for a config read from a
+    file (a user's `module:callable` must then be trusted first, see lowbit.models)."""
     m = cfg.model
     return create_model(m.name, num_classes=num_classes, in_channels=in_channels, width=m.width,
-                        **m.kwargs)  # fmt: skip
+                        trusted=trusted, **m.kwargs)  # fmt: skip
 
 
-def build_model(run: Run, num_classes: int, in_channels: int, init: bool = True) -> nn.Module:
+def build_model(run: Run, num_classes: int, in_channels: int, init: bool = True,
+                trusted: bool = True) -> nn.Module:
     """The run's model: float, initialised from `train.init` (if `init`), prepared by its
     method (the method's layers in place, untrained when `init` is False)."""
-    model = float_model(run.cfg, num_classes, in_channels)
+    model = float_model(run.cfg, num_classes, in_channels, trusted)
     if init and run.cfg.train.init:
         tensors, _ = ckpt.load_checkpoint(run.cfg.train.init)
         ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), run.cfg.train.init)

@@ -35,6 +35,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
 
 
+def _add_model_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", metavar="MODULE:CALLABLE",
+                   help="trust the user model builder the file names (lowbit imports no code a "
+                   "file names unless told to)")
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from lowbit.build import load_run
     from lowbit.config import load_yaml
@@ -230,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="evaluate a checkpoint on its dataset's full test set")
     p.add_argument("checkpoint", help="a run checkpoint, packed .lowbit or folded file")
+    _add_model_arg(p)
     p.add_argument("--data-dir", help="dataset root (default: $LOWBIT_DATA, else ./data)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_eval)
@@ -244,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bits", type=int, required=True, help="weight bits (quant.weight.bits)")
     p.add_argument("--from", dest="source", required=True, metavar="CHECKPOINT",
                    help="the trained float checkpoint to start from")
+    _add_model_arg(p)
     p.add_argument("--run-dir", help="where to write the run")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(fn=cmd_quantize)
@@ -251,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="per-layer bits, bytes, MACs, BOPs, codebook compliance")
     p.add_argument("target", metavar="CHECKPOINT_OR_RECIPE",
                    help="a checkpoint, packed or folded file, or an experiment YAML")
+    _add_model_arg(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument(
         "--hist",
@@ -262,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write the bit-packed deployable artifact (.lowbit)")
     p.add_argument("checkpoint", help="the run checkpoint to export")
+    _add_model_arg(p)
     p.add_argument("-o", "--output", help="output path (default: CHECKPOINT.lowbit)")
     p.add_argument(
         "--fold-bn",
@@ -319,6 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     fn: Callable[[argparse.Namespace], Any] = args.fn
     try:
+        if getattr(args, "model", None):
+            from lowbit.models import trust_model
+
+            trust_model(args.model)
         return int(fn(args) or 0)
     except (LowbitError, ValueError, TypeError, OSError, FloatingPointError) as exc:
         if args.verbose:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lowbit.data import list_datasets
-from lowbit.models import list_models
+from lowbit.models import is_user_model, list_models
 from lowbit.schema import ConfigError, from_dict, require, to_dict
 from lowbit.yamlio import YAMLError, safe_load
 
@@ -28,8 +28,9 @@ class ModelConfig:
 
     def validate(self) -> None:
         require(
-            self.name in list_models(),
-            f"unknown model {self.name!r}; choose one of {', '.join(list_models())}",
+            self.name in list_models() or is_user_model(self.name),
+            f"unknown model {self.name!r}; choose one of {', '.join(list_models())}, or your "
+            "own builder as package.module:callable",
         )
         require(0 < self.width <= MAX_WIDTH,
                 f"width must be in (0, {MAX_WIDTH}] (a multiplier of every channel count; "
@@ -45,13 +46,17 @@ class DataConfig:
     eval_batch_size: int = 500
     augment: bool = True
     val_fraction: float = 0.0  # > 0: hold out this much of train; per-epoch metrics use it
+    image_size: int = 32  # folder: datasets are resized to this (the others have their own)
 
     def validate(self) -> None:
         known = [n for n in list_datasets() if ":" not in n]
         require(
-            self.name in known or self.name.startswith("folder:"),
-            f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path>",
+            self.name in known or self.name.startswith("folder:") or self.name == "user",
+            f"unknown dataset {self.name!r}; choose one of {', '.join(known)} or folder:<path> "
+            "(or pass your own data through lowbit.api.fit)",
         )
+        require(8 <= self.image_size <= 1024, f"image_size must be in 8..1024, got "
+                f"{self.image_size}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
         require(self.eval_batch_size >= 1, "eval_batch_size must be >= 1")
         require(

@@ -43,7 +43,7 @@ from torch import nn
 
 import lowbit.quant  # noqa: F401  (importing the package registers the built-in quantizers)
 from lowbit.errors import LowbitError
-from lowbit.nn.layers import QuantConv2d, QuantLinear
+from lowbit.nn.layers import QuantConv2d, QuantLayer, QuantLinear, quantize_layer
 from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer
 from lowbit.registry import Registry
@@ -106,13 +106,26 @@ def _linear(module: nn.Module, spec: LayerSpec) -> nn.Module:
     return QuantLinear.from_float(module, spec.weight_quantizer(), spec.act_quantizer())  # type: ignore[arg-type]
 
 
+@register_converter("twin", nn.Conv1d)
+def _twin(module: nn.Module, spec: LayerSpec) -> nn.Module:
+    return quantize_layer(module, spec.weight_quantizer(), spec.act_quantizer())
+
+
+# Subclasses of these get the "twin" converter when no converter names their own type.
+TWIN_BASES: tuple[type[nn.Module], ...] = (nn.Conv1d, nn.Conv2d, nn.Linear)
+
+
 def converter_for(module: nn.Module, spec: LayerSpec | None = None) -> Converter | None:
-    """The converter a spec names, else the one registered for the module's exact type."""
+    """The converter a spec names, else the one registered for the module's exact type, else
+    (a user's subclass of a conv or linear class) the twin converter."""
     if spec is not None and spec.convert is not None:
         return CONVERTERS.get(spec.convert)
     kind = type(module)
-    return next((CONVERTERS.get(n) for n in CONVERTERS.names()
-                 if kind in CONVERTERS.get(n).types), None)
+    exact = next((CONVERTERS.get(n) for n in CONVERTERS.names()
+                  if kind in CONVERTERS.get(n).types), None)
+    if exact is None and isinstance(module, TWIN_BASES) and not isinstance(module, QuantLayer):
+        return CONVERTERS.get("twin")
+    return exact
 
 
 def _default_types() -> tuple[type[nn.Module], ...]:
@@ -259,11 +272,11 @@ def dequantize_model(model: nn.Module, *, keep_act: bool = True,
         model = copy.deepcopy(model)
     for entry in _entries(model):
         layer = entry.module
-        if not isinstance(layer, QuantConv2d | QuantLinear):
+        if not isinstance(layer, QuantLayer):
             continue
         new: nn.Module = layer.to_float()
         if keep_act and layer.act_quant is not None:
-            new = type(layer).from_float(new, None, layer.act_quant)  # type: ignore[arg-type]
+            new = type(layer).from_float(new, None, layer.act_quant)
         for name in entry.names:
             model = _set_submodule(model, name, new)
     return model
@@ -331,15 +344,15 @@ def _is_factory(spec: Any) -> bool:
 def _default_rules(entries: list[_Entry], spec: LayerSpec | None) -> list[_Rule]:
     if spec is None:
         raise LowbitError("nothing to quantize: give rules= or a weight=/act= quantizer spec")
-    convs = [e.module for e in entries if isinstance(e.module, nn.Conv2d)]
+    convs = [e.module for e in entries if isinstance(e.module, nn.Conv1d | nn.Conv2d)]
     linears = [e.module for e in entries if isinstance(e.module, nn.Linear)]
     if not convs and not linears:
-        raise LowbitError("the model has no nn.Conv2d or nn.Linear layer to quantize")
+        raise LowbitError("the model has no conv or linear layer to quantize")
     rules = []
     if convs:
         rules.append(_Rule("default: first conv", _object_matcher(convs[0]), None))
     rules.append(_Rule("default: last layer", _object_matcher((linears or convs)[-1]), None))
-    for kind in (nn.Conv2d, nn.Linear):
+    for kind in (nn.Conv1d, nn.Conv2d, nn.Linear):
         if any(isinstance(e.module, kind) for e in entries):
             rules.append(_Rule(kind.__name__, _type_matcher(kind), spec))
     return rules
@@ -459,7 +472,7 @@ def _is_weight_layer(module: nn.Module) -> bool:
 
 
 def _float_reason(module: nn.Module, rule: _Rule | None, spec: LayerSpec | None) -> str:
-    if isinstance(module, QuantConv2d | QuantLinear):
+    if isinstance(module, QuantLayer):
         return "already quantized (left as is)"
     if rule is None:
         return "no rule matched"

@@ -74,6 +74,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None,
         from lowbit.data.small import load_digits, make_synthetic
 
         return load_digits() if name == "digits" else make_synthetic()
+    if name == "user":
+        raise DataError("this run trained on data passed through the Python API "
+                        "(lowbit.api.fit); evaluate it the same way: "
+                        "lowbit.api.evaluate_model(model, your_test_data)")
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import torch
 
+from lowbit.data.loader import BatchLoader
 from lowbit.errors import DataError
 
 
@@ -58,6 +60,12 @@ class ImageData:
         """Image width (W); the datasets here are square."""
         return int(self.images.shape[-1])
 
+    def batches(self, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
+                world_size: int = 1, channels_last: bool = False, augment: bool = True) -> Any:
+        """A BatchLoader over this split (`augment=False`: shuffled, but no crops or flips)."""
+        data = self if augment else replace(self, flip=False, pad=0)
+        return BatchLoader(data, batch_size, train, seed, rank, world_size, channels_last)
+
     def subset(self, index: torch.Tensor) -> ImageData:
         """The images at `index` (a tensor of indices or a mask), with the same metadata."""
         return ImageData(
@@ -72,6 +80,21 @@ class ImageData:
         )
 
 
+class Split(Protocol):
+    """What training and evaluation need of a split: lowbit's ImageData, or a user's data."""
+
+    num_classes: int
+
+    @property
+    def in_channels(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, train: bool, seed: int = 0, rank: int = 0,
+                world_size: int = 1, channels_last: bool = False, augment: bool = True) -> Any:
+        ...
+
+
 @dataclass
 class DatasetSplits:
     """The train and test split of one dataset, plus its registry name.
@@ -80,9 +103,9 @@ class DatasetSplits:
     """
 
     name: str
-    train: ImageData
-    test: ImageData
-    val: ImageData | None = None
+    train: Split
+    test: Split
+    val: Split | None = None
 
     def with_validation(self, fraction: float, seed: int = 0) -> DatasetSplits:
         """Hold out a seeded random `fraction` of the training images as a validation split.
@@ -91,6 +114,8 @@ class DatasetSplits:
         """
         if not 0 < fraction < 1:
             raise ValueError(f"validation fraction must be in (0, 1), got {fraction}")
+        if not isinstance(self.train, ImageData):
+            raise DataError("hold out a validation split of your own data yourself (pass val=)")
         order = torch.randperm(len(self.train), generator=torch.Generator().manual_seed(seed))
         n_val = max(1, int(len(self.train) * fraction))
         return DatasetSplits(

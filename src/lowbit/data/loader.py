@@ -9,11 +9,13 @@ so a resumed run sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
-from lowbit.data.base import ImageData
+if TYPE_CHECKING:  # only for annotations: base.py builds BatchLoaders
+    from lowbit.data.base import ImageData
 
 
 def augment_batch(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.config import DistillConfig, RunConfig
-from lowbit.data import BatchLoader, DatasetSplits, ImageData
+from lowbit.data import DatasetSplits
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.callbacks import Callback, LoopState, Phase
 from lowbit.engine.distributed import DistInfo, all_reduce_sum, sync_batchnorm
@@ -45,25 +45,20 @@ def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: ImageData,
+    data: Any,
     batch_size: int = 500,
     bf16: bool = False,
     channels_last: bool = False,
     dist: DistInfo | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean loss of `model` on the whole of `data`."""
+    """Top-1 / top-5 accuracy (%) and mean loss of `model` on the whole of `data` (a split
+    with `batches(...)`: lowbit's in-memory datasets or a user's, lowbit.data.user)."""
     dist = dist or DistInfo()
     was_training = model.training
     model.eval()
-    loader = BatchLoader(
-        data,
-        batch_size * dist.world_size,
-        train=False,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        channels_last=channels_last,
-    )
+    loader = data.batches(batch_size * dist.world_size, train=False, rank=dist.rank,
+                          world_size=dist.world_size, channels_last=channels_last)
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
     k = min(5, data.num_classes)
     bar = progress_bar(len(loader), "evaluating", enabled=progress and dist.is_main)
@@ -111,17 +106,10 @@ class Trainer:
             self.model = sync_batchnorm(self.model)
             self.net = nn.parallel.DistributedDataParallel(self.model)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.loader = BatchLoader(
-            data.train,
-            cfg.data.batch_size,
-            train=True,
-            seed=tc.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            channels_last=tc.channels_last,
-        )
-        if cfg.data.augment is False:
-            self.loader.data = _no_augment(data.train)
+        self.loader = data.train.batches(cfg.data.batch_size, train=True, seed=tc.seed,
+                                         rank=self.dist.rank, world_size=self.dist.world_size,
+                                         channels_last=tc.channels_last,
+                                         augment=cfg.data.augment)
         self.epoch, self.step, self.history = 0, 0, []  # type: ignore[var-annotated]
         self.lr = cfg.optim.lr
         self.loop = LoopState(self.model, self.optimizer, self._calibration_batches,
@@ -310,16 +298,3 @@ def distill_loss(
         log_target=True,
     )
     return (1 - cfg.weight) * ce + cfg.weight * t * t * kl
-
-
-def _no_augment(data: ImageData) -> ImageData:
-    return ImageData(
-        data.images,
-        data.labels,
-        data.num_classes,
-        data.mean,
-        data.std,
-        flip=False,
-        pad=0,
-        classes=data.classes,
-    )

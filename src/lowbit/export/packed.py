@@ -37,7 +37,7 @@ from lowbit.engine.checkpoint import RUN_KEYS, check_tensor, write_lowbit_file
 from lowbit.errors import CheckpointError, LowbitError
 from lowbit.export.bitpack import entropy_decode, entropy_encode, pack_bits, unpack_bits
 from lowbit.export.frozen import Decoded
-from lowbit.nn.layers import QuantConv2d, QuantLinear
+from lowbit.nn.layers import QuantLayer
 from lowbit.quant.base import Quantizer
 
 FORMAT = "lowbit-packed/2"
@@ -45,7 +45,7 @@ FORMAT = "lowbit-packed/2"
 
 def _packable(layer: nn.Module) -> bool:
     q = getattr(layer, "weight_quant", None)
-    return isinstance(layer, QuantConv2d | QuantLinear) and hasattr(q, "code_range")
+    return isinstance(layer, QuantLayer) and hasattr(q, "code_range")
 
 
 def _state_items(model: nn.Module, packed: list[str]) -> list[tuple[str, torch.Tensor]]:

@@ -8,6 +8,14 @@ from lowbit.models import (  # noqa: F401  (registers the models)
     small,
     vgg,
 )
-from lowbit.models.registry import create_model, list_models, register_model, scaled
+from lowbit.models.registry import (
+    create_model,
+    is_user_model,
+    list_models,
+    register_model,
+    scaled,
+    trust_model,
+)
 
-__all__ = ["create_model", "list_models", "register_model", "scaled"]
+__all__ = ["create_model", "is_user_model", "list_models", "register_model", "scaled",
+           "trust_model"]

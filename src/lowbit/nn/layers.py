@@ -8,27 +8,23 @@ state they hold (learned step sizes, masks, ...) appears under `weight_quant.*` 
 Forward: `y = op(act_quant(x), weight_quant(W), b)` where `op` is the float convolution or
 matrix product and the bias stays float. Either quantizer may be None (that side stays float).
 Gradients reach `W` and `x` through each quantizer's own straight-through rule.
-
-Eval-mode cache: frozen weights are quantized once, not on every forward. In eval mode, when
-no gradient can reach `W` (grad disabled, or `W.requires_grad` False), the layer keeps
-`weight_quant(W)` and reuses it while nothing it depends on changed: the key holds the identity of
-the weight and of every quantizer tensor (a replaced tensor, e.g. after `.to()`, is a new one)
-with its `_version` (bumped by any in-place write: optimizer steps, `load_state_dict`,
-`copy_`), plus the quantizer's plain attributes (bits, flags such as Scale-Clip's `quantize`).
-`train()` drops the cache.
+In eval mode, with no gradient to the weight, `weight_quant(W)` is computed once and reused
+until the weight or the quantizer changes (`lowbit.nn.cache`).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
 
+from lowbit.nn.cache import cached_weight, drop_cache
 from lowbit.quant.base import Quantizer
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
-_Layer = TypeVar("_Layer", bound="_QuantMixin")
+_Layer = TypeVar("_Layer", bound="QuantLayer")
 
 
 def _check_quantizer(q: object, what: str) -> None:
@@ -44,12 +40,26 @@ def _check_float_type(module: nn.Module, expected: type[nn.Module], cls_name: st
                         f"got {type(module).__name__}")
 
 
-class _QuantMixin(nn.Module):
-    """What QuantConv2d and QuantLinear share: quantizer slots and weight views."""
+class QuantLayer(nn.Module):
+    """What every quantized layer shares: quantizer slots and weight views.
+
+    `isinstance(m, QuantLayer)` is how downstream code finds quantized layers (QuantConv2d,
+    QuantLinear and the twins `quantized_class` makes for other conv/linear classes).
+    """
 
     weight: torch.Tensor
     weight_quant: Quantizer | None
     act_quant: Quantizer | None
+
+    @classmethod
+    def from_float(cls, module: Any, weight_quant: Quantizer | None = None,
+                   act_quant: Quantizer | None = None) -> QuantLayer:
+        """The quantized layer for float `module` (sharing its Parameters)."""
+        raise NotImplementedError
+
+    def to_float(self, latent: bool = False) -> nn.Module:
+        """The float layer with the quantized weight baked in (or, if `latent`, the float one)."""
+        raise NotImplementedError
 
     def _set_quantizers(self, weight_quant: Quantizer | None, act_quant: Quantizer | None) -> None:
         _check_quantizer(weight_quant, "weight_quant")
@@ -67,19 +77,10 @@ class _QuantMixin(nn.Module):
             return w
         if self.training or (w.requires_grad and torch.is_grad_enabled()):
             return q(w)
-        inputs = _cache_inputs(w, q)
-        key = _cache_key(inputs, q)
-        cached = self.__dict__.get("_weight_cache")
-        if cached is not None and cached[0] == key:
-            return cached[1]  # type: ignore[no-any-return]
-        # A normal tensor even under inference_mode, so later autograd calls may save it.
-        with torch.inference_mode(False), torch.no_grad():
-            value = q(w).detach()
-        self.__dict__["_weight_cache"] = (key, value, inputs)
-        return value
+        return cached_weight(self, q, w)  # eval mode: quantized once (lowbit.nn.cache)
 
     def train(self: _Layer, mode: bool = True) -> _Layer:
-        self.__dict__.pop("_weight_cache", None)
+        drop_cache(self)
         return super().train(mode)
 
     @torch.no_grad()
@@ -100,31 +101,7 @@ class _QuantMixin(nn.Module):
         return weight, bias
 
 
-_PLAIN = (int, float, str, bool, type(None))
-
-
-def _cache_inputs(weight: torch.Tensor, q: Quantizer) -> list[torch.Tensor]:
-    """The tensors a quantized weight depends on: the weight and the quantizer's own."""
-    if q._modules:  # a quantizer with sub-quantizers: walk all of their tensors
-        return [weight, *q.parameters(), *q.buffers()]
-    inputs = [weight]
-    for group in (q._parameters, q._buffers):
-        if group:
-            inputs += [t for t in group.values() if t is not None]
-    return inputs
-
-
-def _cache_key(tensors: list[torch.Tensor], q: Quantizer) -> list[Any]:
-    """Identity and in-place version of each tensor, plus the quantizer's plain attributes.
-
-    The cache keeps `tensors` alive, so an `id` cannot be reused by another tensor meanwhile.
-    """
-    key: list[Any] = [(id(t), t._version) for t in tensors]
-    key += [v for v in q.__dict__.values() if type(v) in _PLAIN]
-    return key
-
-
-class QuantConv2d(_QuantMixin, nn.Conv2d):
+class QuantConv2d(QuantLayer, nn.Conv2d):
     """`nn.Conv2d` whose input and weight pass through quantizers before the convolution.
 
     Supports every Conv2d option (stride, padding incl. 'same', dilation, groups, padding_mode,
@@ -182,7 +159,7 @@ class QuantConv2d(_QuantMixin, nn.Conv2d):
         return conv.train(self.training)
 
 
-class QuantLinear(_QuantMixin, nn.Linear):
+class QuantLinear(QuantLayer, nn.Linear):
     """`nn.Linear` whose input and weight pass through quantizers before the matrix product.
 
     State dict: the float Linear keys (`weight`, `bias`) plus `weight_quant.*` / `act_quant.*`.
@@ -224,6 +201,63 @@ class QuantLinear(_QuantMixin, nn.Linear):
         linear.register_parameter("weight", weight)
         linear.register_parameter("bias", bias)
         return linear.train(self.training)
+
+
+class _SwapForward(QuantLayer):
+    """Runs the float class's own forward with `self.weight` replaced by its quantized value."""
+
+    float_class: type[nn.Module]  # set on each twin class
+
+    def forward(self, x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        params = self._parameters
+        latent = params["weight"]
+        params["weight"] = self._quant_weight()  # type: ignore[assignment]
+        try:
+            return super().forward(self._quant_input(x), *args, **kwargs)  # type: ignore[misc]
+        finally:
+            params["weight"] = latent
+
+    @classmethod
+    def from_float(cls, module: nn.Module, weight_quant: Quantizer | None = None,
+                   act_quant: Quantizer | None = None) -> QuantLayer:
+        """The twin of `module` (which becomes it, keeping its Parameters)."""
+        return quantize_layer(module, weight_quant, act_quant)
+
+    def to_float(self, latent: bool = False) -> nn.Module:
+        """A copy of the float layer with the quantized weight baked in (or the latent one)."""
+        weight, bias = self._float_params(latent)
+        new = copy.deepcopy(self)
+        new.__class__ = self.float_class  # type: ignore[assignment]
+        del new._modules["weight_quant"], new._modules["act_quant"]
+        new.register_parameter("weight", weight)
+        new.register_parameter("bias", bias)
+        return new
+
+
+_TWINS: dict[type[nn.Module], type[QuantLayer]] = {}
+
+
+def quantized_class(float_cls: type[nn.Module]) -> type[QuantLayer]:
+    """The quantized twin of any conv/linear class (a user's subclass, Conv1d, ...).
+
+    The twin runs the class's own forward with `self.weight` replaced by the quantized weight
+    and the input quantized first; state-dict keys stay those of the float class. A subclass
+    that transforms its weight in forward (weight standardisation) sees the quantized weight;
+    to quantize after such a transform, register a converter of your own.
+    """
+    if float_cls not in _TWINS:
+        _TWINS[float_cls] = type(f"Quant{float_cls.__name__}", (_SwapForward, float_cls),
+                                 {"__module__": __name__, "float_class": float_cls})
+    return _TWINS[float_cls]
+
+
+def quantize_layer(module: nn.Module, weight_quant: Quantizer | None,
+                   act_quant: Quantizer | None) -> QuantLayer:
+    """Turn `module` (any conv/linear instance) into its quantized twin, in place."""
+    module.__class__ = quantized_class(type(module))
+    assert isinstance(module, QuantLayer)
+    module._set_quantizers(weight_quant, act_quant)
+    return module
 
 
 class QuantAct(nn.Module):

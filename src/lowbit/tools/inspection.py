@@ -87,7 +87,7 @@ def _load(target: str) -> tuple[nn.Module, str, str, dict[str, Any]]:
 
 def _test_batch(dataset: str, config: dict[str, Any], size: int = 64) -> Tensor | None:
     """A batch of the dataset's test split for activation histograms, None if files are absent."""
-    from lowbit.data import BatchLoader, load_dataset
+    from lowbit.data import load_dataset
     from lowbit.errors import LowbitError
 
     try:
@@ -95,7 +95,7 @@ def _test_batch(dataset: str, config: dict[str, Any], size: int = 64) -> Tensor 
     except (LowbitError, OSError) as exc:
         log.info("activation histograms skipped: no %s test data here (%s)", dataset, exc)
         return None
-    return next(iter(BatchLoader(data.test, min(size, len(data.test)), train=False)))[0]
+    return next(iter(data.test.batches(min(size, len(data.test)), train=False)))[0]
 
 
 def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> InspectReport:
