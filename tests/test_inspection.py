@@ -58,6 +58,21 @@ def test_quantize_inspect_export(
     assert exported["bytes"] == (tmp_path / "m.lowbit").stat().st_size
     assert main(["eval", str(tmp_path / "m.lowbit"), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == result["top1"]
+    _inspect_and_repack_packed(tmp_path / "m.lowbit", capsys)
+
+
+def _inspect_and_repack_packed(packed: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A .lowbit file: inspect reports its real size and compression; export packs it again."""
+    assert main(["inspect", str(packed), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    size = packed.stat().st_size
+    assert report["file_bytes"] == size and report["compliance"]["passed"] is True
+    assert report["file_compression"] == pytest.approx(report["totals"]["float_bytes"] / size)
+    assert report["file_compression"] > 5  # 3-bit codes: far below float, header included
+    assert {r["weight_bits"] for r in report["layers"] if r["type"].startswith("Quant")} == {3}
+    again = packed.with_name("again.lowbit")
+    assert main(["export", str(packed), "-o", str(again), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["bytes"] == size
 
 
 def test_inspect_recipe_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -48,6 +48,8 @@ def test_reproduce_records_accuracy_verdict_and_storage(tmp_path: Path, tiny_con
     assert size["quantized_layers"] >= 2
     assert 0 < size["accounted_bytes"] < size["float_bytes"] and size["compression"] > 1
     assert size["packed_file_bytes"] < ckpt.stat().st_size  # codes packed at 4 bits
+    # the packed artifact itself was evaluated, and it scores what the checkpoint scores
+    assert (size["packed_top1"], size["packed_top5"]) == (saved["top1"], saved["top5"])
     assert saved["machine"]["cpu_model"] and saved["commit"]
     # the committed record and checkpoint name no path of this machine's data
     assert data_dir not in (results / "inq_w4_tiny.json").read_text()

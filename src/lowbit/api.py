@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.artifacts import load_model, model_from_config
 from lowbit.build import Run, build_model, load_run, resolve
 from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
@@ -192,41 +193,8 @@ def _final_metrics(trainer: Trainer, data: DatasetSplits) -> dict[str, Any]:
     return final
 
 
-def build_quant_model(config: dict[str, Any], num_classes: int, in_channels: int) -> nn.Module:
-    """The (untrained) model a saved config describes, with its method's layers in place."""
-    return build_model(load_run(base=config), num_classes, in_channels, init=False, trusted=False)
-
-
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model in a lowbit checkpoint, packed `.lowbit` or folded file: (model, meta)."""
-    from lowbit.export.folded import FORMAT as FOLDED
-    from lowbit.export.folded import load_folded
-    from lowbit.export.packed import FORMAT as PACKED
-    from lowbit.export.packed import load_packed
-
-    fmt = _format_of(path)
-    if fmt == PACKED:
-        return load_packed(path)
-    if fmt == FOLDED:
-        return load_folded(path)
-    tensors, meta = ckpt.load_checkpoint(path)
-    model = build_quant_model(meta["config"], meta["num_classes"], meta["in_channels"])
-    ckpt.load_model_state(model, ckpt.split_prefix(tensors, "model"), path)
-    model.eval()
-    return model, meta
-
-
-def _format_of(path: str | Path) -> str | None:
-    """The lowbit format tag in a safetensors header, without loading the tensors."""
-    import json
-
-    try:
-        with open(path, "rb") as fh:
-            size = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(min(size, 1 << 24)))
-        return json.loads(header["__metadata__"][ckpt.META_KEY]).get("format")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None  # load_checkpoint gives the precise error
+# Kept for compatibility: both now live in `lowbit.artifacts`.
+build_quant_model = model_from_config
 
 
 def evaluate_checkpoint(

@@ -169,13 +169,13 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lowbit.export import export_packed
-    from lowbit.export.folded import export_folded
+    from lowbit.artifacts import export_file
 
     if args.fold_bn:
-        out = export_folded(args.checkpoint, args.output or f"{args.checkpoint}.folded.safetensors")
+        out = export_file(args.checkpoint, args.output or f"{args.checkpoint}.folded.safetensors",
+                          "folded")
     else:
-        out = export_packed(args.checkpoint, args.output or f"{args.checkpoint}.lowbit")
+        out = export_file(args.checkpoint, args.output or f"{args.checkpoint}.lowbit", "packed")
     size = out.stat().st_size
     print(
         json.dumps({"output": str(out), "bytes": size})

@@ -1,9 +1,10 @@
-"""Deployable artifacts: bit-packed weights (`export_packed` / `load_packed`) and models with
-quantization scales folded into BatchNorm (`fold_bn`, `export_folded` / `load_folded`)."""
+"""Deployable artifacts, written from a model: bit-packed weights (`write_packed`) and models with
+quantization scales folded into BatchNorm (`fold_bn`, `write_folded`). Loading any of them:
+`lowbit.artifacts.load_model`."""
 
 from lowbit.export.fold import FoldedConvBN, fold_bn
-from lowbit.export.folded import export_folded, load_folded
-from lowbit.export.packed import export_packed, load_packed, pack_model, read_packed
+from lowbit.export.folded import write_folded
+from lowbit.export.frozen import Decoded
+from lowbit.export.packed import pack_model, write_packed
 
-__all__ = ["FoldedConvBN", "export_folded", "export_packed", "fold_bn", "load_folded",
-           "load_packed", "pack_model", "read_packed"]
+__all__ = ["Decoded", "FoldedConvBN", "fold_bn", "pack_model", "write_folded", "write_packed"]

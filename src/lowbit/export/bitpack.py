@@ -1,7 +1,11 @@
-"""Bit packing: small unsigned integers stored `bits` per value, little-endian within a byte."""
+"""Bit packing: small unsigned integers stored `bits` per value, little-endian within a byte;
+and optional entropy coding of the same integers (`entropy_encode` / `entropy_decode`)."""
 
 from __future__ import annotations
 
+import lzma
+
+import numpy as np
 import torch
 
 
@@ -26,3 +30,32 @@ def unpack_bits(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     planes = (packed.to(torch.int64)[:, None] >> torch.arange(8, dtype=torch.int64)) & 1
     planes = planes.reshape(-1)[: count * bits].view(count, bits)
     return (planes << torch.arange(bits, dtype=torch.int64)).sum(1)
+
+
+# LZMA2 (raw stream, no container) over one byte per code index: its range coder brings skewed
+# codebooks (INQ's exponents, ternary zeros) below their fixed bits per weight.
+# lc = lp = pb = 0: literals coded order-0 (codes carry no byte-context structure).
+_LZMA_FILTERS = [{"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+                  "lc": 0, "lp": 0, "pb": 0}]
+
+
+def entropy_encode(indices: torch.Tensor) -> torch.Tensor:
+    """Compress code indices in [0, 256) to a flat uint8 tensor (see `entropy_decode`)."""
+    flat = indices.reshape(-1).to(torch.int64)
+    if flat.numel() and (flat.min() < 0 or flat.max() > 255):
+        raise ValueError("entropy coding takes code indices in [0, 256)")
+    data = flat.to(torch.uint8).numpy().tobytes()
+    blob = lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    return torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+
+
+def entropy_decode(blob: torch.Tensor, count: int) -> torch.Tensor:
+    """The first `count` indices of an `entropy_encode` blob, as int64 (never more: no bomb)."""
+    dec = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
+    try:
+        data = dec.decompress(blob.numpy().tobytes(), max_length=count)
+    except lzma.LZMAError as exc:
+        raise ValueError(f"corrupt entropy-coded codes ({exc})") from exc
+    if len(data) != count:
+        raise ValueError(f"entropy-coded codes hold {len(data)} values, expected {count}")
+    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).astype(np.int64))

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from lowbit.errors import LowbitError
+from lowbit.export.frozen import Decoded
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
 from lowbit.quant.activation import ScaleClip, Uniform
@@ -206,12 +207,18 @@ def weight_codes(q: Quantizer, w: Tensor, name: str = "conv") -> tuple[Tensor, T
         raise LowbitError(f"fold_bn: {name} is in the clip-only (reshaping) stage; it has no codes")
     channels = w.shape[0]
     try:
-        if type(q).decode is Quantizer.decode:  # values are codes * scale
+        if _codes_times_scale(q):
             codes, scale = q.encode(w)
             return codes, scale.reshape(-1).expand(channels).clone()
         return _dyadic_codes(q.decode(*q.encode(w)), name)
     except ValueError as exc:
         raise LowbitError(f"fold_bn: cannot encode the weights of {name}: {exc}") from exc
+
+
+def _codes_times_scale(q: Quantizer) -> bool:
+    """Whether a quantizer's values are code * scale (a packed file's `Decoded`: its source's)."""
+    source = q.inner if isinstance(q, Decoded) else q
+    return type(source).decode is Quantizer.decode
 
 
 def _dyadic_codes(values: Tensor, name: str) -> tuple[Tensor, Tensor]:

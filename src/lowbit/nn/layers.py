@@ -8,19 +8,23 @@ state they hold (learned step sizes, masks, ...) appears under `weight_quant.*` 
 Forward: `y = op(act_quant(x), weight_quant(W), b)` where `op` is the float convolution or
 matrix product and the bias stays float. Either quantizer may be None (that side stays float).
 Gradients reach `W` and `x` through each quantizer's own straight-through rule.
+In eval mode, with no gradient to the weight, `weight_quant(W)` is computed once and reused
+until the weight or the quantizer changes (`lowbit.nn.cache`).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from torch import nn
 
+from lowbit.nn.cache import cached_weight, drop_cache
 from lowbit.quant.base import Quantizer
 
 PaddingMode = Literal["zeros", "reflect", "replicate", "circular"]
+_Layer = TypeVar("_Layer", bound="QuantLayer")
 
 
 def _check_quantizer(q: object, what: str) -> None:
@@ -68,7 +72,16 @@ class QuantLayer(nn.Module):
         return x if self.act_quant is None else self.act_quant(x)
 
     def _quant_weight(self) -> torch.Tensor:
-        return self.weight if self.weight_quant is None else self.weight_quant(self.weight)
+        q, w = self.weight_quant, self.weight
+        if q is None:
+            return w
+        if self.training or (w.requires_grad and torch.is_grad_enabled()):
+            return q(w)
+        return cached_weight(self, q, w)  # eval mode: quantized once (lowbit.nn.cache)
+
+    def train(self: _Layer, mode: bool = True) -> _Layer:
+        drop_cache(self)
+        return super().train(mode)
 
     @torch.no_grad()
     def quantized_weight(self) -> torch.Tensor:

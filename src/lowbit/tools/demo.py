@@ -53,12 +53,12 @@ def _base(out_dir: Path, epochs: int | None, seed: int) -> dict[str, Any]:
 
 def _row(label: str, wbits: str, abits: str, result: dict[str, Any]) -> list[str]:
     from lowbit.accounting import check_compliance, cost_report
-    from lowbit.export import export_packed
+    from lowbit.artifacts import export_file
 
     ckpt = Path(result["run_dir"]) / "final.safetensors"
     model, _ = load_model(ckpt)
     cost = cost_report(model, (1, 1, 8, 8))
-    packed = export_packed(ckpt, ckpt.with_name("model.lowbit"))
+    packed = export_file(ckpt, ckpt.with_name("model.lowbit"), "packed")
     compliance = check_compliance(model)
     return [
         label,

@@ -22,6 +22,7 @@ from lowbit.accounting import (
     cost_report,
     render_table,
 )
+from lowbit.artifacts import format_of, load_model, model_from_config
 from lowbit.console import make_console
 from lowbit.data import input_shape_for
 
@@ -36,6 +37,14 @@ class InspectReport:
     cost: CostReport
     compliance: ComplianceResult
     file_bytes: int | None
+    packed: bool = False  # the file is a packed `.lowbit` artifact: its size is the real cost
+
+    @property
+    def file_compression(self) -> float | None:
+        """Float model bytes / this packed file's bytes (None unless the target is packed)."""
+        if not self.packed or not self.file_bytes:
+            return None
+        return self.cost.float_bytes / self.file_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,6 +52,7 @@ class InspectReport:
             "model": self.model,
             "dataset": self.dataset,
             "file_bytes": self.file_bytes,
+            "file_compression": self.file_compression,
             **self.cost.to_dict(),
             "compliance": self.compliance.to_dict(),
         }
@@ -52,6 +62,8 @@ class InspectReport:
         console.print(render_table(self.cost))
         console.print(render_table(self.compliance))
         size = f", file {self.file_bytes / 1024:.1f} KiB" if self.file_bytes else ""
+        if self.file_compression is not None:
+            size += f" ({self.file_compression:.2f}x smaller than float on disk)"
         verdict = "PASS" if self.compliance.passed else "FAIL"
         console.print(
             f"{self.model} on {self.dataset}: {self.cost.bytes / 1024:.1f} KiB "
@@ -61,15 +73,13 @@ class InspectReport:
 
 
 def _load(target: str) -> tuple[nn.Module, str, str, dict[str, Any]]:
-    from lowbit.api import build_quant_model, load_model
-
     if target.endswith((".yaml", ".yml")):
         from lowbit.build import load_run
         from lowbit.data import DATASET_INFO
 
         cfg = load_run(config_file=target).cfg
         channels, _, num_classes = DATASET_INFO.get(cfg.data.name, (3, 32, 10))
-        model = build_quant_model(cfg.to_dict(), num_classes, channels)
+        model = model_from_config(cfg.to_dict(), num_classes, channels)
         return model.eval(), cfg.model.name, cfg.data.name, cfg.to_dict()
     model, meta = load_model(target)
     return model, meta["model"], meta["dataset"], meta["config"]
@@ -98,6 +108,7 @@ def inspect_target(target: str | Path, hist_dir: str | Path | None = None) -> In
     )
     if not target.endswith((".yaml", ".yml")):
         report.file_bytes = Path(target).stat().st_size
+        report.packed = format_of(target).name == "packed"
     if hist_dir is not None:
         from lowbit.tools.plots import distribution_histograms
 

@@ -12,7 +12,9 @@ re-evaluated from that copy on the full test set (what `lowbit eval` reproduces)
 figures and the verdict. A row that misses its target is recorded all the same. The record
 also holds the row's storage: the weight bits of its quantized layers, the accounted bytes
 against float, the size on disk of its packed `.lowbit` artifact (what a deployment stores),
-MACs/BOPs and whether every quantized weight lies in its codebook.
+MACs/BOPs and whether every quantized weight lies in its codebook, and the accuracy of that
+packed artifact itself, evaluated from the file (`packed_top1`, `packed_top5`): what a
+deployment gets, which must equal the checkpoint's.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from lowbit.api import evaluate_checkpoint, train
+from lowbit.artifacts import export_file
 from lowbit.build import load_run
 from lowbit.config import RunConfig
 from lowbit.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
 from lowbit.engine.rundir import RunDir
-from lowbit.export.packed import export_packed
 from lowbit.schema import ConfigError
 from lowbit.tools.inspection import inspect_target
 
@@ -77,11 +79,14 @@ def _run_stats(run: RunDir, data_dir: str | None) -> dict[str, Any]:
     }
 
 
-def size_summary(checkpoint: str | Path) -> dict[str, Any]:
-    """Storage and cost of a checkpoint: bits, accounted bytes, packed-file bytes, compliance."""
+def size_summary(checkpoint: str | Path, data_dir: str | None = None) -> dict[str, Any]:
+    """Storage and cost of a checkpoint: bits, accounted bytes, packed-file bytes, compliance,
+    and the packed file's own top-1/top-5 on the full test set."""
     report = inspect_target(checkpoint)
     with tempfile.TemporaryDirectory() as tmp:
-        packed = export_packed(checkpoint, Path(tmp) / "model.lowbit").stat().st_size
+        path = export_file(checkpoint, Path(tmp) / "model.lowbit", "packed")
+        packed = path.stat().st_size
+        packed_eval = evaluate_checkpoint(path, data_dir)
     quantized = sorted({r.weight_bits for r in report.cost.layers if 0 < r.weight_bits < 32})
     return {
         "weight_bits": quantized,
@@ -93,6 +98,8 @@ def size_summary(checkpoint: str | Path) -> dict[str, Any]:
         "macs": report.cost.macs,
         "bops": report.cost.bops,
         "compliance": report.compliance.passed,
+        "packed_top1": packed_eval["top1"],
+        "packed_top5": packed_eval["top5"],
     }
 
 
@@ -140,7 +147,7 @@ def reproduce(
         "num_test": final["num_test"],
         "top1": final["top1"],
         "top5": final["top5"],
-        "size": size_summary(ckpt),
+        "size": size_summary(ckpt, data_dir),
         "expected": expected,
         "threshold": threshold,
         "passed": None if threshold is None else final[metric] >= threshold,
