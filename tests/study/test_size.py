@@ -11,7 +11,7 @@ import torch
 from lowbit.accounting import cost_report
 from lowbit.config import build_config
 from lowbit.engine.checkpoint import save_checkpoint, with_prefix
-from lowbit.export import export_packed
+from lowbit.artifacts import export_file
 from lowbit.models import create_model
 from lowbit.study.configs import run_config
 from lowbit.study.size import (
@@ -76,29 +76,21 @@ def _packed_file(tmp: Path, name: str, width: float, bits: int) -> tuple[Path, f
     meta = {"config": cfg.to_dict(), "model": name, "dataset": "cifar10", "num_classes": 10,
             "in_channels": 3}
     ckpt = save_checkpoint(tmp / "c.safetensors", with_prefix("model", model.state_dict()), meta)
-    return export_packed(ckpt, tmp / "m.lowbit"), model_size(ZooFactory(name), width, bits).total
-
-
-# export_packed subtracts min(code_range) = -1 from binary codes {-1, +1}, giving {0, 2}, which
-# does not fit its 1 bit per weight: binary models cannot be packed yet (export/ is not ours).
-_BINARY_PACK_BUG = pytest.mark.xfail(raises=ValueError, strict=True,
-                                     reason="export_packed cannot pack binary codes")
+    return export_file(ckpt, tmp / "m.lowbit"), model_size(ZooFactory(name), width, bits).total
 
 
 @pytest.mark.parametrize(("name", "width", "bits"), [
-    pytest.param("resnet20", 1.0, 1, marks=_BINARY_PACK_BUG), ("resnet20", 0.5, 2),
+    ("resnet20", 1.0, 1), ("resnet20", 0.5, 2),
     ("resnet20", 1.5, 4), ("resnet20", 1.0, 8), ("resnet20", 1.36, 2),
-    pytest.param("mobilenet_v2", 0.5, 1, marks=_BINARY_PACK_BUG), ("mobilenet_v2", 0.5, 4),
+    ("mobilenet_v2", 0.5, 1), ("mobilenet_v2", 0.5, 4),
     ("mobilenet_v2", 0.78, 2), ("vgg_small", 0.25, 2)])
 def test_size_matches_packed_file(tmp_path: Path, name: str, width: float, bits: int) -> None:
     path, counted = _packed_file(tmp_path, name, width, bits)
     raw = path.read_bytes()
-    header_len = int.from_bytes(raw[:8], "little")
-    content = len(raw) - 8 - header_len
-    header = json.loads(raw[8:8 + header_len])
-    counters = sum(8 for k in header if k.endswith("num_batches_tracked"))
-    packed = sum(1 for k in header if k.endswith(".weight.codes"))
-    # The tensor data is exactly the counted size plus the BN counters (int64, not counted)
-    # and at most one padding byte per packed tensor.
-    assert counted + counters <= content <= counted + counters + packed
-    assert abs(content - counted) / counted < 0.02
+    index_len = int.from_bytes(raw[:8], "little")
+    index = json.loads(raw[8:8 + index_len])
+    header = index["header"]["data_offsets"]  # the compressed JSON header tensor
+    overhead = 8 + index_len + header[1] - header[0]  # format: index, config, checksums
+    content = len(raw) - overhead  # codes, scales, float tensors, BN (+ its step counters)
+    assert counted <= content and abs(content - counted) / counted < 0.02
+    assert overhead < 2048  # the format's fixed cost, stated apart from the model's size
