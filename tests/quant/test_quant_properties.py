@@ -70,7 +70,7 @@ def idempotent(cfg: dict[str, Any]) -> bool:
     """Whether q(q(x)) == q(x) exactly (after calibration, in eval mode).
 
     Not idempotent: dorefa (tanh renormalises), signed scaleclip (T = k*mean|q(x)| differs
-    from k*mean|x|), lbw with b >= 3 (alternating restarts from the ternary scale of q(x);
+    from k*mean|x|), lbw with b >= 3 (alternating: another alpha may fit q(x) exactly too;
     threshold with r != 1 rescales the top level by r), uniform with clip="max" (T/L*L
     re-rounds: equal to within one ulp, checked with a tolerance).
     """

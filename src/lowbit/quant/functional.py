@@ -38,7 +38,7 @@ def channel_view(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * (like.dim() - 1))) if t.dim() == 1 else t
 
 
-def _row_scale(s: Tensor, per_channel: bool, dtype: torch.dtype) -> Tensor:
+def row_scale(s: Tensor, per_channel: bool, dtype: torch.dtype) -> Tensor:
     """Float64 (C, 1) row statistic -> (C,) per channel or 0-d per tensor, in `dtype`."""
     s = s.reshape(-1).to(dtype)
     return s if per_channel else s.reshape(())
@@ -175,7 +175,7 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
     alpha = torch.where(srt[:, :1] == thr, thr.to(torch.float64), alpha)
     # |w| >= thr without materialising |w|; thr = 0 (all-zero row) gives sign(w) = 0
     codes = (r >= thr).view(torch.int8).sub_((r <= -thr).view(torch.int8))
-    return codes.reshape(w.shape), _row_scale(alpha, per_channel, w.dtype)
+    return codes.reshape(w.shape), row_scale(alpha, per_channel, w.dtype)
 
 
 def twn_ternary(w: Tensor, per_channel: bool = False, ratio: float = 0.7) -> tuple[Tensor, Tensor]:
@@ -189,83 +189,13 @@ def twn_ternary(w: Tensor, per_channel: bool = False, ratio: float = 0.7) -> tup
     n = keep.sum(dim=1, keepdim=True).clamp_min(1)
     alpha = torch.where(keep, a, 0).sum(dim=1, keepdim=True, dtype=torch.float64) / n
     codes = torch.where(keep, torch.sign(r), 0).to(torch.int8).reshape(w.shape)
-    return codes, _row_scale(alpha, per_channel, w.dtype)
+    return codes, row_scale(alpha, per_channel, w.dtype)
 
 
 def binary(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
     """Group-Net Eq. 1 / XNOR: codes sign(W) in {-1, +1} (sign(0) = +1), scale mean|W|."""
     r = rows(w.detach(), per_channel)
-    return sign_pm1(w.detach()).to(torch.int8), _row_scale(mean_abs_rows(r), per_channel, w.dtype)
-
-
-# ----------------------------------------------------------------------------- LBW, b >= 3
-def lbw_num_magnitudes(bits: int) -> int:
-    """n = 2^(bits-1) - 1 non-zero magnitudes {1, 2, ..., 2^(n-1)} (spec §4.2)."""
-    return 2 ** (bits - 1) - 1
-
-
-def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
-    """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows).
-
-    In float64: at 8 bits the smallest level is 2^-126 of the top one, below float32's normal
-    range, so float32 division would lose the small levels.
-    """
-    return pow2_round_index(a64 / torch.where(alpha > 0, alpha, 1.0), n)
-
-
-def _lbw_refit(a64: Tensor, q: Tensor) -> Tensor:
-    """alpha*(Q) = <|W|, Q> / <Q, Q> per row, (C, 1) float64; 0 where Q = 0."""
-    num, den = torch.linalg.vecdot(a64, q), torch.linalg.vecdot(q, q)
-    return (num / den.clamp_min(1.0)).unsqueeze(1)
-
-
-def _lbw_alternating(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
-    """Lloyd iteration from alpha*_ternary / 2^(n-1); returns (alpha (C, 1), level indices)."""
-    mags = torch.tensor([0.0] + [2.0**j for j in range(n)], dtype=torch.float64, device=a.device)
-    a64 = a.to(torch.float64)
-    alpha = ternary_exact(a, per_channel=True)[1].reshape(-1, 1).to(torch.float64) / 2.0 ** (n - 1)
-    idx = _lbw_codes(a64, alpha, n)
-    for _ in range(iters):
-        alpha = _lbw_refit(a64, mags[idx])
-        new = _lbw_codes(a64, alpha, n)
-        if torch.equal(new, idx):  # fixed point: more iterations would change nothing
-            break
-        idx = new
-    return _lbw_refit(a64, mags[idx]), idx  # end on the alpha-step: best scale for final Q
-
-
-def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
-            r: float = 0.5, per_channel: bool = False) -> tuple[Tensor, Tensor]:
-    """Fit alpha*Q, Q in S_n = {0, ±1, ±2, ..., ±2^(n-1)}, n = 2^(bits-1)-1 (LBW §4.2, §4.4).
-
-    Methods:
-        "alternating": Lloyd iteration of the two exact sub-problems, Q <- nearest(W/alpha),
-            alpha <- <W,Q>/<Q,Q>, from alpha_0 = alpha*_ternary / 2^(n-1), at most `iters`
-            times (it stops early once Q no longer changes). Each half-step minimises the
-            objective over one block, so ||W - alpha Q|| never increases.
-        "threshold": one-parameter rule 2^(n-1)*alpha = r * max|W|, then Q <- nearest(W/alpha).
-            Not the paper's (unrecovered) formula.
-    bits = 2 (n = 1) is solved exactly by `ternary_exact` for either method.
-
-    Returns:
-        (codes in pow2 layout with M = n, top level 2^(n-1)*alpha), top 0-d or (C,).
-    """
-    if not 2 <= bits <= 8:
-        raise ValueError(f"lbw supports bits 2..8, got {bits}")
-    if method not in ("alternating", "threshold"):
-        raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
-    if bits == 2:
-        return ternary_exact(w, per_channel)
-    n = lbw_num_magnitudes(bits)
-    rr = rows(w.detach(), per_channel)
-    a = rr.abs()
-    if method == "threshold":
-        alpha = a.amax(dim=1, keepdim=True).to(torch.float64) * (r / 2.0 ** (n - 1))
-        idx = _lbw_codes(a.to(torch.float64), alpha, n)
-    else:
-        alpha, idx = _lbw_alternating(a, n, iters)
-    codes = (idx * torch.sign(rr).to(torch.int64)).to(code_dtype(n)).reshape(w.shape)
-    return codes, _row_scale(alpha * 2.0 ** (n - 1), per_channel, w.dtype)
+    return sign_pm1(w.detach()).to(torch.int8), row_scale(mean_abs_rows(r), per_channel, w.dtype)
 
 
 # ----------------------------------------------------------------------------- uniform

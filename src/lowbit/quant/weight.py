@@ -6,12 +6,14 @@ except DoReFa, whose gradient also flows through its tanh normalisation.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from lowbit.quant import functional as F
+from lowbit.quant import lbwfit
 from lowbit.quant.base import Quantizer, check_finite
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.ste import ste
@@ -160,10 +162,17 @@ class LBW(CodebookQuantizer):
     and 2^(j+1), i.e. thresholds alpha/2 and 0.75*2^j*alpha); for fixed Q it is a quadratic in
     alpha, minimised at <W,Q>/<Q,Q>.
     `method`:
-      - "alternating" (reference): alternate those two exact steps (at most `iters` times,
-        stopping at a fixed point) from alpha_0 = alpha*_ternary / 2^(n-1); the objective
-        never increases. On N(0,1) weights: 0.048 relative squared error at b=3 (the log-grid
-        optimum), ~0.039 for b >= 4, where power-of-two levels saturate.
+      - "alternating" (reference, default): the least-squares optimum over alpha and Q
+        (`lowbit.quant.lbwfit`): one sort of |W| and its prefix sums score every candidate
+        alpha in O(n log N); a log-spaced candidate search over the whole useful range of
+        alpha, a fine search around the best candidates, then at most `iters` Lloyd steps
+        (exact alternation of the two half-steps; stops once a step gains < 1e-6). Within
+        0.5% of a dense search over alpha on Gaussian, Laplace and Student-t weights,
+        b = 3..8, per tensor and per channel (tests/quant/test_lbw_fit.py); on N(0,1) weights
+        0.047 relative squared error at b=3, 0.0374 for b >= 4. Cost on ResNet-20's 21 conv
+        weights (one quantization of the whole model, 1 thread, shared CPU at load ~10):
+        b=4 per tensor 99 ms vs 27 ms for "threshold" (3.6x); b=3 4.9x, b=6 4.4x; per channel
+        b=4 8x and b=6 30x (many levels x many rows of candidate searches).
       - "threshold": one free parameter `r`, top level 2^(n-1)*alpha = r*max|W|, then nearest
         level. This is NOT the paper's semi-analytical formula (unrecovered). Default r = 0.5
         minimised the mean error over b in {3, 4} and N in {2e3, 2e4, 2e5} Gaussian weights
@@ -184,13 +193,13 @@ class LBW(CodebookQuantizer):
         _check_bits(self.name, bits, 2, 8)
         if method not in ("alternating", "threshold"):
             raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
-        if iters < 0 or not r > 0:
-            raise ValueError(f"lbw needs iters >= 0 and r > 0, got iters={iters}, r={r}")
+        if iters < 0 or not 0 < r < math.inf:
+            raise ValueError(f"lbw needs iters >= 0 and a finite r > 0, got iters={iters}, r={r}")
         self.method, self.iters, self.r, self.per_channel = method, iters, r, per_channel
 
     @property
     def num_magnitudes(self) -> int:
-        return F.lbw_num_magnitudes(self.bits)
+        return lbwfit.lbw_num_magnitudes(self.bits)
 
     def code_range(self) -> Tensor:
         n = self.num_magnitudes
@@ -198,7 +207,7 @@ class LBW(CodebookQuantizer):
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_finite(x, "weight")
-        return F.lbw_fit(x, self.bits, self.method, self.iters, self.r, self.per_channel)
+        return lbwfit.lbw_fit(x, self.bits, self.method, self.iters, self.r, self.per_channel)
 
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
         if self.bits == 2:  # ternary layout: code * alpha
