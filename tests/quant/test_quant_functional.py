@@ -187,3 +187,29 @@ def test_uniform_encode_signed_and_unsigned() -> None:
     assert codes.tolist() == [-3, -1, 0, 1, 3, 3] and float(step) == pytest.approx(1 / 3)
     codes, step = F.uniform_encode(x, torch.tensor(1.0), bits=2, signed=False)  # L = 3 on [0,1]
     assert codes.tolist() == [0, 0, 0, 1, 3, 3]
+
+
+# ----------------------------------------------------------------------------- exact ternary in
+# every dtype: float64 sums, so float32/bf16/float16 inputs get the float64 result
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(("shape", "per_channel"), [
+    ((256, 256, 3, 3), False), ((64, 64, 3, 3), True), ((3, 70_000), True), ((1000,), False),
+])
+def test_ternary_exact_equals_float64_in_every_dtype(dtype: torch.dtype, shape: tuple[int, ...],
+                                                     per_channel: bool) -> None:
+    w = (torch.randn(shape, generator=torch.Generator().manual_seed(5)) * 0.05).to(dtype)
+    codes, alpha = F.ternary_exact(w, per_channel)
+    codes64, alpha64 = F.ternary_exact(w.double(), per_channel)
+    assert codes.dtype == torch.int8 and alpha.dtype == dtype
+    assert torch.equal(codes, codes64)  # the same support, element for element
+    assert torch.equal(alpha, alpha64.to(dtype))  # alpha up to the dtype's rounding
+
+
+@pytest.mark.parametrize("shape", [(2, 150_001), (300, 1000), (1, 7)])
+def test_ternary_support_chunked_scan_matches_the_vectorised_one(shape: tuple[int, int]) -> None:
+    # on CPU the prefix sums are scanned in column chunks: same k*, same float64 sums
+    srt = F.sorted_abs(torch.randn(shape, generator=torch.Generator().manual_seed(6)))
+    k_vec, s_vec = F._support_rows(srt)
+    k_chunk, s_chunk = F._support_chunked(srt.numpy())
+    assert torch.equal(k_vec, k_chunk)
+    torch.testing.assert_close(s_vec, s_chunk, rtol=1e-13, atol=0)

@@ -58,8 +58,7 @@ def sign_pm1(x: Tensor) -> Tensor:
 def pow2_top_exponent(max_abs: float) -> int:
     """INQ's n1 = floor(log2(4 s / 3)), computed exactly: the n with 0.75*2^n <= s < 1.5*2^n.
 
-    `math.log2` can land on the wrong side of an integer near s = 0.75 * 2^n; frexp cannot.
-    """
+    `math.log2` can land on the wrong side of an integer near s = 0.75 * 2^n; frexp cannot."""
     if not max_abs > 0 or not math.isfinite(max_abs):
         raise ValueError(f"pow2 needs a finite positive max |w|, got {max_abs}")
     mantissa, exp = math.frexp(max_abs)  # s = m * 2^e, m in [0.5, 1)
@@ -122,29 +121,48 @@ def pow2_quantize(w: Tensor, bits: int, n1: int | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- ternary
-def _count_at_least(desc: Tensor, thr: Tensor, known: Tensor) -> Tensor:
-    """Per row of a descending (C, M) tensor, how many entries are >= thr (C, 1).
+_CHUNK = 1 << 15  # elements per chunk of the float64 prefix-sum scan (fits in L2)
 
-    `known` (C, 1) is a count already known to qualify. Vectorised bisection over all rows at
-    once: ~log2(M) tiny gathers, instead of a full pass over the tensor.
+
+def sorted_abs(r: Tensor) -> Tensor:
+    """|r|, each row of 2-d `r` sorted ascending, float32/64 (bf16/float16 -> float32, exact).
+
+    On CPU numpy sorts the |r| copy in place (values only, several times faster than torch).
     """
-    lo, hi = known, torch.full_like(known, desc.shape[1])
-    for _ in range(desc.shape[1].bit_length()):
-        mid = (lo + hi + 1) // 2
-        ok = torch.gather(desc, 1, mid - 1) >= thr
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid - 1)
-    return lo
+    a = r.abs() if r.dtype in (torch.float32, torch.float64) else r.abs().float()
+    if a.device.type != "cpu":
+        return torch.sort(a, dim=1).values
+    a.numpy().sort(axis=1)
+    return a
 
 
-def sorted_desc(a: Tensor) -> Tensor:
-    """Each row of 2-d `a` sorted in descending order (values only).
+def _support_rows(srt: Tensor) -> tuple[Tensor, Tensor]:
+    """(k*, S_k*) (C, 1) of ascending rows: first argmax of S_k^2/k, S_k float64 sums."""
+    s = torch.cumsum(srt.flip(1), dim=1, dtype=torch.float64)
+    k = torch.arange(1, srt.shape[1] + 1, dtype=torch.float64, device=srt.device)
+    kstar = torch.argmax(torch.mul(s, s).div_(k), dim=1, keepdim=True)
+    return kstar + 1, torch.gather(s, 1, kstar)
 
-    On CPU, numpy's sort is ~30x faster than `torch.sort` for the 10^3..10^5-element rows of
-    CNN layers (torch also computes indices we do not need); both give the same values.
-    """
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.sort(a.numpy(), axis=1)[:, ::-1].copy())
-    return torch.sort(a, dim=1, descending=True).values
+
+def _support_chunked(srt: np.ndarray) -> tuple[Tensor, Tensor]:
+    """`_support_rows` on CPU: the same sequential float64 sums, scanned in cache-sized column
+    chunks (all rows at once), so no full-size float64 temporaries are written."""
+    c, m = srt.shape
+    desc, width, at = srt[:, ::-1], max(1, _CHUNK // c), np.arange(c)
+    buf, h, k = np.empty((c, width)), np.empty((c, width)), np.arange(1.0, width + 1.0)
+    best, k_best, s_best, carry = np.full(c, -1.0), np.ones(c, np.int64), np.zeros(c), np.zeros(c)
+    for start in range(0, m, width):
+        n = min(width, m - start)
+        s, hh = buf[:, :n], h[:, :n]
+        s[:] = desc[:, start:start + n]
+        s[:, 0] += carry  # continue each running sum exactly as one cumsum would
+        np.cumsum(s, axis=1, out=s)
+        np.divide(np.multiply(s, s, out=hh), k[:n] + start, out=hh)
+        j = hh.argmax(axis=1)
+        better = hh[at, j] > best  # strictly: the first maximum wins, as in argmax
+        best, k_best = np.where(better, hh[at, j], best), np.where(better, start + j + 1, k_best)
+        s_best, carry = np.where(better, s[at, j], s_best), s[:, n - 1].copy()
+    return torch.from_numpy(k_best[:, None]), torch.from_numpy(s_best[:, None])
 
 
 def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
@@ -154,6 +172,9 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
     supported |W| and the residual is ||W||^2 - (sum of those |W|)^2 / k, so the best support
     of size k holds the k largest magnitudes. Hence: sort |W| descending, S_k = prefix sums,
     k* = argmax S_k^2/k, alpha = S_k*/k*. One sort plus a few linear passes: O(N log N).
+    S_k and S_k^2/k are float64 whatever the input dtype (float32, bf16 and float16 values are
+    exact in float64), so every input dtype gets the float64 result: the same support and
+    alpha up to the final rounding to the input dtype.
 
     Ties: magnitudes equal to the k*-th largest are all kept. This is still optimal: if
     v_k = v_(k+1) = v > 0 and adding v_k did not hurt, adding v_(k+1) strictly helps (the gain
@@ -163,18 +184,16 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
         (int8 codes in {-1, 0, 1}, alpha) with alpha 0-d or (C,); an all-zero row gives alpha 0.
     """
     r = rows(w.detach(), per_channel)
-    srt = sorted_desc(r.abs())
-    s = torch.cumsum(srt, dim=1)  # float32 output, accumulated in double by torch on CPU
-    k = torch.arange(1, r.shape[1] + 1, dtype=s.dtype, device=w.device)
-    kstar = torch.argmax(torch.mul(s, s).div_(k), dim=1, keepdim=True) + 1
-    thr = torch.gather(srt, 1, kstar - 1)
-    kk = _count_at_least(srt, thr, kstar)  # >= k*: the whole tie group at the threshold
-    alpha = torch.gather(s, 1, kk - 1).to(torch.float64) / kk
-    # All kept magnitudes equal (e.g. re-quantizing alpha*Q): alpha is that value exactly,
-    # not S_k/k after a float32 rounding of S_k, so ternary_exact(alpha*Q) returns alpha.
-    alpha = torch.where(srt[:, :1] == thr, thr.to(torch.float64), alpha)
-    # |w| >= thr without materialising |w|; thr = 0 (all-zero row) gives sign(w) = 0
-    codes = (r >= thr).view(torch.int8).sub_((r <= -thr).view(torch.int8))
+    srt = sorted_abs(r)
+    chunked = srt.device.type == "cpu" and srt.numel() > 2 * _CHUNK
+    kstar, s_k = _support_chunked(srt.numpy()) if chunked else _support_rows(srt)
+    thr = torch.gather(srt, 1, srt.shape[1] - kstar)  # the k*-th largest magnitude
+    kk = srt.shape[1] - torch.searchsorted(srt, thr)  # >= k*: the whole tie group at thr
+    alpha = (s_k + (kk - kstar) * thr.to(torch.float64)) / kk
+    # all kept magnitudes equal (re-quantizing alpha*Q): alpha is that value, not a rounded mean
+    alpha = torch.where(srt[:, -1:] == thr, thr.to(torch.float64), alpha)
+    t = thr.to(r.dtype)  # |w| >= thr without materialising |w|; thr = 0 gives all zeros
+    codes = (r >= t).view(torch.int8).sub_((r <= -t).view(torch.int8))
     return codes.reshape(w.shape), row_scale(alpha, per_channel, w.dtype)
 
 
