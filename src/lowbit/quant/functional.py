@@ -101,17 +101,18 @@ def pow2_encode(w: Tensor, bits: int, n1: int | None = None) -> tuple[Tensor, Te
     """
     if not 2 <= bits <= 8:
         raise ValueError(f"pow2 supports bits 2..8, got {bits}")
-    m = 2 ** (bits - 2)
-    if n1 is None:
-        s = float(w.detach().abs().max())
-        if s == 0:
-            zero = torch.zeros((), dtype=w.dtype, device=w.device)
-            return torch.zeros_like(w, dtype=code_dtype(m)), zero
-        n1 = pow2_top_exponent(s)
-    # float64 division by a power of two is exact, so ties at 1.5*2^k are decided exactly
-    u = w.detach().abs().to(torch.float64) / 2.0 ** (n1 - m + 1)
+    m, a = 2 ** (bits - 2), w.detach().abs().to(torch.float64)
+    if n1 is None:  # pow2_top_exponent on the device: no host sync, no data-dependent branch
+        s = a.amax() if a.numel() else a.new_zeros(())
+        mantissa, exp = torch.frexp(s)
+        e1 = torch.where(mantissa >= 0.75, exp, exp - 1).to(torch.float64)
+        top = torch.where(s > 0, torch.exp2(e1), 0.0).to(w.dtype)
+    else:
+        e1, top = a.new_tensor(float(n1)), torch.tensor(2.0**n1, dtype=w.dtype, device=w.device)
+    # scaling by a power of two is exact, so ties at 1.5*2^k are decided exactly
+    u = a * torch.exp2(m - 1 - e1)
     codes = (pow2_round_index(u, m) * torch.sign(w.detach()).to(torch.int64)).to(code_dtype(m))
-    return codes, torch.tensor(2.0**n1, dtype=w.dtype, device=w.device)
+    return codes, top
 
 
 def pow2_quantize(w: Tensor, bits: int, n1: int | None = None) -> Tensor:
@@ -121,16 +122,19 @@ def pow2_quantize(w: Tensor, bits: int, n1: int | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- ternary
+def use_numpy(t: Tensor) -> bool:
+    """Whether to hand `t` to numpy (faster sorts on CPU); never under torch.compile."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 _CHUNK = 1 << 15  # elements per chunk of the float64 prefix-sum scan (fits in L2)
 
 
 def sorted_abs(r: Tensor) -> Tensor:
     """|r|, each row of 2-d `r` sorted ascending, float32/64 (bf16/float16 -> float32, exact).
-
-    On CPU numpy sorts the |r| copy in place (values only, several times faster than torch).
-    """
+    On CPU numpy sorts the |r| copy in place (values only, several times faster than torch)."""
     a = r.abs() if r.dtype in (torch.float32, torch.float64) else r.abs().float()
-    if a.device.type != "cpu":
+    if not use_numpy(a):
         return torch.sort(a, dim=1).values
     a.numpy().sort(axis=1)
     return a
@@ -185,7 +189,7 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
     """
     r = rows(w.detach(), per_channel)
     srt = sorted_abs(r)
-    chunked = srt.device.type == "cpu" and srt.numel() > 2 * _CHUNK
+    chunked = use_numpy(srt) and srt.numel() > 2 * _CHUNK
     kstar, s_k = _support_chunked(srt.numpy()) if chunked else _support_rows(srt)
     thr = torch.gather(srt, 1, srt.shape[1] - kstar)  # the k*-th largest magnitude
     kk = srt.shape[1] - torch.searchsorted(srt, thr)  # >= k*: the whole tie group at thr

@@ -37,6 +37,7 @@ from lowbit.quant.functional import (
     row_scale,
     rows,
     ternary_exact,
+    use_numpy,
 )
 
 COARSE = 8  # coarse candidates per octave of alpha
@@ -70,7 +71,7 @@ def _sorted_rows(a: Tensor) -> tuple[Tensor, Tensor]:
     """Rows of |W| (C, N) sorted ascending (float32 or float64), and float64 prefix sums
     (C, N + 1), starting at 0."""
     a = a if a.dtype in (torch.float32, torch.float64) else a.float()
-    if a.device.type == "cpu":
+    if use_numpy(a):
         srt = torch.from_numpy(np.sort(a.numpy(), axis=1))
     else:
         srt = torch.sort(a, dim=1).values
@@ -113,7 +114,7 @@ def _grid(srt: Tensor, n: int) -> tuple[Tensor, Tensor]:
     first_pos = torch.searchsorted(srt, torch.zeros_like(srt[:, :1]), right=True)
     low = torch.gather(srt, 1, first_pos.clamp_max(srt.shape[1] - 1)).double().clamp_min(tiny)
     t_hi = torch.log2(2 * top)
-    return t_hi, (t_hi - torch.log2(low / 0.75) + 1).clamp(1.0, float(min(MAX_OCTAVES, n + 12)))
+    return t_hi, (t_hi - torch.log2(low / 0.75) + 1).clamp(1.0, min(MAX_OCTAVES, n + 12))
 
 
 def _best(score: Tensor, at: Tensor, k: int) -> tuple[Tensor, Tensor]:
@@ -127,7 +128,8 @@ def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
     """
     table = (*_sorted_rows(a), *_levels(n, a.device))
     t_hi, span = _grid(table[0], n)
-    g = COARSE * math.ceil(float(span.max()))
+    longest = min(MAX_OCTAVES, n + 12)  # a fixed size under torch.compile: no host sync
+    g = COARSE * (longest if torch.compiler.is_compiling() else math.ceil(float(span.max())))
     step = span / g  # (C, 1) octaves between coarse candidates
     # ascending alpha, so that among equal fits (exact octave shifts of one Q) the first,
     # smallest alpha wins: the largest W sits near the top level, and the top cannot overflow
@@ -145,7 +147,7 @@ def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
         gain = best - score
         best, at = torch.minimum(score, best), torch.where(gain > 0, cur, at)
         scale = torch.where(gain > 0, refit, scale)
-        if not bool((gain > floor).any()):
+        if not torch.compiler.is_compiling() and not bool((gain > floor).any()):
             break  # at a fixed point (or crawling): nothing left to gain
         cur = torch.where(refit > 0, refit, cur)
     return at, scale

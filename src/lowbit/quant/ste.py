@@ -79,8 +79,8 @@ def ste_bireal(x: Tensor, q: Tensor) -> Tensor:
         >>> ste_bireal(x, torch.where(x >= 0, 1.0, -1.0)).sum().backward(); x.grad
         tensor([0.0000, 1.0000, 2.0000, 0.5000])
     """
-    inside = (x.detach().abs() < 1).to(x.dtype)
-    surrogate = (2 * x - x * x.abs()) * inside  # derivative (2 - 2|x|) inside, 0 outside
+    xc = x.clamp(-1.0, 1.0)  # derivative (2 - 2|x|) inside, 0 outside (and at |x| = 1)
+    surrogate = 2 * xc - xc * xc.abs()  # bounded: no overflow to inf*0 = NaN in float16
     return q.detach() + _zero_with_grad(surrogate)
 
 

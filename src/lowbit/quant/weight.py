@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lowbit.quant import functional as F
 from lowbit.quant import lbwfit
-from lowbit.quant.base import Quantizer, check_finite
+from lowbit.quant.base import Quantizer, check_input
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.ste import ste
 
@@ -77,7 +77,7 @@ class Pow2(CodebookQuantizer):
         return torch.zeros(1, dtype=x.dtype, device=x.device) if scale == 0 else super().levels(x)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.pow2_encode(x, self.bits)
 
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
@@ -106,7 +106,7 @@ class Ternary(CodebookQuantizer):
         return torch.arange(-1, 2, dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.ternary_exact(x, self.per_channel)
 
 
@@ -121,7 +121,7 @@ class TWN(Ternary):
     name = "twn"
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.twn_ternary(x, self.per_channel)
 
 
@@ -145,7 +145,7 @@ class Binary(CodebookQuantizer):
         return torch.tensor([-1, 1], dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.binary(x, self.per_channel)
 
 
@@ -206,7 +206,7 @@ class LBW(CodebookQuantizer):
         return torch.arange(-n, n + 1, dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return lbwfit.lbw_fit(x, self.bits, self.method, self.iters, self.r, self.per_channel)
 
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
@@ -242,7 +242,7 @@ class DoReFa(CodebookQuantizer):
         return torch.arange(-n, n + 1, 2, dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         if self.bits == 1:
             return F.binary(x)
         return F.dorefa_encode(F.dorefa_normalize(x.detach()), self.bits)
@@ -250,6 +250,6 @@ class DoReFa(CodebookQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         if self.bits == 1:
             return super().forward(x)
-        check_finite(x, "weight")
+        check_input(x, "weight")
         v = F.dorefa_normalize(x)
         return ste(v, self.decode(*F.dorefa_encode(v, self.bits)))
