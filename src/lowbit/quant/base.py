@@ -81,14 +81,14 @@ def set_debug_checks(enabled: bool) -> None:
     _DEBUG["checks"] = bool(enabled)
 
 
-def check_input(x: torch.Tensor, what: str = "tensor") -> None:
+def check_input(x: torch.Tensor, what: str = "tensor", allow_empty: bool = False) -> None:
     """The input checks run on every quantizer call: metadata only (dtype, size), so they cost
     nothing and never break a torch.compile graph. Integer, bool and complex tensors raise a
-    TypeError, empty ones a ValueError; NaN/inf only with debug checks on."""
+    TypeError, empty ones (unless `allow_empty`) a ValueError; NaN/inf only with debug checks."""
     if not x.is_floating_point():
         raise TypeError(f"cannot quantize a {what} of dtype {x.dtype}: lowbit quantizers take "
                         "float16, bfloat16, float32 or float64 tensors")
-    if x.numel() == 0:
+    if x.numel() == 0 and not allow_empty:
         raise ValueError(f"cannot quantize an empty {what}")
     if _DEBUG["checks"] and not torch.compiler.is_compiling():
         check_finite(x, what)
