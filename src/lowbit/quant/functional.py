@@ -2,10 +2,8 @@
 
 Conventions: "rows" view a tensor as (C, M) - one row per output channel (dim 0) when
 `per_channel`, else a single row. Codes are integer tensors shaped like the input, of the
-smallest type that holds them (`code_dtype`: int8 for every code of <= 8 bits but the
-unsigned 8-bit ones); scales are 0-d (per tensor) or (C,) (per channel). Scale statistics
-are accumulated in float64 so that re-quantizing an already quantized tensor reproduces its
-scale exactly.
+smallest type that holds them (`code_dtype`: int8 for <= 8 bits but unsigned 8-bit); scales
+are 0-d (per tensor) or (C,) (per channel), their statistics accumulated in float64.
 
 Power-of-two code layout (pow2 and lbw): code `c` in {0, ±1, ..., ±M} stands for
 `sign(c) * top * 2^(|c| - M)`, i.e. |c| = M is the top level and |c| = 1 the smallest non-zero
@@ -249,18 +247,19 @@ def uniform_encode(x: Tensor, clip: Tensor, bits: int, signed: bool) -> tuple[Te
 # ----------------------------------------------------------------------------- GDRQ scale-clip
 def scale_clip_threshold(x: Tensor, k: float, stat: str = "mean",
                          group_size: int | None = None) -> Tensor:
-    """Scale-Clip threshold T = k * stat(x) (GDRQ §3.3, §3.5).
-
-    `stat` is "mean" (mean |x|), "std", or "max" (max |x|: with k = 1 nothing is clipped, the
-    plain max-range quantizer GDRQ's "without Scale-Clip" ablation compares against). With
-    `group_size` (>0) the statistic is taken over each block of `group_size` consecutive output
-    channels (dim 0) and returned per channel, shape (C,); otherwise over the whole tensor, 0-d.
-    """
+    """Scale-Clip threshold T = k * stat(x) (GDRQ §3.3, §3.5). `stat`: "mean" (mean |x|),
+    "std", or "max" (max |x|: with k = 1 nothing is clipped, the plain max-range quantizer of
+    GDRQ's "without Scale-Clip" ablation). With `group_size` (>0) the statistic is taken over
+    each block of `group_size` consecutive output channels (dim 0) and returned per channel,
+    shape (C,); otherwise over the whole tensor, 0-d."""
     if stat not in ("mean", "std", "max"):
         raise ValueError(f"scale-clip stat must be 'mean', 'std' or 'max', got {stat!r}")
     c = x.shape[0] if x.dim() else 1
     if group_size and c % group_size:
         raise ValueError(f"group_size {group_size} must divide the {c} output channels")
+    if not group_size and stat != "std":  # activations: no reshape (it would copy channels_last)
+        a = x.detach().abs()  # mean in x's dtype: float32 accumulation, no float32 copy
+        return (k * (a.mean() if stat == "mean" else a.amax()).double()).to(x.dtype)
     g = x.detach().reshape(c // group_size if group_size else 1, -1)
     if stat == "mean":  # float32 accumulation: a float64 copy of an activation costs 8x more
         s = g.abs().mean(dim=1, keepdim=True, dtype=torch.float32).double()
@@ -281,11 +280,8 @@ def dorefa_normalize(w: Tensor) -> Tensor:
 
 
 def dorefa_encode(v: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """DoReFa k-bit weights from normalised v in [-1, 1]: 2*quantize_k((v+1)/2) - 1.
-
-    Written as odd codes c = 2i - (2^k - 1) in {-(2^k-1), ..., 2^k-1} times 1/(2^k - 1), so
-    the 2^k levels are symmetric and do not include 0.
-    """
+    """DoReFa k-bit weights from normalised v in [-1, 1]: 2*quantize_k((v+1)/2) - 1, written as
+    odd codes c = 2i - (2^k - 1) in {-(2^k-1), ..., 2^k-1} times 1/(2^k - 1) (symmetric, no 0)."""
     n = 2**bits - 1
     i = torch.round((v.detach() + 1) / 2 * n)
     codes = (2 * i - n).to(code_dtype(n))
