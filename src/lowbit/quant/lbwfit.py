@@ -75,9 +75,7 @@ def _sorted_rows(a: Tensor) -> tuple[Tensor, Tensor]:
         srt = torch.from_numpy(np.sort(a.numpy(), axis=1))
     else:
         srt = torch.sort(a, dim=1).values
-    pre = torch.zeros(srt.shape[0], srt.shape[1] + 1, dtype=torch.float64, device=srt.device)
-    torch.cumsum(srt, dim=1, dtype=torch.float64, out=pre[:, 1:])
-    return srt, pre
+    return srt, torch.nn.functional.pad(torch.cumsum(srt, dim=1, dtype=torch.float64), (1, 0))
 
 
 def _levels(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -142,13 +140,16 @@ def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
     best, at = torch.gather(score, 1, i), torch.exp2(torch.gather(t, 1, i))
     scale = cur = torch.gather(refit, 1, i)
     floor = -best * LLOYD_GAIN  # stop once a Lloyd step gains less than this
+    active = torch.ones((), dtype=torch.bool, device=a.device)
     for _ in range(iters):  # Lloyd steps from the best candidate: never worse
         score, refit, _ = _scores(table, cur)
         gain = best - score
-        best, at = torch.minimum(score, best), torch.where(gain > 0, cur, at)
-        scale = torch.where(gain > 0, refit, scale)
-        if not torch.compiler.is_compiling() and not bool((gain > floor).any()):
-            break  # at a fixed point (or crawling): nothing left to gain
+        better = (gain > 0) & active
+        best, at = torch.where(better, score, best), torch.where(better, cur, at)
+        scale = torch.where(better, refit, scale)
+        active = active & (gain > floor).any()  # at a fixed point (or crawling): stop
+        if not torch.compiler.is_compiling() and not bool(active):
+            break  # eager shortcut; compiled, the remaining steps change nothing
         cur = torch.where(refit > 0, refit, cur)
     return at, scale
 
