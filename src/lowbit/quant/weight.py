@@ -170,9 +170,10 @@ class LBW(CodebookQuantizer):
         0.5% of a dense search over alpha on Gaussian, Laplace and Student-t weights,
         b = 3..8, per tensor and per channel (tests/quant/test_lbw_fit.py); on N(0,1) weights
         0.047 relative squared error at b=3, 0.0374 for b >= 4. Cost on ResNet-20's 21 conv
-        weights (one quantization of the whole model, 1 thread, shared CPU at load ~10):
-        b=4 per tensor 99 ms vs 27 ms for "threshold" (3.6x); b=3 4.9x, b=6 4.4x; per channel
-        b=4 8x and b=6 30x (many levels x many rows of candidate searches).
+        weights (one quantization of the whole model, 1 thread, medians of 7, on a shared
+        2-core CPU at load ~6): per tensor b=4 62-70 ms vs 15 ms for "threshold" (4.2-4.7x),
+        b=3 4.6-6.2x, b=6 4.3-5.4x; per channel b=4 6.7-8.3x, b=6 21-23x (many levels times
+        many rows of candidates); about 4% of a 1-thread fp32 ResNet-20 training step at b=4.
       - "threshold": one free parameter `r`, top level 2^(n-1)*alpha = r*max|W|, then nearest
         level. This is NOT the paper's semi-analytical formula (unrecovered). Default r = 0.5
         minimised the mean error over b in {3, 4} and N in {2e3, 2e4, 2e5} Gaussian weights
