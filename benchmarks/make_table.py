@@ -115,9 +115,11 @@ def _qat_step(r: Result) -> tuple[str, str]:
     """(headline, target): QAT step / float step ratios of every configuration, per mode."""
     parts = []
     for mode, m in sorted(r["modes"].items()):
-        ratios = {k.split(" ")[0]: v["ratio_vs_float"] for k, v in m.items() if k != "float"}
+        ratios = {k.split(" (")[0]: v["ratio_vs_float"] for k, v in m.items() if k != "float"}
         parts.append(f"{mode}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     t = r.get("targets", {})
+    if "every_recipe_max_ratio" in t:
+        return "; ".join(parts) + " (vs float step)", f"<= {t['every_recipe_max_ratio']}x"
     return "; ".join(parts) + " (vs float step)", (
         f"weight-only <= {t.get('weight_only_max_ratio')}x, W2A4 <= {t.get('w2a4_max_ratio')}x")
 

@@ -137,3 +137,23 @@ def test_fused_uniform_equals_unfused_path(dtype: torch.dtype, signed: bool,
     (ref * g).sum().backward()
     assert torch.equal(out, ref) and torch.equal(x1.grad, x2.grad)
     torch.testing.assert_close(c1.grad, c2.grad, rtol=1e-2, atol=0.1)  # summation order only
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_fused_pact_clip_gradient_is_accurate_in_bf16(signed: bool) -> None:
+    """The clip gradient sums a bf16 gradient without a float32 copy: float32 accumulation,
+    one rounding of each part's result (<= 2^-8 of its float64 sum)."""
+    from lowbit.quant.ste import fused_uniform_ste
+
+    gen = torch.Generator().manual_seed(2)
+    x = (torch.randn(64, 8, 16, 16, generator=gen) * 2).to(torch.bfloat16)
+    x = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    g = torch.rand(64, 8, 16, 16, generator=gen).to(torch.bfloat16) + 0.5
+    clip = torch.tensor(1.5, requires_grad=True)
+    fused_uniform_ste(x, clip, 15, signed, clip_input_grad=True).backward(g)
+    xd, gd = x.detach().double(), g.double()
+    above, below = float(gd[xd >= 1.5].sum()), float(gd[xd <= -1.5].sum()) if signed else 0.0
+    assert clip.grad.dtype == torch.float32
+    assert abs(float(clip.grad) - (above - below)) <= 2**-8 * (abs(above) + abs(below))
+    inside = (xd >= (-1.5 if signed else 0)) & (xd <= 1.5)
+    assert torch.equal(x.grad, (gd * inside).to(torch.bfloat16))

@@ -16,15 +16,15 @@
 | inq       | pow2 with INQ's frozen mask (partial quantization) | INQ                 |
 """
 
-from lowbit.quant import functional, ste
+from lowbit.quant import functional, lbwfit, ste
 from lowbit.quant.activation import LSQ, ScaleClip, Sign, Uniform
-from lowbit.quant.base import Quantizer, check_finite
+from lowbit.quant.base import Quantizer, check_finite, check_input, set_debug_checks
 from lowbit.quant.inq import INQWeight
 from lowbit.quant.registry import get_quantizer, list_quantizers, register_quantizer
 from lowbit.quant.weight import LBW, TWN, Binary, CodebookQuantizer, DoReFa, Pow2, Ternary
 
 __all__ = [
     "INQWeight", "LBW", "LSQ", "TWN", "Binary", "CodebookQuantizer", "DoReFa", "Pow2", "Quantizer",
-    "ScaleClip", "Sign", "Ternary", "Uniform", "check_finite", "functional", "get_quantizer",
-    "list_quantizers", "register_quantizer", "ste",
+    "ScaleClip", "Sign", "Ternary", "Uniform", "check_finite", "check_input", "functional",
+    "get_quantizer", "lbwfit", "list_quantizers", "register_quantizer", "set_debug_checks", "ste",
 ]

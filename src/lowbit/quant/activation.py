@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from lowbit.quant import functional as F
-from lowbit.quant.base import check_finite
+from lowbit.quant.base import check_input, check_levels_fit
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.ste import (
     fused_uniform_ste,
@@ -39,6 +39,13 @@ def _check_uniform_bits(name: str, bits: int, signed: bool) -> None:
         raise ValueError(f"{name} with signed={signed} supports bits {lo}..16, got {bits}")
 
 
+def _fuse() -> bool:
+    """Whether to take the fused eager kernel (`fused_uniform_ste`); under torch.compile the
+    plain tensor ops are traced instead (the same values and gradients), which the compiler
+    fuses itself and which read no tensor value on the host."""
+    return not torch.compiler.is_compiling()
+
+
 class _ClipQuantizer(CodebookQuantizer):
     """Shared code: uniform levels on [-T, T] or [0, T] given a clip T, plus an EMA buffer."""
 
@@ -55,22 +62,22 @@ class _ClipQuantizer(CodebookQuantizer):
 
     def _ema_clip(self, statistic: Callable[[], Tensor], x: Tensor, update: bool) -> Tensor:
         """EMA of a clip statistic of `x`: the first batch initialises it; eval mode only reads
-        it, without computing `statistic()` (a pass over the whole activation).
+        it. Before any training batch, eval mode uses the batch value without storing it.
 
-        Before any training batch, eval mode uses the batch value without storing it.
+        Branch-free on the buffers (torch.where), so torch.compile traces it in one graph;
+        eager eval mode skips `statistic()` (a pass over the whole activation) once tracked.
         """
-        if not update and self.num_batches_tracked > 0:
+        tracked = self.num_batches_tracked > 0
+        if not update and not torch.compiler.is_compiling() and bool(tracked):
             return self.running_clip.to(x.dtype)
         batch_value = statistic()
-        if update:
-            with torch.no_grad():
-                if self.num_batches_tracked == 0:
-                    self.running_clip.copy_(batch_value)
-                else:
-                    self.running_clip.lerp_(batch_value.to(self.running_clip), 1 - self.momentum)
-                self.num_batches_tracked += 1
-        if self.num_batches_tracked == 0:
-            return batch_value
+        if not update:
+            return torch.where(tracked, self.running_clip.to(batch_value), batch_value)
+        with torch.no_grad():
+            b = batch_value.to(self.running_clip)
+            ema = self.running_clip.lerp(b, 1 - self.momentum)
+            self.running_clip.copy_(torch.where(tracked, ema, b))
+            self.num_batches_tracked.add_(1)
         return self.running_clip.to(batch_value.dtype)
 
     def code_range(self) -> Tensor:
@@ -81,8 +88,14 @@ class _ClipQuantizer(CodebookQuantizer):
         """The clip threshold T used for `x` (0-d, or (C,) per output channel)."""
         raise NotImplementedError
 
+    def _check(self, x: Tensor) -> None:
+        """Metadata-only input checks, plus: every level must be exact in x's dtype."""
+        check_input(x, "tensor")
+        big_l = F.uniform_num_steps(self.bits, self.signed)
+        check_levels_fit(x.dtype, big_l, f"{self.name} with bits={self.bits}")
+
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "tensor")
+        self._check(x)
         return F.uniform_encode(x, self.threshold(x), self.bits, self.signed)
 
     def step(self, x: Tensor) -> Tensor:
@@ -142,9 +155,9 @@ class Uniform(_ClipQuantizer):
         return self._ema_clip(batch_max, x, update)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_finite(x, "tensor")
+        self._check(x)
         t = self.threshold(x, update=self.training)
-        if t.dim() == 0:  # per-tensor: one fused node (same values and gradients, far fewer passes)
+        if t.dim() == 0 and _fuse():  # per tensor: one fused node (same values and gradients)
             big_l = F.uniform_num_steps(self.bits, self.signed)
             return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
@@ -197,7 +210,7 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
     def initialize_parameters(self, x: Tensor) -> None:  # type: ignore[override]
         """Materialise `log_threshold` from the statistic of the first input (learnable only)."""
         if self.learnable and self.has_uninitialized_params():
-            check_finite(x, "tensor")  # runs from a pre-forward hook, before forward's check
+            check_input(x, "tensor")  # runs from a pre-forward hook, before forward's check
             t = self._statistic(x)
             per_group = t[:: self.group_size] if self.group_size else t
             self.log_threshold.materialize(per_group.shape, dtype=x.dtype, device=x.device)
@@ -225,9 +238,9 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
         return super().encode(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        check_finite(x, "tensor")
+        self._check(x)
         t = self.threshold(x, update=self.training)
-        if self.quantize and t.dim() == 0:  # one T (activations, per-layer weights): fused node
+        if self.quantize and t.dim() == 0 and _fuse():  # one T (act., per-layer weights): fused
             big_l = F.uniform_num_steps(self.bits, self.signed)
             return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         tv = F.channel_view(t.detach(), x)
@@ -260,28 +273,38 @@ class LSQ(CodebookQuantizer):
         self.signed = signed
         self.step = nn.Parameter(torch.ones(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self._ready = False  # host mirror of `initialized`: forward never reads the buffer
+        self.register_load_state_dict_post_hook(_sync_ready)
 
     def code_range(self) -> Tensor:
         qn, qp = F.lsq_bounds(self.bits, self.signed)
         return torch.arange(-qn, qp + 1, dtype=torch.int32)
 
     def _step(self, x: Tensor) -> Tensor:
-        """Current step (positive); initialises it from `x` on first use."""
-        if not self.initialized:
+        """Current step (positive, at least the smallest normal of both dtypes); initialises it
+        from `x` on first use."""
+        if not self._ready:
             with torch.no_grad():
-                self.step.copy_(F.lsq_init_step(x, self.bits, self.signed))
+                init = F.lsq_init_step(x, self.bits, self.signed).to(self.step)
+                self.step.copy_(init.clamp_min(torch.finfo(self.step.dtype).tiny))
                 self.initialized.fill_(True)
-        return self.step.abs().clamp_min(torch.finfo(x.dtype).tiny).to(x.dtype)
+            self._ready = True
+        return self.step.abs().to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
+
+    def _check(self, x: Tensor) -> None:
+        check_input(x, "tensor")
+        qn, qp = F.lsq_bounds(self.bits, self.signed)
+        check_levels_fit(x.dtype, max(qn, qp), f"lsq with bits={self.bits}")
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "tensor")
+        self._check(x)
         s = self._step(x).detach()
         qn, qp = F.lsq_bounds(self.bits, self.signed)
         codes = torch.round(torch.clamp(x.detach() / s, -qn, qp))
         return codes.to(F.code_dtype(max(qn, qp))), s
 
     def forward(self, x: Tensor) -> Tensor:
-        check_finite(x, "tensor")
+        self._check(x)
         qn, qp = F.lsq_bounds(self.bits, self.signed)
         n = x.numel() if self.signed or x.dim() < 2 else x[0].numel()
         s = grad_scale(self._step(x), 1.0 / math.sqrt(n * qp))
@@ -307,9 +330,14 @@ class Sign(CodebookQuantizer):
         return torch.tensor([-1, 1], dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "tensor")
+        check_input(x, "tensor")
         one = torch.ones((), dtype=x.dtype, device=x.device)
         return F.sign_pm1(x.detach()).to(torch.int8), one
 
     def forward(self, x: Tensor) -> Tensor:
         return ste_bireal(x, self.decode(*self.encode(x)))
+
+
+def _sync_ready(module: nn.Module, incompatible_keys: object) -> None:
+    """After load_state_dict: LSQ's host flag follows the loaded `initialized` buffer."""
+    module._ready = bool(module.initialized)  # type: ignore[assignment]

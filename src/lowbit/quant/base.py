@@ -11,6 +11,7 @@ Its constructor arguments are its config: `to_config()` returns them with a `nam
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any, ClassVar
 
 import torch
@@ -72,12 +73,42 @@ def _broadcast(scale: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def check_finite(x: torch.Tensor, what: str = "tensor") -> None:
-    """Raise a clear ValueError on empty input or NaN/inf values.
-
-    One reduction (`x.sum()` is NaN or inf exactly when some element is, barring overflow of
-    values near the dtype's max), because this runs on every activation of every QAT step.
-    """
+    """Raise a clear ValueError on empty input or NaN/inf values (reads the data: a reduction
+    and a host sync). Quantizers call it only with debug checks on (`set_debug_checks`); use
+    it where it costs nothing, e.g. on weights at load time."""
     if x.numel() == 0:
         raise ValueError(f"cannot quantize an empty {what}")
     if not torch.isfinite(x.detach().sum()):
         raise ValueError(f"cannot quantize a {what} holding NaN or inf values")
+
+
+_DEBUG = {"checks": os.environ.get("LOWBIT_DEBUG_CHECKS", "") not in ("", "0")}
+
+
+def set_debug_checks(enabled: bool) -> None:
+    """Turn the data checks (`check_finite`) of every quantizer call on or off (default off;
+    on when the environment sets LOWBIT_DEBUG_CHECKS=1). Off, quantizers only read metadata."""
+    _DEBUG["checks"] = bool(enabled)
+
+
+def check_input(x: torch.Tensor, what: str = "tensor", allow_empty: bool = False) -> None:
+    """The input checks run on every quantizer call: metadata only (dtype, size), so they cost
+    nothing and never break a torch.compile graph. Integer, bool and complex tensors raise a
+    TypeError, empty ones (unless `allow_empty`) a ValueError; NaN/inf only with debug checks."""
+    if not x.is_floating_point():
+        raise TypeError(f"cannot quantize a {what} of dtype {x.dtype}: lowbit quantizers take "
+                        "float16, bfloat16, float32 or float64 tensors")
+    if x.numel() == 0 and not allow_empty:
+        raise ValueError(f"cannot quantize an empty {what}")
+    if _DEBUG["checks"] and not torch.compiler.is_compiling():
+        check_finite(x, what)
+
+
+def check_levels_fit(dtype: torch.dtype, max_code: int, what: str) -> None:
+    """A ValueError unless every integer code up to `max_code` is exact in `dtype` (float16
+    holds integers exactly up to 2048, bfloat16 up to 256): otherwise the output would leave
+    the grid (or overflow to inf) and decode would differ from forward."""
+    exact = round(2 / torch.finfo(dtype).eps)  # 2^(mantissa bits + 1)
+    if max_code > exact:
+        raise ValueError(f"{what} needs {max_code} exact integer levels, more than {dtype} "
+                         f"holds ({exact}); use fewer bits or float32 inputs")

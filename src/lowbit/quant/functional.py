@@ -2,10 +2,8 @@
 
 Conventions: "rows" view a tensor as (C, M) - one row per output channel (dim 0) when
 `per_channel`, else a single row. Codes are integer tensors shaped like the input, of the
-smallest type that holds them (`code_dtype`: int8 for every code of <= 8 bits but the
-unsigned 8-bit ones); scales are 0-d (per tensor) or (C,) (per channel). Scale statistics
-are accumulated in float64 so that re-quantizing an already quantized tensor reproduces its
-scale exactly.
+smallest type that holds them (`code_dtype`: int8 for <= 8 bits but unsigned 8-bit); scales
+are 0-d (per tensor) or (C,) (per channel), their statistics accumulated in float64.
 
 Power-of-two code layout (pow2 and lbw): code `c` in {0, ±1, ..., ±M} stands for
 `sign(c) * top * 2^(|c| - M)`, i.e. |c| = M is the top level and |c| = 1 the smallest non-zero
@@ -38,7 +36,7 @@ def channel_view(t: Tensor, like: Tensor) -> Tensor:
     return t.view(-1, *([1] * (like.dim() - 1))) if t.dim() == 1 else t
 
 
-def _row_scale(s: Tensor, per_channel: bool, dtype: torch.dtype) -> Tensor:
+def row_scale(s: Tensor, per_channel: bool, dtype: torch.dtype) -> Tensor:
     """Float64 (C, 1) row statistic -> (C,) per channel or 0-d per tensor, in `dtype`."""
     s = s.reshape(-1).to(dtype)
     return s if per_channel else s.reshape(())
@@ -58,8 +56,7 @@ def sign_pm1(x: Tensor) -> Tensor:
 def pow2_top_exponent(max_abs: float) -> int:
     """INQ's n1 = floor(log2(4 s / 3)), computed exactly: the n with 0.75*2^n <= s < 1.5*2^n.
 
-    `math.log2` can land on the wrong side of an integer near s = 0.75 * 2^n; frexp cannot.
-    """
+    `math.log2` can land on the wrong side of an integer near s = 0.75 * 2^n; frexp cannot."""
     if not max_abs > 0 or not math.isfinite(max_abs):
         raise ValueError(f"pow2 needs a finite positive max |w|, got {max_abs}")
     mantissa, exp = math.frexp(max_abs)  # s = m * 2^e, m in [0.5, 1)
@@ -102,17 +99,18 @@ def pow2_encode(w: Tensor, bits: int, n1: int | None = None) -> tuple[Tensor, Te
     """
     if not 2 <= bits <= 8:
         raise ValueError(f"pow2 supports bits 2..8, got {bits}")
-    m = 2 ** (bits - 2)
-    if n1 is None:
-        s = float(w.detach().abs().max())
-        if s == 0:
-            zero = torch.zeros((), dtype=w.dtype, device=w.device)
-            return torch.zeros_like(w, dtype=code_dtype(m)), zero
-        n1 = pow2_top_exponent(s)
-    # float64 division by a power of two is exact, so ties at 1.5*2^k are decided exactly
-    u = w.detach().abs().to(torch.float64) / 2.0 ** (n1 - m + 1)
+    m, a = 2 ** (bits - 2), w.detach().abs().to(torch.float64)
+    if n1 is None:  # pow2_top_exponent on the device: no host sync, no data-dependent branch
+        s = a.amax() if a.numel() else a.new_zeros(())
+        mantissa, exp = torch.frexp(s)
+        e1 = torch.where(mantissa >= 0.75, exp, exp - 1).to(torch.float64)
+        top = torch.where(s > 0, torch.exp2(e1), 0.0).to(w.dtype)
+    else:
+        e1, top = a.new_tensor(float(n1)), torch.tensor(2.0**n1, dtype=w.dtype, device=w.device)
+    # scaling by a power of two is exact, so ties at 1.5*2^k are decided exactly
+    u = a * torch.exp2(m - 1 - e1)
     codes = (pow2_round_index(u, m) * torch.sign(w.detach()).to(torch.int64)).to(code_dtype(m))
-    return codes, torch.tensor(2.0**n1, dtype=w.dtype, device=w.device)
+    return codes, top
 
 
 def pow2_quantize(w: Tensor, bits: int, n1: int | None = None) -> Tensor:
@@ -122,29 +120,51 @@ def pow2_quantize(w: Tensor, bits: int, n1: int | None = None) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- ternary
-def _count_at_least(desc: Tensor, thr: Tensor, known: Tensor) -> Tensor:
-    """Per row of a descending (C, M) tensor, how many entries are >= thr (C, 1).
-
-    `known` (C, 1) is a count already known to qualify. Vectorised bisection over all rows at
-    once: ~log2(M) tiny gathers, instead of a full pass over the tensor.
-    """
-    lo, hi = known, torch.full_like(known, desc.shape[1])
-    for _ in range(desc.shape[1].bit_length()):
-        mid = (lo + hi + 1) // 2
-        ok = torch.gather(desc, 1, mid - 1) >= thr
-        lo, hi = torch.where(ok, mid, lo), torch.where(ok, hi, mid - 1)
-    return lo
+def use_numpy(t: Tensor) -> bool:
+    """Whether to hand `t` to numpy (faster sorts on CPU); never under torch.compile."""
+    return t.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
-def sorted_desc(a: Tensor) -> Tensor:
-    """Each row of 2-d `a` sorted in descending order (values only).
+_CHUNK = 1 << 15  # elements per chunk of the float64 prefix-sum scan (fits in L2)
 
-    On CPU, numpy's sort is ~30x faster than `torch.sort` for the 10^3..10^5-element rows of
-    CNN layers (torch also computes indices we do not need); both give the same values.
-    """
-    if a.device.type == "cpu" and a.dtype in (torch.float32, torch.float64):
-        return torch.from_numpy(np.sort(a.numpy(), axis=1)[:, ::-1].copy())
-    return torch.sort(a, dim=1, descending=True).values
+
+def sorted_abs(r: Tensor) -> Tensor:
+    """|r|, each row of 2-d `r` sorted ascending, float32/64 (bf16/float16 -> float32, exact).
+    On CPU numpy sorts the |r| copy in place (values only, several times faster than torch)."""
+    a = r.abs() if r.dtype in (torch.float32, torch.float64) else r.abs().float()
+    if not use_numpy(a):
+        return torch.sort(a, dim=1).values
+    a.numpy().sort(axis=1)
+    return a
+
+
+def _support_rows(srt: Tensor) -> tuple[Tensor, Tensor]:
+    """(k*, S_k*) (C, 1) of ascending rows: first argmax of S_k^2/k, S_k float64 sums."""
+    s = torch.cumsum(srt.flip(1), dim=1, dtype=torch.float64)
+    k = torch.arange(1, srt.shape[1] + 1, dtype=torch.float64, device=srt.device)
+    kstar = torch.argmax(torch.mul(s, s).div_(k), dim=1, keepdim=True)
+    return kstar + 1, torch.gather(s, 1, kstar)
+
+
+def _support_chunked(srt: np.ndarray) -> tuple[Tensor, Tensor]:
+    """`_support_rows` on CPU: the same sequential float64 sums, scanned in cache-sized column
+    chunks (all rows at once), so no full-size float64 temporaries are written."""
+    c, m = srt.shape
+    desc, width, at = srt[:, ::-1], max(1, _CHUNK // c), np.arange(c)
+    buf, h, k = np.empty((c, width)), np.empty((c, width)), np.arange(1.0, width + 1.0)
+    best, k_best, s_best, carry = np.full(c, -1.0), np.ones(c, np.int64), np.zeros(c), np.zeros(c)
+    for start in range(0, m, width):
+        n = min(width, m - start)
+        s, hh = buf[:, :n], h[:, :n]
+        s[:] = desc[:, start:start + n]
+        s[:, 0] += carry  # continue each running sum exactly as one cumsum would
+        np.cumsum(s, axis=1, out=s)
+        np.divide(np.multiply(s, s, out=hh), k[:n] + start, out=hh)
+        j = hh.argmax(axis=1)
+        better = hh[at, j] > best  # strictly: the first maximum wins, as in argmax
+        best, k_best = np.where(better, hh[at, j], best), np.where(better, start + j + 1, k_best)
+        s_best, carry = np.where(better, s[at, j], s_best), s[:, n - 1].copy()
+    return torch.from_numpy(k_best[:, None]), torch.from_numpy(s_best[:, None])
 
 
 def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
@@ -154,6 +174,9 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
     supported |W| and the residual is ||W||^2 - (sum of those |W|)^2 / k, so the best support
     of size k holds the k largest magnitudes. Hence: sort |W| descending, S_k = prefix sums,
     k* = argmax S_k^2/k, alpha = S_k*/k*. One sort plus a few linear passes: O(N log N).
+    S_k and S_k^2/k are float64 whatever the input dtype (float32, bf16 and float16 values are
+    exact in float64), so every input dtype gets the float64 result: the same support and
+    alpha up to the final rounding to the input dtype.
 
     Ties: magnitudes equal to the k*-th largest are all kept. This is still optimal: if
     v_k = v_(k+1) = v > 0 and adding v_k did not hurt, adding v_(k+1) strictly helps (the gain
@@ -163,19 +186,17 @@ def ternary_exact(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]
         (int8 codes in {-1, 0, 1}, alpha) with alpha 0-d or (C,); an all-zero row gives alpha 0.
     """
     r = rows(w.detach(), per_channel)
-    srt = sorted_desc(r.abs())
-    s = torch.cumsum(srt, dim=1)  # float32 output, accumulated in double by torch on CPU
-    k = torch.arange(1, r.shape[1] + 1, dtype=s.dtype, device=w.device)
-    kstar = torch.argmax(torch.mul(s, s).div_(k), dim=1, keepdim=True) + 1
-    thr = torch.gather(srt, 1, kstar - 1)
-    kk = _count_at_least(srt, thr, kstar)  # >= k*: the whole tie group at the threshold
-    alpha = torch.gather(s, 1, kk - 1).to(torch.float64) / kk
-    # All kept magnitudes equal (e.g. re-quantizing alpha*Q): alpha is that value exactly,
-    # not S_k/k after a float32 rounding of S_k, so ternary_exact(alpha*Q) returns alpha.
-    alpha = torch.where(srt[:, :1] == thr, thr.to(torch.float64), alpha)
-    # |w| >= thr without materialising |w|; thr = 0 (all-zero row) gives sign(w) = 0
-    codes = (r >= thr).view(torch.int8).sub_((r <= -thr).view(torch.int8))
-    return codes.reshape(w.shape), _row_scale(alpha, per_channel, w.dtype)
+    srt = sorted_abs(r)
+    chunked = use_numpy(srt) and srt.numel() > 2 * _CHUNK
+    kstar, s_k = _support_chunked(srt.numpy()) if chunked else _support_rows(srt)
+    thr = torch.gather(srt, 1, srt.shape[1] - kstar)  # the k*-th largest magnitude
+    kk = srt.shape[1] - torch.searchsorted(srt, thr)  # >= k*: the whole tie group at thr
+    alpha = (s_k + (kk - kstar) * thr.to(torch.float64)) / kk
+    # all kept magnitudes equal (re-quantizing alpha*Q): alpha is that value, not a rounded mean
+    alpha = torch.where(srt[:, -1:] == thr, thr.to(torch.float64), alpha)
+    t = thr.to(r.dtype)  # |w| >= thr without materialising |w|; thr = 0 gives all zeros
+    codes = (r >= t).view(torch.int8).sub_((r <= -t).view(torch.int8))
+    return codes.reshape(w.shape), row_scale(alpha, per_channel, w.dtype)
 
 
 def twn_ternary(w: Tensor, per_channel: bool = False, ratio: float = 0.7) -> tuple[Tensor, Tensor]:
@@ -189,83 +210,13 @@ def twn_ternary(w: Tensor, per_channel: bool = False, ratio: float = 0.7) -> tup
     n = keep.sum(dim=1, keepdim=True).clamp_min(1)
     alpha = torch.where(keep, a, 0).sum(dim=1, keepdim=True, dtype=torch.float64) / n
     codes = torch.where(keep, torch.sign(r), 0).to(torch.int8).reshape(w.shape)
-    return codes, _row_scale(alpha, per_channel, w.dtype)
+    return codes, row_scale(alpha, per_channel, w.dtype)
 
 
 def binary(w: Tensor, per_channel: bool = False) -> tuple[Tensor, Tensor]:
     """Group-Net Eq. 1 / XNOR: codes sign(W) in {-1, +1} (sign(0) = +1), scale mean|W|."""
     r = rows(w.detach(), per_channel)
-    return sign_pm1(w.detach()).to(torch.int8), _row_scale(mean_abs_rows(r), per_channel, w.dtype)
-
-
-# ----------------------------------------------------------------------------- LBW, b >= 3
-def lbw_num_magnitudes(bits: int) -> int:
-    """n = 2^(bits-1) - 1 non-zero magnitudes {1, 2, ..., 2^(n-1)} (spec §4.2)."""
-    return 2 ** (bits - 1) - 1
-
-
-def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
-    """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows).
-
-    In float64: at 8 bits the smallest level is 2^-126 of the top one, below float32's normal
-    range, so float32 division would lose the small levels.
-    """
-    return pow2_round_index(a64 / torch.where(alpha > 0, alpha, 1.0), n)
-
-
-def _lbw_refit(a64: Tensor, q: Tensor) -> Tensor:
-    """alpha*(Q) = <|W|, Q> / <Q, Q> per row, (C, 1) float64; 0 where Q = 0."""
-    num, den = torch.linalg.vecdot(a64, q), torch.linalg.vecdot(q, q)
-    return (num / den.clamp_min(1.0)).unsqueeze(1)
-
-
-def _lbw_alternating(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
-    """Lloyd iteration from alpha*_ternary / 2^(n-1); returns (alpha (C, 1), level indices)."""
-    mags = torch.tensor([0.0] + [2.0**j for j in range(n)], dtype=torch.float64, device=a.device)
-    a64 = a.to(torch.float64)
-    alpha = ternary_exact(a, per_channel=True)[1].reshape(-1, 1).to(torch.float64) / 2.0 ** (n - 1)
-    idx = _lbw_codes(a64, alpha, n)
-    for _ in range(iters):
-        alpha = _lbw_refit(a64, mags[idx])
-        new = _lbw_codes(a64, alpha, n)
-        if torch.equal(new, idx):  # fixed point: more iterations would change nothing
-            break
-        idx = new
-    return _lbw_refit(a64, mags[idx]), idx  # end on the alpha-step: best scale for final Q
-
-
-def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
-            r: float = 0.5, per_channel: bool = False) -> tuple[Tensor, Tensor]:
-    """Fit alpha*Q, Q in S_n = {0, ±1, ±2, ..., ±2^(n-1)}, n = 2^(bits-1)-1 (LBW §4.2, §4.4).
-
-    Methods:
-        "alternating": Lloyd iteration of the two exact sub-problems, Q <- nearest(W/alpha),
-            alpha <- <W,Q>/<Q,Q>, from alpha_0 = alpha*_ternary / 2^(n-1), at most `iters`
-            times (it stops early once Q no longer changes). Each half-step minimises the
-            objective over one block, so ||W - alpha Q|| never increases.
-        "threshold": one-parameter rule 2^(n-1)*alpha = r * max|W|, then Q <- nearest(W/alpha).
-            Not the paper's (unrecovered) formula.
-    bits = 2 (n = 1) is solved exactly by `ternary_exact` for either method.
-
-    Returns:
-        (codes in pow2 layout with M = n, top level 2^(n-1)*alpha), top 0-d or (C,).
-    """
-    if not 2 <= bits <= 8:
-        raise ValueError(f"lbw supports bits 2..8, got {bits}")
-    if method not in ("alternating", "threshold"):
-        raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
-    if bits == 2:
-        return ternary_exact(w, per_channel)
-    n = lbw_num_magnitudes(bits)
-    rr = rows(w.detach(), per_channel)
-    a = rr.abs()
-    if method == "threshold":
-        alpha = a.amax(dim=1, keepdim=True).to(torch.float64) * (r / 2.0 ** (n - 1))
-        idx = _lbw_codes(a.to(torch.float64), alpha, n)
-    else:
-        alpha, idx = _lbw_alternating(a, n, iters)
-    codes = (idx * torch.sign(rr).to(torch.int64)).to(code_dtype(n)).reshape(w.shape)
-    return codes, _row_scale(alpha * 2.0 ** (n - 1), per_channel, w.dtype)
+    return sign_pm1(w.detach()).to(torch.int8), row_scale(mean_abs_rows(r), per_channel, w.dtype)
 
 
 # ----------------------------------------------------------------------------- uniform
@@ -296,18 +247,19 @@ def uniform_encode(x: Tensor, clip: Tensor, bits: int, signed: bool) -> tuple[Te
 # ----------------------------------------------------------------------------- GDRQ scale-clip
 def scale_clip_threshold(x: Tensor, k: float, stat: str = "mean",
                          group_size: int | None = None) -> Tensor:
-    """Scale-Clip threshold T = k * stat(x) (GDRQ §3.3, §3.5).
-
-    `stat` is "mean" (mean |x|), "std", or "max" (max |x|: with k = 1 nothing is clipped, the
-    plain max-range quantizer GDRQ's "without Scale-Clip" ablation compares against). With
-    `group_size` (>0) the statistic is taken over each block of `group_size` consecutive output
-    channels (dim 0) and returned per channel, shape (C,); otherwise over the whole tensor, 0-d.
-    """
+    """Scale-Clip threshold T = k * stat(x) (GDRQ §3.3, §3.5). `stat`: "mean" (mean |x|),
+    "std", or "max" (max |x|: with k = 1 nothing is clipped, the plain max-range quantizer of
+    GDRQ's "without Scale-Clip" ablation). With `group_size` (>0) the statistic is taken over
+    each block of `group_size` consecutive output channels (dim 0) and returned per channel,
+    shape (C,); otherwise over the whole tensor, 0-d."""
     if stat not in ("mean", "std", "max"):
         raise ValueError(f"scale-clip stat must be 'mean', 'std' or 'max', got {stat!r}")
     c = x.shape[0] if x.dim() else 1
     if group_size and c % group_size:
         raise ValueError(f"group_size {group_size} must divide the {c} output channels")
+    if not group_size and stat != "std":  # activations: no reshape (it would copy channels_last)
+        a = x.detach().abs()  # mean in x's dtype: float32 accumulation, no float32 copy
+        return (k * (a.mean() if stat == "mean" else a.amax()).double()).to(x.dtype)
     g = x.detach().reshape(c // group_size if group_size else 1, -1)
     if stat == "mean":  # float32 accumulation: a float64 copy of an activation costs 8x more
         s = g.abs().mean(dim=1, keepdim=True, dtype=torch.float32).double()
@@ -328,11 +280,8 @@ def dorefa_normalize(w: Tensor) -> Tensor:
 
 
 def dorefa_encode(v: Tensor, bits: int) -> tuple[Tensor, Tensor]:
-    """DoReFa k-bit weights from normalised v in [-1, 1]: 2*quantize_k((v+1)/2) - 1.
-
-    Written as odd codes c = 2i - (2^k - 1) in {-(2^k-1), ..., 2^k-1} times 1/(2^k - 1), so
-    the 2^k levels are symmetric and do not include 0.
-    """
+    """DoReFa k-bit weights from normalised v in [-1, 1]: 2*quantize_k((v+1)/2) - 1, written as
+    odd codes c = 2i - (2^k - 1) in {-(2^k-1), ..., 2^k-1} times 1/(2^k - 1) (symmetric, no 0)."""
     n = 2**bits - 1
     i = torch.round((v.detach() + 1) / 2 * n)
     codes = (2 * i - n).to(code_dtype(n))

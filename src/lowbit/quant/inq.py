@@ -36,6 +36,7 @@ import torch
 from torch import Tensor
 
 from lowbit.quant import functional as F
+from lowbit.quant.base import check_input
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.weight import Pow2
 
@@ -86,6 +87,7 @@ class INQWeight(Pow2):
         return float(self.mask.float().mean()) if self.mask.numel() else 0.0
 
     def forward(self, x: Tensor) -> Tensor:
+        check_input(x, "weight", allow_empty=True)  # a zero-size layer passes through
         if self.mask.shape != x.shape:
             return x  # nothing frozen yet
         return torch.where(self.mask, self.frozen.to(x.dtype), x)
@@ -114,7 +116,10 @@ class INQWeight(Pow2):
         """
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        check_input(w, "weight", allow_empty=True)
         self.attach(w)
+        if w.numel() == 0:
+            return 0  # a zero-size layer has nothing to freeze
         eff = self.forward(w)
         if not bool(self.has_n1) or self.n1_mode == "per_step":
             self._update_n1(eff)
@@ -177,6 +182,7 @@ class INQWeight(Pow2):
             w.copy_(torch.where(self.mask, self.frozen.to(w.dtype), w))
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_input(x, "weight", allow_empty=True)
         if self.mask.shape != x.shape or not bool(self.mask.all()):
             raise ValueError("INQ weights are not fully quantized yet (run every partition step)")
         return F.pow2_encode(self.frozen.to(x.dtype), self.bits, int(self.n1))

@@ -6,13 +6,15 @@ except DoReFa, whose gradient also flows through its tanh normalisation.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor
 
 from lowbit.quant import functional as F
-from lowbit.quant.base import Quantizer, check_finite
+from lowbit.quant import lbwfit
+from lowbit.quant.base import Quantizer, check_input
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.ste import ste
 
@@ -75,7 +77,7 @@ class Pow2(CodebookQuantizer):
         return torch.zeros(1, dtype=x.dtype, device=x.device) if scale == 0 else super().levels(x)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.pow2_encode(x, self.bits)
 
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
@@ -104,7 +106,7 @@ class Ternary(CodebookQuantizer):
         return torch.arange(-1, 2, dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.ternary_exact(x, self.per_channel)
 
 
@@ -119,7 +121,7 @@ class TWN(Ternary):
     name = "twn"
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.twn_ternary(x, self.per_channel)
 
 
@@ -143,7 +145,7 @@ class Binary(CodebookQuantizer):
         return torch.tensor([-1, 1], dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         return F.binary(x, self.per_channel)
 
 
@@ -160,10 +162,18 @@ class LBW(CodebookQuantizer):
     and 2^(j+1), i.e. thresholds alpha/2 and 0.75*2^j*alpha); for fixed Q it is a quadratic in
     alpha, minimised at <W,Q>/<Q,Q>.
     `method`:
-      - "alternating" (reference): alternate those two exact steps (at most `iters` times,
-        stopping at a fixed point) from alpha_0 = alpha*_ternary / 2^(n-1); the objective
-        never increases. On N(0,1) weights: 0.048 relative squared error at b=3 (the log-grid
-        optimum), ~0.039 for b >= 4, where power-of-two levels saturate.
+      - "alternating" (reference, default): the least-squares optimum over alpha and Q
+        (`lowbit.quant.lbwfit`): one sort of |W| and its prefix sums score every candidate
+        alpha in O(n log N); a log-spaced candidate search over the whole useful range of
+        alpha, a fine search around the best candidates, then at most `iters` Lloyd steps
+        (exact alternation of the two half-steps; stops once a step gains < 1e-6). Within
+        0.5% of a dense search over alpha on Gaussian, Laplace and Student-t weights,
+        b = 3..8, per tensor and per channel (tests/quant/test_lbw_fit.py); on N(0,1) weights
+        0.047 relative squared error at b=3, 0.0374 for b >= 4. Cost on ResNet-20's 21 conv
+        weights (one quantization of the whole model, 1 thread, medians of 7, on a shared
+        2-core CPU at load ~6): per tensor b=4 62-70 ms vs 15 ms for "threshold" (4.2-4.7x),
+        b=3 4.6-6.2x, b=6 4.3-5.4x; per channel b=4 6.7-8.3x, b=6 21-23x (many levels times
+        many rows of candidates); about 4% of a 1-thread fp32 ResNet-20 training step at b=4.
       - "threshold": one free parameter `r`, top level 2^(n-1)*alpha = r*max|W|, then nearest
         level. This is NOT the paper's semi-analytical formula (unrecovered). Default r = 0.5
         minimised the mean error over b in {3, 4} and N in {2e3, 2e4, 2e5} Gaussian weights
@@ -184,21 +194,21 @@ class LBW(CodebookQuantizer):
         _check_bits(self.name, bits, 2, 8)
         if method not in ("alternating", "threshold"):
             raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
-        if iters < 0 or not r > 0:
-            raise ValueError(f"lbw needs iters >= 0 and r > 0, got iters={iters}, r={r}")
+        if iters < 0 or not 0 < r < math.inf:
+            raise ValueError(f"lbw needs iters >= 0 and a finite r > 0, got iters={iters}, r={r}")
         self.method, self.iters, self.r, self.per_channel = method, iters, r, per_channel
 
     @property
     def num_magnitudes(self) -> int:
-        return F.lbw_num_magnitudes(self.bits)
+        return lbwfit.lbw_num_magnitudes(self.bits)
 
     def code_range(self) -> Tensor:
         n = self.num_magnitudes
         return torch.arange(-n, n + 1, dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
-        return F.lbw_fit(x, self.bits, self.method, self.iters, self.r, self.per_channel)
+        check_input(x, "weight")
+        return lbwfit.lbw_fit(x, self.bits, self.method, self.iters, self.r, self.per_channel)
 
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
         if self.bits == 2:  # ternary layout: code * alpha
@@ -233,7 +243,7 @@ class DoReFa(CodebookQuantizer):
         return torch.arange(-n, n + 1, 2, dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_finite(x, "weight")
+        check_input(x, "weight")
         if self.bits == 1:
             return F.binary(x)
         return F.dorefa_encode(F.dorefa_normalize(x.detach()), self.bits)
@@ -241,6 +251,6 @@ class DoReFa(CodebookQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         if self.bits == 1:
             return super().forward(x)
-        check_finite(x, "weight")
+        check_input(x, "weight")
         v = F.dorefa_normalize(x)
         return ste(v, self.decode(*F.dorefa_encode(v, self.bits)))
