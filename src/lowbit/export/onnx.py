@@ -41,7 +41,7 @@ import lowbit.export.onnx_ops  # noqa: F401  (registers the standard lowerings)
 import lowbit.export.onnx_quant  # noqa: F401  (registers the quantized lowerings)
 from lowbit.engine.checkpoint import atomic_write_bytes
 from lowbit.errors import CheckpointError, LowbitError
-from lowbit.export.fold import find_conv_bn_pairs, fold_pair
+from lowbit.export.fold import FoldedConvBN, find_conv_bn_pairs, fold_pair
 from lowbit.export.onnx_graph import FLAVOURS, GraphBuilder, build_model, lower_graph, trace
 from lowbit.nn.layers import QuantConv2d
 
@@ -76,10 +76,12 @@ def fold_foldable(model: nn.Module) -> tuple[nn.Module, list[str]]:
 def _in_channels(model: nn.Module, meta: dict[str, Any]) -> int:
     if "in_channels" in meta:
         return int(meta["in_channels"])
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)), None)
-    if first is None:
-        raise LowbitError("export_onnx: cannot tell the input channels; pass input_shape")
-    return int(first.in_channels if isinstance(first, nn.Conv2d) else first.in_features)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            return int(m.in_channels if isinstance(m, nn.Conv2d) else m.in_features)
+        if isinstance(m, FoldedConvBN):
+            return int(m.weight_codes.shape[1] * m.groups)
+    raise LowbitError("export_onnx: cannot tell the input channels; pass input_shape")
 
 
 def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | None = None,
@@ -96,13 +98,13 @@ def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | Non
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")
     meta = dict(meta or {})
+    shape: list[Any] = ["batch", *(input_shape or (_in_channels(model, meta), "height", "width"))]
     model = copy.deepcopy(model).float().eval()
     if flavour == "int":
         model, _ = fold_foldable(model)
     b = GraphBuilder(flavour)
     with torch.no_grad():
         output = lower_graph(model, trace(model), b, "input")
-    shape: list[Any] = ["batch", *(input_shape or (_in_channels(model, meta), "height", "width"))]
     props = {"lowbit.format": FORMAT, "lowbit.flavour": flavour,
              "lowbit.layers": json.dumps(b.layers),
              "lowbit.meta": json.dumps({k: meta[k] for k in _RUN_KEYS if k in meta})}
@@ -132,10 +134,21 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
-def session(model: str | Path | bytes, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU onnxruntime session (`threads` intra-op threads; None: onnxruntime's default)."""
+def session(model: str | Path | bytes, threads: int | None = None,
+            optimize: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session (`threads` intra-op threads; None: onnxruntime's default).
+
+    `optimize=False` turns graph optimizations off: onnxruntime then computes the ONNX
+    semantics of the file op by op (QDQ in float), which equal lowbit's fake-quant model to float
+    rounding. With them on (default), it fuses `DequantizeLinear -> Conv -> QuantizeLinear` into
+    QLinearConv, whose integer requantization rounds the float bias to one accumulator unit
+    (scale_x * scale_w); `lowbit.export.onnx_quant` picks per-channel code gains that make that
+    rounding as small as int8 allows (exact for ternary/binary codes in practice).
+    """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     source = str(model) if isinstance(model, Path) else model
@@ -151,8 +164,11 @@ def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
     return meta
 
 
-def load_onnx(path: str | Path, threads: int | None = None) -> tuple[nn.Module, dict[str, Any]]:
+def load_onnx(path: str | Path, threads: int | None = None,
+              optimize: bool = True) -> tuple[nn.Module, dict[str, Any]]:
     """(callable model running the file in onnxruntime, metadata) for `lowbit eval model.onnx`.
+
+    `threads` and `optimize`: as for `session`.
 
     Raises:
         CheckpointError: the file is missing or not a valid ONNX model.
@@ -162,7 +178,7 @@ def load_onnx(path: str | Path, threads: int | None = None) -> tuple[nn.Module, 
         raise CheckpointError(f"ONNX model {path} not found")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        sess = session(path, threads)
+        sess = session(path, threads, optimize)
     except Exception as exc:  # onnx / onnxruntime raise their own exception types
         raise CheckpointError(f"{path} is not a loadable ONNX model ({exc})") from exc
     return OnnxModule(sess).eval(), read_metadata(proto)

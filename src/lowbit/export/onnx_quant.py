@@ -287,7 +287,8 @@ def _folded_int(b: GraphBuilder, m: FoldedConvBN, grid: ActGrid | None, x: str, 
     step = 1.0 if grid is None else grid.step
     if grid is None:
         unit = torch.where(live, mult.abs(), 1.0)
-        info.update(storage="int8", codes=sorted(int(c) for c in codes.unique()))
+        info.update(storage="int8", codes=sorted(int(c) for c in codes.unique()),
+                    accumulator_unit=[float(u) for u in unit])
         return emit_conv(b, x, emit_dq_weight(b, codes, unit, name), offset.float(), m, name)
     top = _max_gain(int(codes.abs().max()), max(abs(grid.lo), abs(grid.hi)))
     gain, unit = bias_gains(mult, offset, step, top)
