@@ -41,36 +41,14 @@ import lowbit.export.onnx_ops  # noqa: F401  (registers the standard lowerings)
 import lowbit.export.onnx_quant  # noqa: F401  (registers the quantized lowerings)
 from lowbit.engine.checkpoint import atomic_write_bytes
 from lowbit.errors import CheckpointError, LowbitError
-from lowbit.export.fold import FoldedConvBN, find_conv_bn_pairs, fold_pair
+from lowbit.export.fold import FoldedConvBN
+from lowbit.export.integer import fold_foldable
 from lowbit.export.onnx_graph import FLAVOURS, GraphBuilder, build_model, lower_graph, trace
-from lowbit.nn.layers import QuantConv2d
 
 log = logging.getLogger(__name__)
 
 FORMAT = "lowbit-onnx/1"
 _RUN_KEYS = ("config", "model", "dataset", "num_classes", "in_channels")
-
-
-def fold_foldable(model: nn.Module) -> tuple[nn.Module, list[str]]:
-    """Fold each quantized conv + BN pair that can fold (in place); the others stay as they are.
-
-    Returns the model and the names of the folded convs.
-    """
-    folded = []
-    for conv_name, bn_name in find_conv_bn_pairs(model):
-        conv = model.get_submodule(conv_name)
-        assert isinstance(conv, QuantConv2d)
-        if conv.weight_quant is None:
-            continue
-        try:
-            layer = fold_pair(conv, model.get_submodule(bn_name), conv_name)
-        except LowbitError as exc:
-            log.info("export_onnx: %s stays unfolded (%s)", conv_name, exc)
-            continue
-        model.set_submodule(conv_name, layer)
-        model.set_submodule(bn_name, nn.Identity())
-        folded.append(conv_name)
-    return model, folded
 
 
 def _in_channels(model: nn.Module, meta: dict[str, Any]) -> int:

@@ -28,7 +28,6 @@ scales) and bits per layer go to `builder.layers`, which `export_onnx` writes to
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -36,50 +35,16 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.export.fold import FoldedConvBN, act_clip, weight_codes
+from lowbit.export.fold import FoldedConvBN, weight_codes
+from lowbit.export.integer import ActGrid, act_grid, folded_grid
 from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering
 from lowbit.export.onnx_ops import clip, emit_conv, emit_linear
 from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
-from lowbit.quant.activation import LSQ, ScaleClip, Sign, Uniform
+from lowbit.quant.activation import Sign, Uniform
 from lowbit.quant.base import Quantizer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ActGrid:
-    """A constant activation grid: codes in [lo, hi], value = code * step.
-
-    `pre_clip` (uniform, Scale-Clip) clamps x to [lo*step, T] before dividing by the step; LSQ
-    divides first and clamps the codes (`pre_clip` None).
-    """
-
-    step: float
-    lo: int
-    hi: int
-    pre_clip: tuple[float, float] | None
-
-
-def act_grid(q: Quantizer) -> ActGrid | None:
-    """The constant grid of an activation quantizer in eval mode, or None (per-batch / other)."""
-    if isinstance(q, LSQ):
-        if not bool(q.initialized):
-            return None
-        qn, qp = F.lsq_bounds(q.bits, q.signed)
-        step = q.step.detach().abs().clamp_min(torch.finfo(torch.float32).tiny).float()
-        return ActGrid(float(step), -qn, qp, None)
-    if not isinstance(q, Uniform | ScaleClip):
-        return None
-    try:
-        t = act_clip(q, torch.float32)
-    except LowbitError:
-        return None
-    assert t is not None
-    big_l = F.uniform_num_steps(q.bits, q.signed)
-    step = t.float() / big_l  # the same float32 division the quantizer runs
-    lo = -big_l if q.signed else 0
-    return ActGrid(float(step), lo, big_l, (-float(t) if q.signed else 0.0, float(t)))
 
 
 def _act_info(q: Quantizer, grid: ActGrid | None, storage: str) -> dict[str, Any]:
@@ -226,16 +191,6 @@ def _quant_act(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
     assert isinstance(m, QuantAct)
     out, b.layers[name] = lower_act(b, m.act_quant, xs[0], name)
     return out
-
-
-def folded_grid(m: FoldedConvBN) -> ActGrid | None:
-    """The input grid of a folded conv (None: float input)."""
-    if m.act_bits is None:
-        return None
-    big_l = F.uniform_num_steps(m.act_bits, m.act_signed)
-    t = m.act_clip.detach().float()
-    return ActGrid(float(t / big_l), -big_l if m.act_signed else 0, big_l,
-                   (-float(t) if m.act_signed else 0.0, float(t)))
 
 
 @register_module_lowering(FoldedConvBN)
