@@ -1,4 +1,11 @@
-"""The numba back end of `lowbit.kernels.xnor` (imported only when numba is installed)."""
+"""The numba back end of `lowbit.kernels.xnor` (imported only when numba is installed).
+
+Same bit layout as the PyTorch path: channel c of a pixel is bit c % 64 of word c // 64 (bit 1
+for x >= 0), padding pixels are all ones (+1), and a window's taps are concatenated tap after
+tap. `conv` packs the input pixels once, then for every output pixel builds its window's words
+and runs the popcount GEMM against the weights laid out (words, O), so the innermost loop runs
+over output channels (vectorisable, VPOPCNTQ on AVX-512).
+"""
 
 from __future__ import annotations
 
@@ -21,23 +28,66 @@ def _popcount64(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
-@numba.njit(parallel=True, cache=True, nogil=True)
-def _gemm(cols: np.ndarray, wcols: np.ndarray, k: int, out: np.ndarray) -> None:
-    n, oh, ow, words = cols.shape
-    o = wcols.shape[0]
+@numba.njit(parallel=True, cache=True)
+def _pack_pixels(x: np.ndarray, pad: int, cw: int) -> np.ndarray:
+    n, c, h, w = x.shape
+    out = np.zeros((n, h + 2 * pad, w + 2 * pad, cw), dtype=np.uint64)
+    ones = np.zeros(cw, dtype=np.uint64)
+    for ch in range(c):
+        ones[ch // 64] |= np.uint64(1) << np.uint64(ch % 64)
+    for r in numba.prange(n * (h + 2 * pad)):
+        b, i = r // (h + 2 * pad), r % (h + 2 * pad)
+        for j in range(w + 2 * pad):
+            if i < pad or i >= h + pad or j < pad or j >= w + pad:
+                out[b, i, j, :] = ones
+                continue
+            for ch in range(c):
+                if x[b, ch, i - pad, j - pad] >= 0:
+                    out[b, i, j, ch // 64] |= np.uint64(1) << np.uint64(ch % 64)
+    return out
+
+
+@numba.njit(parallel=True, cache=True)
+def _window_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int,
+                 k: int, out: np.ndarray) -> None:
+    n, oc, oh, ow = out.shape
+    cw = px.shape[3]
+    nw = wt.shape[0]
+    per = 64 // c if c < 64 else 1
     for r in numba.prange(n * oh):
         b, i = r // oh, r % oh
+        cols = np.zeros(nw, dtype=np.uint64)
+        acc = np.zeros(oc, dtype=np.int64)
         for j in range(ow):
-            for c in range(o):
-                acc = 0
-                for t in range(words):
-                    acc += _popcount64(cols[b, i, j, t] ^ wcols[c, t])  # type: ignore[call-arg]
-                out[b, i, j, c] = k - 2 * acc
+            cols[:] = 0
+            for t in range(kh * kw):
+                pix = px[b, i * stride + t // kw, j * stride + t % kw]
+                if c < 64:
+                    cols[t // per] |= pix[0] << np.uint64((t % per) * c)
+                else:
+                    cols[t * cw:(t + 1) * cw] = pix
+            acc[:] = 0
+            for t in range(nw):
+                v = cols[t]
+                for o in range(oc):
+                    acc[o] += _popcount64(v ^ wt[t, o])  # type: ignore[call-arg]
+            for o in range(oc):
+                out[b, o, i, j] = k - 2 * acc[o]
 
 
-def xnor_gemm(cols: np.ndarray, wcols: np.ndarray, k: int) -> np.ndarray:
-    """(N, OH, OW, O) int32 dot products of the bit strings `cols` (N, OH, OW, words) and
-    `wcols` (O, words), K valid bits each."""
-    out = np.empty((*cols.shape[:3], wcols.shape[0]), dtype=np.int32)
-    _gemm(cols.view(np.uint64), np.ascontiguousarray(wcols).view(np.uint64), k, out)
+def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
+         k: int) -> np.ndarray:
+    """(N, O, OH, OW) int32 XNOR-popcount products with +1 padding (no correction applied).
+
+    `wt`: the weights' window words, (words, O) uint64 (as int64 bits)."""
+    n, _, h, w = x.shape
+    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
+    px = _pack_pixels(np.ascontiguousarray(x, dtype=np.float32), pad, -(-c // 64))
+    out = np.empty((n, wt.shape[1], oh, ow), dtype=np.int32)
+    _window_gemm(px, np.ascontiguousarray(wt).view(np.uint64), c, kh, kw, stride, k, out)
     return out
+
+
+def set_threads(threads: int) -> None:
+    """Threads of numba's parallel loops."""
+    numba.set_num_threads(threads)

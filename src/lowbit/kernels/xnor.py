@@ -89,6 +89,47 @@ def pack_weights(w: Tensor) -> tuple[Tensor, int]:
     return cols.reshape(o, -1), c * kh * kw
 
 
+class XnorConv:
+    """A binary convolution with its weights packed once: `XnorConv(w, ...)(x)` equals
+    `conv2d(sign(x), sign(w), stride, padding)` as int32 (the padding correction is cached per
+    input size)."""
+
+    def __init__(self, w: Tensor, stride: int = 1, padding: int = 0,
+                 backend: str | None = None) -> None:
+        self.backend = backend or ("numba" if HAVE_NUMBA else "torch")
+        if self.backend == "numba" and _xnor_numba is None:
+            raise RuntimeError("xnor backend 'numba' needs the `fast` extra (pip install numba)")
+        self.out_channels, self.channels, self.kh, self.kw = w.shape
+        if self.channels % 64 and 64 % self.channels:
+            raise ValueError(f"xnor: channels must divide 64 or be a multiple of it, got "
+                             f"{self.channels}")
+        self.stride, self.padding = stride, padding
+        self.sign = torch.where(w >= 0, 1, -1)
+        self.wcols, self.k = pack_weights(w)
+        self.wt = self.wcols.t().contiguous().numpy()
+        self._corr: dict[tuple[int, int], Tensor] = {}
+
+    def correction(self, h: int, w: int) -> Tensor:
+        """What +1 padding adds to each output for an h x w input (cached)."""
+        if (h, w) not in self._corr:
+            self._corr[h, w] = padding_correction(self.sign, h, w, self.stride, self.padding)
+        return self._corr[h, w]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        _, _, h, w = x.shape
+        if self.backend == "numba":
+            assert _xnor_numba is not None
+            dot = torch.from_numpy(_xnor_numba.conv(x.numpy(), self.wt, self.channels, self.kh,
+                                                    self.kw, self.stride, self.padding, self.k))
+        else:
+            xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
+            cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, self.stride)
+            # one image at a time bounds the (OH, OW, O, words) intermediate
+            dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
+                torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
+        return dot - self.correction(h, w) if self.padding else dot
+
+
 def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
                 backend: str | None = None) -> Tensor:
     """`conv2d(sign(x), sign(w), stride, padding)` as int32, by XNOR + popcount.
@@ -98,23 +139,13 @@ def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
         w: (O, C, kh, kw) weights (signs only); C must divide 64 or be a multiple of 64.
         backend: "numba", "torch" or None (numba if installed).
     """
-    backend = backend or ("numba" if HAVE_NUMBA else "torch")
-    _, c, h, wd = x.shape
-    o, _, kh, kw = w.shape
-    xp = F.pad(x, (padding,) * 4, value=1.0) if padding else x
-    cols = _im2col_bits(pack_signs(xp), c, kh, kw, stride)
-    wcols, k = pack_weights(w)
-    if backend == "numba":
-        if _xnor_numba is None:
-            raise RuntimeError("xnor backend 'numba' needs the `fast` extra (pip install numba)")
-        dot = torch.from_numpy(_xnor_numba.xnor_gemm(cols.numpy(), wcols.numpy(), k))
-    else:  # one image at a time bounds the (OH, OW, O, words) intermediate
-        dot = torch.stack([(k - 2 * _popcount(c1.unsqueeze(-2) ^ wcols)).to(torch.int32)
-                           for c1 in cols])
-    dot = dot.permute(0, 3, 1, 2)  # (N, O, OH, OW)
-    if padding:
-        dot = dot - padding_correction(torch.where(w >= 0, 1, -1), h, wd, stride, padding)
-    return dot.contiguous()
+    return XnorConv(w, stride, padding, backend)(x).contiguous()
+
+
+def set_threads(threads: int) -> None:
+    """Threads of the numba kernel's parallel loop (no-op without numba)."""
+    if _xnor_numba is not None:
+        _xnor_numba.set_threads(threads)
 
 
 def words_for(c: int, kh: int, kw: int) -> int:
@@ -122,5 +153,5 @@ def words_for(c: int, kh: int, kw: int) -> int:
     return math.ceil(c * kh * kw / 64) if 64 % c == 0 else kh * kw * (c // 64)
 
 
-__all__ = ["HAVE_NUMBA", "pack_signs", "pack_weights", "padding_correction", "words_for",
-           "xnor_conv2d"]
+__all__ = ["HAVE_NUMBA", "XnorConv", "pack_signs", "pack_weights", "padding_correction",
+           "set_threads", "words_for", "xnor_conv2d"]
