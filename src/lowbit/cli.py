@@ -119,7 +119,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from lowbit.export import export_packed
     from lowbit.export.folded import export_folded
 
-    if args.fold_bn:
+    if args.format == "onnx":
+        from lowbit.api import load_model
+        from lowbit.export.onnx import export_onnx
+
+        model, meta = load_model(args.checkpoint)
+        out = export_onnx(model, args.output or f"{args.checkpoint}.{args.flavour}.onnx",
+                          args.flavour, meta)
+    elif args.fold_bn:
         out = export_folded(args.checkpoint, args.output or f"{args.checkpoint}.folded.safetensors")
     else:
         out = export_packed(args.checkpoint, args.output or f"{args.checkpoint}.lowbit")
@@ -229,6 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold quantization scales into BN (integer weights x per-channel affine); "
         "writes a folded model that `lowbit eval` loads",
     )
+    p.add_argument("--format", choices=["lowbit", "onnx"], default="lowbit",
+                   help="onnx: an ONNX graph for onnxruntime (needs the lowbit[onnx] extra)")
+    p.add_argument("--flavour", choices=["float", "int"], default="int",
+                   help="ONNX flavour: float weights, or int8 codes with QDQ activations")
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_export)
 

@@ -14,6 +14,7 @@ pytest.importorskip("onnxruntime")
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
+from lowbit.cli import main  # noqa: E402
 from lowbit.data import load_dataset  # noqa: E402
 from lowbit.engine.trainer import evaluate  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
@@ -185,3 +186,13 @@ def test_load_onnx_rejects_other_files(tmp_path: Path) -> None:
     bad.write_bytes(b"not a model")
     with pytest.raises(LowbitError, match="not a loadable ONNX"):
         load_onnx(bad)
+
+
+def test_cli_exports_onnx(tmp_path: Path) -> None:
+    ckpt = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
+    out = tmp_path / "lbw.onnx"
+    assert main(["export", str(ckpt / "lbw_w2_resnet20_cifar10.safetensors"), "--format", "onnx",
+                 "-o", str(out)]) == 0
+    runner, meta = load_onnx(out)
+    assert meta["flavour"] == "int" and meta["dataset"] == "cifar10"
+    assert runner(torch.randn(2, 3, 32, 32)).shape == (2, 10)
