@@ -17,7 +17,10 @@ Flavours:
   with a frozen uniform grid become `QuantizeLinear` (uint8, scale = step, zero point 0, plus an
   integer Clip for fewer than 8 bits), so onnxruntime's QDQ fusion runs QLinearConv (integer
   kernels) wherever a conv's output feeds an activation quantizer. Anything else stays float.
-  See `lowbit.export.onnx_quant` for the exact mapping and its rounding argument.
+  In a ResNet block only the first conv fuses: the second one's output joins the float
+  residual sum (as in the fake-quant model), so it runs as a float conv on dequantized codes;
+  requantizing the residual would change the model's outputs. See `lowbit.export.onnx_quant`
+  for the exact mapping and its rounding argument.
 
 Metadata (`metadata_props`): `lowbit.format`, `lowbit.flavour`, `lowbit.layers` (JSON: per layer,
 the weight quantizer config, bits, codes, per-channel scales and storage; the activation bits,

@@ -18,11 +18,16 @@ Weights (`weight_codes` from `lowbit.export.fold`: integer codes, a scale per ou
 - "int": int8 codes + `DequantizeLinear(axis=0)` with per-channel scales, where every code fits
   int8 (ternary, binary, pow2 <= 4 bits, uniform <= 8 bits); otherwise float, as above.
 A folded conv + BN (`FoldedConvBN`, y = conv(codes_a, W) * M + B) keeps the BN inside the
-per-channel weight scale (|M| / step_a, the sign moved into the codes) and, after an activation
-grid, an int32 bias B / (step_a * s) in QDQ form; the codes are multiplied by the largest power of
-two that keeps them in int8 and the u8 x s8 pair sums below 2^15 (what AVX2 kernels need), so
-that the bias rounding (half an accumulator unit) is 2^-k times smaller. Codebooks (codes and
-scales) and bits per layer go to `builder.layers`, which `export_onnx` writes to the metadata.
+per-channel weight scale (|M| / step_a, the sign moved into the codes) and B as the conv's float
+bias, so the file's ONNX semantics are exact. When onnxruntime fuses `DQ -> Conv -> Q` into
+QLinearConv it rounds that bias to a multiple of the accumulator unit step_a * scale_w; the codes
+are therefore multiplied by a per-channel integer gain g (codes * g stays in int8 and the u8 x s8
+pair sums of AVX2 kernels below 2^15) chosen so that B is (nearly) a multiple of the unit
+|M| / g: with ternary codes (g up to 127) the fused integer graph reproduces the fake-quant
+codes exactly in practice; with wider codes (pow2 4-bit: g <= 15) a few activations can move by
+one step. The requantization itself (round half to even of (acc + bias) * multiplier, float32)
+differs from the float path by float rounding only. Codebooks (codes and scales) and bits per
+layer go to `builder.layers`, which `export_onnx` writes to the metadata.
 """
 
 from __future__ import annotations
