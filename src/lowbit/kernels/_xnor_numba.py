@@ -31,19 +31,26 @@ def _popcount64(typingctx: Any, x: Any) -> Any:
 @numba.njit(parallel=True, cache=True)
 def _pack_pixels(x: np.ndarray, pad: int, cw: int) -> np.ndarray:
     n, c, h, w = x.shape
-    out = np.zeros((n, h + 2 * pad, w + 2 * pad, cw), dtype=np.uint64)
+    hp, wp = h + 2 * pad, w + 2 * pad
+    out = np.zeros((n, hp, wp, cw), dtype=np.uint64)
     ones = np.zeros(cw, dtype=np.uint64)
     for ch in range(c):
         ones[ch // 64] |= np.uint64(1) << np.uint64(ch % 64)
-    for r in numba.prange(n * (h + 2 * pad)):
-        b, i = r // (h + 2 * pad), r % (h + 2 * pad)
-        for j in range(w + 2 * pad):
-            if i < pad or i >= h + pad or j < pad or j >= w + pad:
+    for r in numba.prange(n * hp):
+        b, i = r // hp, r % hp
+        if i < pad or i >= h + pad:
+            for j in range(wp):
                 out[b, i, j, :] = ones
-                continue
-            for ch in range(c):
-                if x[b, ch, i - pad, j - pad] >= 0:
-                    out[b, i, j, ch // 64] |= np.uint64(1) << np.uint64(ch % 64)
+            continue
+        for j in range(pad):
+            out[b, i, j, :] = ones
+            out[b, i, wp - 1 - j, :] = ones
+        for ch in range(c):  # rows of x and of out are both read / written contiguously
+            word, bit = ch // 64, np.uint64(1) << np.uint64(ch % 64)
+            row = x[b, ch, i - pad]
+            for j in range(w):
+                if row[j] >= 0:
+                    out[b, i, j + pad, word] |= bit
     return out
 
 
@@ -70,7 +77,8 @@ def _window_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, strid
             for t in range(nw):
                 v = cols[t]
                 for o in range(oc):
-                    acc[o] += _popcount64(v ^ wt[t, o])  # type: ignore[call-arg]
+                    # int64 + uint64 would be float64 in numba: cast the count
+                    acc[o] += np.int64(_popcount64(v ^ wt[t, o]))  # type: ignore[call-arg]
             for o in range(oc):
                 out[b, o, i, j] = k - 2 * acc[o]
 
