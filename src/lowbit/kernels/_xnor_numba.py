@@ -48,15 +48,14 @@ def _pack_pixels(x: np.ndarray, pad: int, cw: int) -> np.ndarray:
         for ch in range(c):  # rows of x and of out are both read / written contiguously
             word, bit = ch // 64, np.uint64(1) << np.uint64(ch % 64)
             row = x[b, ch, i - pad]
-            for j in range(w):
-                if row[j] >= 0:
-                    out[b, i, j + pad, word] |= bit
+            for j in range(w):  # branch-free: bit if x >= 0
+                out[b, i, j + pad, word] |= bit * np.uint64(row[j] >= 0)
     return out
 
 
 @numba.njit(parallel=True, cache=True)
 def _window_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int,
-                 k: int, out: np.ndarray) -> None:
+                 k: int, corr: np.ndarray, out: np.ndarray) -> None:
     n, oc, oh, ow = out.shape
     cw = px.shape[3]
     nw = wt.shape[0]
@@ -80,19 +79,21 @@ def _window_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, strid
                     # int64 + uint64 would be float64 in numba: cast the count
                     acc[o] += np.int64(_popcount64(v ^ wt[t, o]))  # type: ignore[call-arg]
             for o in range(oc):
-                out[b, o, i, j] = k - 2 * acc[o]
+                out[b, o, i, j] = k - 2 * acc[o] - corr[o, i, j]
 
 
 def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
-         k: int) -> np.ndarray:
-    """(N, O, OH, OW) int32 XNOR-popcount products with +1 padding (no correction applied).
+         k: int, corr: np.ndarray) -> np.ndarray:
+    """(N, O, OH, OW) int32 XNOR-popcount products with +1 padding, minus `corr` (O, OH, OW),
+    the padding correction.
 
     `wt`: the weights' window words, (words, O) uint64 (as int64 bits)."""
     n, _, h, w = x.shape
     oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
     px = _pack_pixels(np.ascontiguousarray(x, dtype=np.float32), pad, -(-c // 64))
     out = np.empty((n, wt.shape[1], oh, ow), dtype=np.int32)
-    _window_gemm(px, np.ascontiguousarray(wt).view(np.uint64), c, kh, kw, stride, k, out)
+    _window_gemm(px, np.ascontiguousarray(wt).view(np.uint64), c, kh, kw, stride, k,
+                 np.ascontiguousarray(corr, dtype=np.int32), out)
     return out
 
 

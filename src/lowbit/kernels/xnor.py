@@ -110,23 +110,27 @@ class XnorConv:
         self._corr: dict[tuple[int, int], Tensor] = {}
 
     def correction(self, h: int, w: int) -> Tensor:
-        """What +1 padding adds to each output for an h x w input (cached)."""
+        """What +1 padding adds to each output for an h x w input, (O, OH, OW) (cached)."""
         if (h, w) not in self._corr:
-            self._corr[h, w] = padding_correction(self.sign, h, w, self.stride, self.padding)
+            corr = padding_correction(self.sign, h, w, self.stride, self.padding)
+            if not self.padding:
+                oh, ow = (h - self.kh) // self.stride + 1, (w - self.kw) // self.stride + 1
+                corr = torch.zeros(self.out_channels, oh, ow, dtype=torch.int32)
+            self._corr[h, w] = corr
         return self._corr[h, w]
 
     def __call__(self, x: Tensor) -> Tensor:
         _, _, h, w = x.shape
-        if self.backend == "numba":
+        if self.backend == "numba":  # the kernel subtracts the padding correction itself
             assert _xnor_numba is not None
-            dot = torch.from_numpy(_xnor_numba.conv(x.numpy(), self.wt, self.channels, self.kh,
-                                                    self.kw, self.stride, self.padding, self.k))
-        else:
-            xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
-            cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, self.stride)
-            # one image at a time bounds the (OH, OW, O, words) intermediate
-            dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
-                torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
+            return torch.from_numpy(_xnor_numba.conv(
+                x.detach().numpy(), self.wt, self.channels, self.kh, self.kw, self.stride,
+                self.padding, self.k, self.correction(h, w).numpy()))
+        xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
+        cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, self.stride)
+        # one image at a time bounds the (OH, OW, O, words) intermediate
+        dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
+            torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
         return dot - self.correction(h, w) if self.padding else dot
 
 
