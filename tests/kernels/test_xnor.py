@@ -4,6 +4,8 @@ back ends, with padding, strides and 1x1 kernels; packing keeps the bits it shou
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from lowbit.kernels.xnor import HAVE_NUMBA, pack_signs, padding_correction, xnor_conv2d
 
@@ -47,3 +49,18 @@ def test_padding_correction_is_the_border_sum() -> None:
 def test_unsupported_channel_count_is_refused() -> None:
     with pytest.raises(ValueError, match="divide 64"):
         xnor_conv2d(torch.randn(1, 48, 4, 4), torch.randn(2, 48, 3, 3), 1, 1, "torch")
+
+
+@settings(max_examples=25, deadline=None)
+@given(c=st.sampled_from([1, 2, 8, 16, 32, 64, 128]), o=st.integers(1, 9),
+       hw=st.integers(1, 7), stride=st.integers(1, 3), pad=st.integers(0, 2),
+       k=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
+def test_xnor_conv_property(c: int, o: int, hw: int, stride: int, pad: int, k: int,
+                            seed: int) -> None:
+    if hw + 2 * pad < k:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    x, w = torch.randn(2, c, hw, hw, generator=gen), torch.randn(o, c, k, k, generator=gen)
+    want = F.conv2d(signs(x), signs(w), stride=stride, padding=pad)
+    for backend in BACKENDS:
+        assert torch.equal(xnor_conv2d(x, w, stride, pad, backend).double(), want.double())
