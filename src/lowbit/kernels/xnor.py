@@ -107,31 +107,34 @@ class XnorConv:
         self.sign = torch.where(w >= 0, 1, -1)
         self.wcols, self.k = pack_weights(w)
         self.wt = self.wcols.t().contiguous().numpy()
-        self._corr: dict[tuple[int, int], Tensor] = {}
+        self._corr: dict[tuple[int, int, int], Tensor] = {}
 
-    def correction(self, h: int, w: int) -> Tensor:
+    def correction(self, h: int, w: int, stride: int) -> Tensor:
         """What +1 padding adds to each output for an h x w input, (O, OH, OW) (cached)."""
-        if (h, w) not in self._corr:
-            corr = padding_correction(self.sign, h, w, self.stride, self.padding)
+        if (h, w, stride) not in self._corr:
+            corr = padding_correction(self.sign, h, w, stride, self.padding)
             if not self.padding:
-                oh, ow = (h - self.kh) // self.stride + 1, (w - self.kw) // self.stride + 1
+                oh, ow = (h - self.kh) // stride + 1, (w - self.kw) // stride + 1
                 corr = torch.zeros(self.out_channels, oh, ow, dtype=torch.int32)
-            self._corr[h, w] = corr
-        return self._corr[h, w]
+            self._corr[h, w, stride] = corr
+        return self._corr[h, w, stride]
 
     def __call__(self, x: Tensor) -> Tensor:
+        stride = self.stride
+        if (self.kh, self.kw, self.padding) == (1, 1, 0) and stride > 1:
+            x, stride = x[:, :, ::stride, ::stride], 1  # pack only the pixels a 1x1 conv reads
         _, _, h, w = x.shape
         if self.backend == "numba":  # the kernel subtracts the padding correction itself
             assert _xnor_numba is not None
             return torch.from_numpy(_xnor_numba.conv(
-                x.detach().numpy(), self.wt, self.channels, self.kh, self.kw, self.stride,
-                self.padding, self.k, self.correction(h, w).numpy()))
+                x.detach().numpy(), self.wt, self.channels, self.kh, self.kw, stride,
+                self.padding, self.k, self.correction(h, w, stride).numpy()))
         xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
-        cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, self.stride)
+        cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, stride)
         # one image at a time bounds the (OH, OW, O, words) intermediate
         dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
             torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
-        return dot - self.correction(h, w) if self.padding else dot
+        return dot - self.correction(h, w, stride) if self.padding else dot
 
 
 def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
