@@ -105,6 +105,19 @@ register_format(ModelFormat("folded", folded.FORMAT, (".folded.safetensors",), _
                             folded.write_folded))
 
 
+def _load_onnx(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """An ONNX file run by onnxruntime (the optional extra lowbit[onnx], imported on use)."""
+    try:
+        from lowbit.export.onnx import load_onnx
+    except ImportError as exc:
+        raise LowbitError(f"{path} is an ONNX model: evaluating it needs the optional extra "
+                          f'(pip install "lowbit[onnx]"): {exc}') from None
+    return load_onnx(path)
+
+
+register_format(ModelFormat("onnx", None, (".onnx",), _load_onnx))
+
+
 def header_tag(path: str | Path) -> str | None:
     """The lowbit format tag in a safetensors file's header, without reading the tensors."""
     try:

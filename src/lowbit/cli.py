@@ -169,9 +169,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from lowbit.artifacts import export_file
+    from lowbit.artifacts import export_file, load_model
 
-    if args.fold_bn:
+    if args.format == "onnx":
+        try:
+            from lowbit.export.onnx import export_onnx
+        except ImportError as exc:
+            raise LowbitError("--format onnx needs the optional extra (pip install "
+                              f'"lowbit[onnx]"): {exc}') from None
+        model, meta = load_model(args.checkpoint)
+        out = export_onnx(model, args.output or f"{args.checkpoint}.{args.flavour}.onnx",
+                          args.flavour, meta)
+    elif args.fold_bn:
         out = export_file(args.checkpoint, args.output or f"{args.checkpoint}.folded.safetensors",
                           "folded")
     else:
@@ -299,6 +308,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="fold quantization scales into BN (integer weights x per-channel affine); "
         "writes a folded model that `lowbit eval` loads",
     )
+    p.add_argument("--format", choices=["lowbit", "onnx"], default="lowbit",
+                   help="onnx: an ONNX graph for onnxruntime (needs the lowbit[onnx] extra)")
+    p.add_argument("--flavour", choices=["float", "int"], default="int",
+                   help="ONNX flavour: float weights, or int8 codes with QDQ activations")
     p.add_argument("--json", action="store_true", help="print the output path and size as JSON")
     p.set_defaults(fn=cmd_export)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lowbit.accounting import cost_report
+from lowbit.artifacts import export_file
 from lowbit.config import build_config
 from lowbit.engine.checkpoint import save_checkpoint, with_prefix
-from lowbit.artifacts import export_file
 from lowbit.models import create_model
 from lowbit.study.configs import run_config
 from lowbit.study.size import (

@@ -1,0 +1,72 @@
+"""ResNet-20 inference in onnxruntime: the integer (QDQ) graph vs the float graph of one checkpoint.
+
+Both graphs come from the same checkpoint (`lowbit.export.onnx`, flavours "int" and "float"),
+run in one process with the same intra-op thread count, timed interleaved (the order alternates
+every round), at each batch size; the figure is the ratio of medians float / int (> 1: the
+integer graph is faster). Target: >= 2x.
+
+    python benchmarks/bench_onnx.py                       # GDRQ W2A4, batch 1 and 128, 2 threads
+    python benchmarks/bench_onnx.py --repeats 5 --out /tmp/smoke.json   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/bench_onnx.py`: find the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+
+from benchmarks.common import RESULTS, interleaved, median, provenance, write_json
+from lowbit.api import load_model
+from lowbit.export.onnx import session, to_onnx
+
+CHECKPOINT = (Path(__file__).resolve().parent / "checkpoints"
+              / "gdrq_w2a4_resnet20_cifar10.safetensors")
+
+
+def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
+            ) -> list[dict[str, Any]]:
+    """Interleaved timings of both graphs at every batch size."""
+    model, meta = load_model(checkpoint)
+    graphs = {f: to_onnx(model, f, meta).SerializeToString() for f in ("float", "int")}
+    sessions = {f: session(g, threads) for f, g in graphs.items()}
+    rows = []
+    for batch in batches:
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
+        fns = {f: (lambda s=s, x=x: s.run(None, {"input": x})) for f, s in sessions.items()}
+        for fn in fns.values():
+            fn()  # warm-up: allocations, kernel selection
+        times = interleaved(fns, repeats)
+        rows.append({"batch": batch, "threads": threads, "repeats": repeats,
+                     "float_median_s": median(times["float"]), "int_median_s": median(times["int"]),
+                     "speedup_float_over_int": median(times["float"]) / median(times["int"]),
+                     "float_all_s": times["float"], "int_all_s": times["int"]})
+        print(f"batch {batch}: float {rows[-1]['float_median_s'] * 1e3:.2f} ms, int "
+              f"{rows[-1]['int_median_s'] * 1e3:.2f} ms, float/int "
+              f"{rows[-1]['speedup_float_over_int']:.2f}x")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 128])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--note", default="", help="e.g. 'smoke run on a shared, contended CPU'")
+    p.add_argument("--out", type=Path, default=RESULTS / "onnx_speed.json")
+    args = p.parse_args(argv)
+    prov = provenance("bench_onnx.py", argv)
+    rows = measure(args.checkpoint, args.batches, args.threads, args.repeats)
+    result = {**prov, "checkpoint": str(args.checkpoint.name), "note": args.note, "rows": rows}
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Binary convolution at every ResNet-20 layer shape: XNOR-popcount kernel vs float conv2d.
+
+For each distinct conv shape of ResNet-20 on 32x32 inputs (3x3 convs of the three stages, the
+two strided 3x3 convs and the two 1x1 shortcuts; the float stem is left out), the XNOR path
+(`lowbit.kernels.xnor.XnorConv`: weights packed once, as a deployed layer holds them; per call
+the input's signs are bit-packed, the popcount GEMM runs and the padding correction is applied)
+runs against `torch.nn.functional.conv2d` on the same float input, interleaved, same thread
+count (torch and numba). The figure is the ratio of medians float / xnor (> 1: XNOR faster).
+Target: >= 4x.
+
+    python benchmarks/bench_xnor.py                       # batch 128, 2 threads, numba
+    python benchmarks/bench_xnor.py --batch 8 --repeats 3 --out /tmp/smoke.json   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as `python benchmarks/bench_xnor.py`: find the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.common import RESULTS, interleaved, median, provenance, write_json
+from lowbit.kernels.xnor import HAVE_NUMBA, XnorConv, set_threads
+
+# (in channels, out channels, input size, stride, padding, kernel) of ResNet-20's binary convs
+SHAPES = [(16, 16, 32, 1, 1, 3), (16, 32, 32, 2, 1, 3), (32, 32, 16, 1, 1, 3),
+          (32, 64, 16, 2, 1, 3), (64, 64, 8, 1, 1, 3), (16, 32, 32, 2, 0, 1),
+          (32, 64, 16, 2, 0, 1)]
+
+
+def measure(batch: int, repeats: int, backend: str) -> list[dict[str, Any]]:
+    """Interleaved timings per shape; every XNOR result is checked against the float conv."""
+    rows = []
+    for c, o, hw, stride, pad, k in SHAPES:
+        gen = torch.Generator().manual_seed(c * o + hw)
+        x, w = torch.randn(batch, c, hw, hw, generator=gen), torch.randn(o, c, k, k, generator=gen)
+        ws, conv = torch.where(w >= 0, 1.0, -1.0), XnorConv(w, stride, pad, backend)
+        fns = {"float": lambda x=x, ws=ws, s=stride, p=pad: F.conv2d(x, ws, stride=s, padding=p),
+               "xnor": lambda x=x, f=conv: f(x)}
+        want = F.conv2d(torch.where(x >= 0, 1.0, -1.0), ws, stride=stride, padding=pad)
+        if not torch.equal(fns["xnor"]().double(), want.double()):  # also the warm-up / JIT
+            raise AssertionError(f"xnor differs from the float conv at shape {c, o, hw}")
+        times = interleaved(fns, repeats)
+        rows.append({"cin": c, "cout": o, "size": hw, "stride": stride, "padding": pad,
+                     "kernel": k, "batch": batch, "float_median_s": median(times["float"]),
+                     "xnor_median_s": median(times["xnor"]),
+                     "speedup_float_over_xnor": median(times["float"]) / median(times["xnor"])})
+        print(f"{c}->{o} {hw}x{hw} k{k} s{stride}: float {rows[-1]['float_median_s'] * 1e3:.2f} "
+              f"ms, xnor {rows[-1]['xnor_median_s'] * 1e3:.2f} ms, "
+              f"float/xnor {rows[-1]['speedup_float_over_xnor']:.2f}x")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=128)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--backend", choices=["numba", "torch"],
+                   default="numba" if HAVE_NUMBA else "torch")
+    p.add_argument("--note", default="", help="e.g. 'smoke run on a shared, contended CPU'")
+    p.add_argument("--out", type=Path, default=RESULTS / "xnor_speed.json")
+    args = p.parse_args(argv)
+    prov = provenance("bench_xnor.py", argv)
+    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
+    rows = measure(args.batch, args.repeats, args.backend)
+    result = {**prov, "backend": args.backend, "threads": args.threads, "note": args.note,
+              "rows": rows}
+    write_json(args.out, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

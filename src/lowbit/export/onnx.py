@@ -1,0 +1,165 @@
+"""ONNX export of any lowbit model (`export_onnx`) and evaluation through onnxruntime (`load_onnx`).
+
+How the graph is made: the model is traced with torch.fx (quantized layers, quantizers and
+folded layers kept whole) and each traced node is lowered to ONNX nodes with `onnx.helper`,
+through a registry of lowerings per module type (`lowbit.export.onnx_graph`). Not
+`torch.onnx.export`: its dynamo exporter needs onnxscript, the TorchScript one is deprecated in
+torch 2.13 and neither knows lowbit's quantizers, which would each need a symbolic function
+anyway; lowering the module tree ourselves keeps the export offline, dependency-light
+(onnx + onnxruntime, the `lowbit[onnx]` extra) and exact, and lets a new layer type (e.g.
+Group-Net's multi-branch binary blocks) register its own lowering without touching this file.
+
+Flavours:
+- "float": float weights holding the quantized values and the activation fake-quant arithmetic
+  as float ops. Always possible; runs anywhere; equals PyTorch to float rounding.
+- "int": every conv + BN pair that folds (`lowbit.export.fold`) is folded first; weights whose
+  codes fit int8 are stored as int8 with per-channel scales (`DequantizeLinear`), activations
+  with a frozen uniform grid become `QuantizeLinear` (uint8, scale = step, zero point 0, plus an
+  integer Clip for fewer than 8 bits), so onnxruntime's QDQ fusion runs QLinearConv (integer
+  kernels) wherever a conv's output feeds an activation quantizer. Anything else stays float.
+  In a ResNet block only the first conv fuses: the second one's output joins the float
+  residual sum (as in the fake-quant model), so it runs as a float conv on dequantized codes;
+  requantizing the residual would change the model's outputs. See `lowbit.export.onnx_quant`
+  for the exact mapping and its rounding argument.
+
+Metadata (`metadata_props`): `lowbit.format`, `lowbit.flavour`, `lowbit.layers` (JSON: per layer,
+the weight quantizer config, bits, codes, per-channel scales and storage; the activation bits,
+step and code range) and `lowbit.meta` (the run's config, model, dataset, classes, channels).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+import lowbit.export.onnx_ops  # noqa: F401  (registers the standard lowerings)
+import lowbit.export.onnx_quant  # noqa: F401  (registers the quantized lowerings)
+from lowbit.engine.checkpoint import atomic_write_bytes
+from lowbit.errors import CheckpointError, LowbitError
+from lowbit.export.fold import FoldedConvBN
+from lowbit.export.integer import fold_foldable
+from lowbit.export.onnx_graph import FLAVOURS, GraphBuilder, build_model, lower_graph, trace
+
+log = logging.getLogger(__name__)
+
+FORMAT = "lowbit-onnx/1"
+_RUN_KEYS = ("config", "model", "dataset", "num_classes", "in_channels")
+
+
+def _in_channels(model: nn.Module, meta: dict[str, Any]) -> int:
+    if "in_channels" in meta:
+        return int(meta["in_channels"])
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            return int(m.in_channels if isinstance(m, nn.Conv2d) else m.in_features)
+        if isinstance(m, FoldedConvBN):
+            return int(m.weight_codes.shape[1] * m.groups)
+    raise LowbitError("export_onnx: cannot tell the input channels; pass input_shape")
+
+
+def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | None = None,
+            input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
+    """The checked ONNX model of `model` (not modified) in `flavour`; see the module docstring.
+
+    Args:
+        model: any lowbit model (fake-quantized, folded, packed-and-loaded or float), whose
+            activation clips are trained or calibrated.
+        flavour: "float" or "int".
+        meta: run metadata (as `lowbit.api.load_model` returns it) for `lowbit.meta`.
+        input_shape: (C, H, W) of one input; default (in_channels, "height", "width").
+    """
+    if flavour not in FLAVOURS:
+        raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")
+    meta = dict(meta or {})
+    shape: list[Any] = ["batch", *(input_shape or (_in_channels(model, meta), "height", "width"))]
+    model = copy.deepcopy(model).float().eval()
+    if flavour == "int":
+        model, _ = fold_foldable(model)
+    b = GraphBuilder(flavour)
+    with torch.no_grad():
+        output = lower_graph(model, trace(model), b, "input")
+    props = {"lowbit.format": FORMAT, "lowbit.flavour": flavour,
+             "lowbit.layers": json.dumps(b.layers),
+             "lowbit.meta": json.dumps({k: meta[k] for k in _RUN_KEYS if k in meta})}
+    return build_model(b, "input", output, shape, props)
+
+
+def export_onnx(model: nn.Module, path: str | Path, flavour: str = "float",
+                meta: dict[str, Any] | None = None,
+                input_shape: tuple[int, ...] | None = None) -> Path:
+    """Write `to_onnx(model, flavour, meta, input_shape)` to `path` (atomically)."""
+    proto = to_onnx(model, flavour, meta, input_shape)
+    path = Path(path)
+    atomic_write_bytes(path, proto.SerializeToString())
+    return path
+
+
+class OnnxModule(nn.Module):
+    """An onnxruntime session behind the `nn.Module` call interface (float32 CPU tensors)."""
+
+    def __init__(self, session: ort.InferenceSession) -> None:
+        super().__init__()
+        self.session = session
+        self.input_name = session.get_inputs()[0].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        array = x.detach().to("cpu", torch.float32).contiguous().numpy()
+        return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
+
+
+def session(model: str | Path | bytes, threads: int | None = None,
+            optimize: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session (`threads` intra-op threads; None: onnxruntime's default).
+
+    `optimize=False` turns graph optimizations off: onnxruntime then computes the ONNX
+    semantics of the file op by op (QDQ in float), which equal lowbit's fake-quant model to float
+    rounding. With them on (default), it fuses `DequantizeLinear -> Conv -> QuantizeLinear` into
+    QLinearConv, whose integer requantization rounds the float bias to one accumulator unit
+    (scale_x * scale_w); `lowbit.export.onnx_quant` picks per-channel code gains that make that
+    rounding as small as int8 allows (exact for ternary/binary codes in practice).
+    """
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    source = str(model) if isinstance(model, Path) else model
+    return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
+
+
+def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
+    """The lowbit metadata of an ONNX model: run meta plus format, flavour and layers."""
+    props = {p.key: p.value for p in proto.metadata_props}
+    meta: dict[str, Any] = json.loads(props.get("lowbit.meta", "{}"))
+    meta.update(format=props.get("lowbit.format", "onnx"), flavour=props.get("lowbit.flavour"),
+                layers=json.loads(props.get("lowbit.layers", "{}")))
+    return meta
+
+
+def load_onnx(path: str | Path, threads: int | None = None,
+              optimize: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+    """(callable model running the file in onnxruntime, metadata) for `lowbit eval model.onnx`.
+
+    `threads` and `optimize`: as for `session`.
+
+    Raises:
+        CheckpointError: the file is missing or not a valid ONNX model.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"ONNX model {path} not found")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+        sess = session(path, threads, optimize)
+    except Exception as exc:  # onnx / onnxruntime raise their own exception types
+        raise CheckpointError(f"{path} is not a loadable ONNX model ({exc})") from exc
+    return OnnxModule(sess).eval(), read_metadata(proto)

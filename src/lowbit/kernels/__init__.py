@@ -1,0 +1,1 @@
+"""Low-level kernels: binary (XNOR-popcount) convolution."""

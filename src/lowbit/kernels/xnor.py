@@ -1,0 +1,164 @@
+"""Binary convolution by XNOR and popcount on bit-packed signs.
+
+For x, w in {-1, +1}^K, x . w = K - 2 * popcount(bits(x) XOR bits(w)) with bit 1 for +1. Inputs
+are packed along channels, 64 per uint64 word, pixel by pixel (N, H, W, words); the taps of a
+k x k window are concatenated into one bit string per output pixel (im2col on bits), so a
+16-channel 3 x 3 window is 144 bits, three words, three XOR + popcount.
+
+Padding: a zero-padded convolution of binary inputs sees 0 at the border, which is not a binary
+value. The kernel pads with +1 instead (all-ones bits, so inputs stay binary) and subtracts the
+exact contribution of those +1s, `corr[o, i, j] = sum of w[o, c, tap] over the padded taps of
+output (i, j)`, computed once per layer and input size. The result equals
+`conv2d(sign(x), sign(w), padding)` exactly, as int32.
+
+Two back ends with the same packing: a numba kernel (the `fast` extra; LLVM's ctpop on uint64,
+parallel over images and rows) and a pure-PyTorch fallback (XOR on int64 words, popcount by
+byte table) that needs nothing beyond torch. `xnor_conv2d` picks numba when it is installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+try:
+    from lowbit.kernels import _xnor_numba
+except ImportError:  # numba (the `fast` extra) is optional
+    _xnor_numba = None  # type: ignore[assignment]
+
+HAVE_NUMBA = _xnor_numba is not None
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+
+
+def pack_signs(x: Tensor) -> Tensor:
+    """Bits of sign(x) (x >= 0 -> 1) packed along dim 1, 64 channels per int64 word, as
+    (N, H, W, ceil(C / 64)); unused high bits are 0."""
+    n, c, h, w = x.shape
+    words = -(-c // 64)
+    bits = (x >= 0).permute(0, 2, 3, 1).to(torch.int64)
+    bits = F.pad(bits, (0, words * 64 - c)).view(n, h, w, words, 64)
+    shifts = torch.arange(64, dtype=torch.int64)
+    return (bits << shifts).sum(-1)  # bit 63 wraps to the sign bit: fine for XOR / popcount
+
+
+def _im2col_bits(packed: Tensor, c: int, kh: int, kw: int, stride: int) -> Tensor:
+    """(N, OH, OW, ceil(kh*kw*c / 64)) bit strings: the taps' c-bit chunks, tap after tap."""
+    n, hp, wp, words = packed.shape
+    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
+    taps = [packed[:, i:i + stride * oh:stride, j:j + stride * ow:stride]
+            for i in range(kh) for j in range(kw)]
+    if c % 64 == 0:
+        return torch.cat(taps, dim=-1)
+    if 64 % c:
+        raise ValueError(f"xnor: channels must divide 64 or be a multiple of it, got {c}")
+    per_word = 64 // c
+    out = torch.zeros(n, oh, ow, -(-len(taps) // per_word), dtype=torch.int64)
+    for t, tap in enumerate(taps):
+        out[..., t // per_word] |= tap[..., 0] << ((t % per_word) * c)
+    return out
+
+
+def _popcount(words: Tensor) -> Tensor:
+    """Set bits of the int64 words along the last dim, summed (byte table lookup)."""
+    return _POPCOUNT[words.contiguous().view(torch.uint8).to(torch.int64)].sum(-1)
+
+
+@functools.lru_cache(maxsize=64)
+def _padding_mask(h: int, w: int, pad: int) -> Tensor:
+    mask = torch.ones(1, 1, h + 2 * pad, w + 2 * pad, dtype=torch.float64)
+    mask[..., pad:pad + h, pad:pad + w] = 0
+    return mask
+
+
+def padding_correction(w_sign: Tensor, h: int, w: int, stride: int, pad: int) -> Tensor:
+    """(O, OH, OW) int32: what padding with +1 instead of 0 adds to each output."""
+    if pad == 0:
+        return torch.zeros(0, dtype=torch.int32)
+    mask = _padding_mask(h, w, pad).expand(1, w_sign.shape[1], -1, -1)
+    return F.conv2d(mask, w_sign.double(), stride=stride)[0].round().to(torch.int32)
+
+
+def pack_weights(w: Tensor) -> tuple[Tensor, int]:
+    """(O, words) bit strings of sign(w) in the im2col order of `_im2col_bits`, and K."""
+    o, c, kh, kw = w.shape
+    cols = _im2col_bits(pack_signs(w), c, kh, kw, 1)
+    return cols.reshape(o, -1), c * kh * kw
+
+
+class XnorConv:
+    """A binary convolution with its weights packed once: `XnorConv(w, ...)(x)` equals
+    `conv2d(sign(x), sign(w), stride, padding)` as int32 (the padding correction is cached per
+    input size)."""
+
+    def __init__(self, w: Tensor, stride: int = 1, padding: int = 0,
+                 backend: str | None = None) -> None:
+        self.backend = backend or ("numba" if HAVE_NUMBA else "torch")
+        if self.backend == "numba" and _xnor_numba is None:
+            raise RuntimeError("xnor backend 'numba' needs the `fast` extra (pip install numba)")
+        self.out_channels, self.channels, self.kh, self.kw = w.shape
+        if self.channels % 64 and 64 % self.channels:
+            raise ValueError(f"xnor: channels must divide 64 or be a multiple of it, got "
+                             f"{self.channels}")
+        self.stride, self.padding = stride, padding
+        self.sign = torch.where(w >= 0, 1, -1)
+        self.wcols, self.k = pack_weights(w)
+        self.wt = self.wcols.t().contiguous().numpy()
+        self._corr: dict[tuple[int, int, int], Tensor] = {}
+
+    def correction(self, h: int, w: int, stride: int) -> Tensor:
+        """What +1 padding adds to each output for an h x w input, (O, OH, OW) (cached)."""
+        if (h, w, stride) not in self._corr:
+            corr = padding_correction(self.sign, h, w, stride, self.padding)
+            if not self.padding:
+                oh, ow = (h - self.kh) // stride + 1, (w - self.kw) // stride + 1
+                corr = torch.zeros(self.out_channels, oh, ow, dtype=torch.int32)
+            self._corr[h, w, stride] = corr
+        return self._corr[h, w, stride]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        stride = self.stride
+        if (self.kh, self.kw, self.padding) == (1, 1, 0) and stride > 1:
+            x, stride = x[:, :, ::stride, ::stride], 1  # pack only the pixels a 1x1 conv reads
+        _, _, h, w = x.shape
+        if self.backend == "numba":  # the kernel subtracts the padding correction itself
+            assert _xnor_numba is not None
+            return torch.from_numpy(_xnor_numba.conv(
+                x.detach().numpy(), self.wt, self.channels, self.kh, self.kw, stride,
+                self.padding, self.k, self.correction(h, w, stride).numpy()))
+        xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
+        cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, stride)
+        # one image at a time bounds the (OH, OW, O, words) intermediate
+        dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
+            torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
+        return dot - self.correction(h, w, stride) if self.padding else dot
+
+
+def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
+                backend: str | None = None) -> Tensor:
+    """`conv2d(sign(x), sign(w), stride, padding)` as int32, by XNOR + popcount.
+
+    Args:
+        x: (N, C, H, W) activations (only their signs are used; x >= 0 counts as +1).
+        w: (O, C, kh, kw) weights (signs only); C must divide 64 or be a multiple of 64.
+        backend: "numba", "torch" or None (numba if installed).
+    """
+    return XnorConv(w, stride, padding, backend)(x).contiguous()
+
+
+def set_threads(threads: int) -> None:
+    """Threads of the numba kernel's parallel loop (no-op without numba)."""
+    if _xnor_numba is not None:
+        _xnor_numba.set_threads(threads)
+
+
+def words_for(c: int, kh: int, kw: int) -> int:
+    """How many 64-bit words one output pixel's window takes."""
+    return math.ceil(c * kh * kw / 64) if 64 % c == 0 else kh * kw * (c // 64)
+
+
+__all__ = ["HAVE_NUMBA", "XnorConv", "pack_signs", "pack_weights", "padding_correction",
+           "set_threads", "words_for", "xnor_conv2d"]

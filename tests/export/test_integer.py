@@ -1,0 +1,109 @@
+"""Integer reference inference: exact integer accumulators, outputs equal to the fake-quantized
+model within 1e-4 relative, the right kernel per codebook, and the packed file on this path."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.artifacts import export_file, load_packed
+from lowbit.export.integer import IntegerConv2d, int_conv2d, to_integer
+from lowbit.models import create_model
+from lowbit.quant.inq import INQWeight
+from lowbit.recipes import parse_quant_section
+from lowbit.transform import quantize_model
+
+CHECKPOINTS = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
+METHODS = {"inq": ({"method": "inq", "weight": {"bits": 5}}, "shift"),
+           "lbw": ({"method": "lbw", "weight": {"bits": 4}}, "shift"),
+           "lbw2": ({"method": "lbw", "weight": {"bits": 2}}, "mac"),
+           "gdrq": ({"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}, "mac")}
+
+
+def calibrated(model: nn.Module) -> nn.Module:
+    torch.manual_seed(1)
+    model.train()
+    with torch.no_grad():
+        for scale in (1.0, 1.5, 0.8):
+            model(torch.randn(8, 3, 32, 32) * scale)
+    return model.eval()
+
+
+def method_model(spec: dict) -> nn.Module:
+    torch.manual_seed(0)
+    model = parse_quant_section(spec).prepare(create_model("resnet20",
+                                                                            width=0.25))
+    for m in model.modules():
+        if isinstance(getattr(m, "weight_quant", None), INQWeight):
+            m.weight_quant.partition(m.weight.detach(), 1.0)
+    return calibrated(model)
+
+
+def layer_inputs(model: nn.Module, names: list[str], x: torch.Tensor) -> dict[str, tuple]:
+    """(input, output) of each named layer of `model` on x (exact in float64 up to 2^53)."""
+    seen: dict[str, tuple] = {}
+    hooks = [model.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: seen.__setitem__(n, (i[0], o))) for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_integer_layers_match_fake_quant(method: str) -> None:
+    spec, kernel = METHODS[method]
+    model = method_model(spec)
+    integer = to_integer(model)
+    layers = {n: m for n, m in integer.named_modules() if isinstance(m, IntegerConv2d)}
+    assert layers and {m.kernel for m in layers.values()} == {kernel}
+    x = torch.randn(4, 3, 32, 32)
+    ref = layer_inputs(integer, list(layers), x)  # same inputs for both paths, layer by layer
+    for name, layer in layers.items():
+        inp = ref[name][0].view(*ref[name][0].shape, *([1, 1] if layer.linear else []))
+        codes, _ = layer.input_codes(inp)
+        acc = layer.accumulate(codes)
+        exact = F.conv2d(codes.double(), layer.codes.double(), stride=layer.stride,
+                         padding=layer.padding)
+        assert acc.dtype == torch.int64 and torch.equal(acc.double(), exact)
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_binary_weights_on_sign_inputs_use_xnor() -> None:
+    torch.manual_seed(0)
+    model = quantize_model(create_model("resnet20", width=0.25), weight="binary",
+                           act="sign").model
+    model = calibrated(model)
+    integer = to_integer(model)
+    kernels = {m.kernel for m in integer.modules() if isinstance(m, IntegerConv2d)}
+    assert kernels == {"xnor"}
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_int_conv2d_is_exact() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(-100, 100, (2, 5, 7, 7), generator=gen)
+    w = torch.randint(-8, 9, (3, 5, 3, 3), generator=gen)
+    want = F.conv2d(x.double(), w.double(), stride=2, padding=1)
+    assert torch.equal(int_conv2d(x, w, 2, 1).double(), want)
+
+
+@pytest.mark.parametrize("name", ["inq_w5", "lbw_w2", "gdrq_w2a4"])
+def test_packed_checkpoint_runs_on_integer_path(name: str, tmp_path: Path) -> None:
+    packed = export_file(CHECKPOINTS / f"{name}_resnet20_cifar10.safetensors",
+                         tmp_path / f"{name}.lowbit")
+    model, _ = load_packed(packed)
+    integer = to_integer(model)
+    assert any(isinstance(m, IntegerConv2d) for m in integer.modules())
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4

@@ -1,0 +1,199 @@
+"""ONNX export: valid graphs that onnxruntime runs with PyTorch's outputs, for every method and
+weight quantizer, in the float and the integer (QDQ) flavour; onnxruntime's integer kernels;
+rounding of QuantizeLinear; metadata; the lowering registry; `load_onnx`."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+pytest.importorskip("onnxruntime")
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from lowbit.cli import main  # noqa: E402
+from lowbit.data import load_dataset  # noqa: E402
+from lowbit.engine.trainer import evaluate  # noqa: E402
+from lowbit.errors import LowbitError  # noqa: E402
+from lowbit.export.fold import fold_bn  # noqa: E402
+from lowbit.export.onnx import export_onnx, load_onnx, session, to_onnx  # noqa: E402
+from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering  # noqa: E402
+from lowbit.models import create_model  # noqa: E402
+from lowbit.nn.layers import QuantAct  # noqa: E402
+from lowbit.quant.activation import Uniform  # noqa: E402
+from lowbit.quant.inq import INQWeight  # noqa: E402
+from lowbit.recipes import parse_quant_section  # noqa: E402
+from lowbit.transform import quantize_model  # noqa: E402
+
+ACT4 = {"name": "uniform", "bits": 4, "signed": False, "clip": "ema"}
+WEIGHTS = [{"name": "pow2", "bits": 4}, {"name": "ternary"}, {"name": "twn"}, {"name": "binary"},
+           {"name": "lbw", "bits": 3}, {"name": "dorefa", "bits": 2},
+           {"name": "uniform", "bits": 4}, {"name": "scaleclip", "bits": 2, "group_size": 4},
+           {"name": "lsq", "bits": 4}]
+
+
+def calibrated(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Train-mode passes set EMA clips, LSQ steps and BN statistics; then eval."""
+    torch.manual_seed(seed)
+    model.train()
+    with torch.no_grad():
+        for scale in (1.0, 1.5, 0.8):
+            model(torch.randn(16, 3, 32, 32) * scale)
+    return model.eval()
+
+
+def resnet(spec: dict[str, Any] | None = None, method: dict[str, Any] | None = None) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.25)
+    if method is not None:
+        model = parse_quant_section(method).prepare(model)
+    elif spec is not None:
+        model = quantize_model(model, **spec).model
+    return calibrated(model)
+
+
+def max_step(proto: onnx.ModelProto) -> float:
+    """The largest activation step recorded in the model's metadata (0 without any)."""
+    layers = json.loads(next(p.value for p in proto.metadata_props if p.key == "lowbit.layers"))
+    steps = [v.get("act", {}).get("step") or v.get("act_step") or 0 for v in layers.values()]
+    return max([0.0, *steps])
+
+
+def check_onnx(model: nn.Module, flavour: str, x: torch.Tensor) -> None:
+    """ONNX semantics (onnxruntime without graph optimizations) equal PyTorch within 1e-4 (times
+    the logits' scale when above 1: float32 rounding); the optimized session too for the float
+    flavour, and within one activation step when integer kernels round the bias (int)."""
+    proto = to_onnx(model, flavour)
+    onnx.checker.check_model(proto, full_check=True)
+    with torch.no_grad():
+        want = model(x)
+    for optimize in (False, True):
+        out = session(proto.SerializeToString(), optimize=optimize).run(None, {"input": x.numpy()})
+        diff = float((torch.from_numpy(out[0]) - want).abs().max())
+        tol = 1e-4 * max(1.0, float(want.abs().max()))
+        assert diff <= max(tol, max_step(proto) if optimize and flavour == "int" else 0)
+
+
+@pytest.mark.parametrize("flavour", ["float", "int"])
+@pytest.mark.parametrize("act", [None, ACT4], ids=["weight-only", "a4"])
+@pytest.mark.parametrize("weight", WEIGHTS, ids=[w["name"] for w in WEIGHTS])
+def test_qat_models_match_pytorch(weight: dict[str, Any], act: dict[str, Any] | None,
+                                  flavour: str) -> None:
+    model = resnet({"weight": weight, "act": act})
+    check_onnx(model, flavour, torch.randn(4, 3, 32, 32))
+
+
+METHODS = {"inq": {"method": "inq", "weight": {"bits": 4}},
+           "lbw": {"method": "lbw", "weight": {"bits": 3}},
+           "gdrq": {"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}}
+
+
+@pytest.mark.parametrize("flavour", ["float", "int"])
+@pytest.mark.parametrize("method", list(METHODS))
+def test_methods_match_pytorch(method: str, flavour: str) -> None:
+    model = resnet(method=METHODS[method])
+    for m in model.modules():  # INQ: run every partition, as after training
+        if isinstance(getattr(m, "weight_quant", None), INQWeight):
+            m.weight_quant.partition(m.weight.detach(), 1.0)
+    check_onnx(model, flavour, torch.randn(4, 3, 32, 32))
+
+
+@pytest.mark.parametrize("flavour", ["float", "int"])
+def test_folded_gdrq_exports(flavour: str) -> None:
+    folded = fold_bn(resnet(method=METHODS["gdrq"]))
+    check_onnx(folded, flavour, torch.randn(4, 3, 32, 32))
+
+
+def test_int_flavour_stores_int8_and_runs_integer_kernels(tmp_path: Path) -> None:
+    model = resnet(method=METHODS["gdrq"])
+    proto = to_onnx(model, "int")
+    dtypes = {i.name: i.data_type for i in proto.graph.initializer}
+    codes = [n for n in dtypes if ".weight_codes" in n]
+    assert codes and all(dtypes[n] == onnx.TensorProto.INT8 for n in codes)
+    assert sum(n.op_type == "QuantizeLinear" for n in proto.graph.node) == 20
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert fused.count("QLinearConv") == 9  # every block's conv1: its output feeds conv2's grid
+
+
+def test_float_flavour_is_smaller_in_int() -> None:
+    model = resnet(method=METHODS["gdrq"])
+    sizes = {f: len(to_onnx(model, f).SerializeToString()) for f in ("float", "int")}
+    assert sizes["int"] < 0.6 * sizes["float"]
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_quantize_linear_rounds_like_lowbit(bits: int) -> None:
+    q = Uniform(bits, signed=False, clip="fixed", clip_value=3.7)
+    step = torch.tensor(3.7) / (2**bits - 1)
+    k = torch.arange(-2, 2**bits + 2, dtype=torch.float32)
+    mid = (k + 0.5) * step  # exact midpoints (ties), their float neighbours, and the clip region
+    x = torch.cat([mid, torch.nextafter(mid, mid + 1), torch.nextafter(mid, mid - 1),
+                   torch.linspace(-1, 5, 2001)]).view(1, 1, 1, -1)
+    model = nn.Sequential(QuantAct(q))
+    proto = to_onnx(model, "int", input_shape=(1, 1, x.shape[-1]))
+    assert "QuantizeLinear" in [n.op_type for n in proto.graph.node]
+    got = session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
+    assert torch.equal(torch.from_numpy(got), model(x))
+
+
+def test_metadata_has_bits_and_codebooks(tmp_path: Path) -> None:
+    model = resnet(method=METHODS["lbw"])
+    meta = {"model": "resnet20", "dataset": "cifar10", "num_classes": 10, "in_channels": 3}
+    path = export_onnx(model, tmp_path / "m.onnx", "int", meta=meta)
+    runner, got = load_onnx(path)
+    assert got["dataset"] == "cifar10" and got["flavour"] == "int"
+    layer = got["layers"]["layer1.0.conv1"]
+    assert layer["storage"] == "int8" and len(layer["accumulator_unit"]) == 4  # per channel
+    assert set(layer["codes"]) <= {0, 1, -1, 2, -2, 4, -4}  # LBW 3 bits: 0, ±1, ±2, ±4 units
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert (runner(x) - model(x)).abs().max() <= 1e-4
+
+
+def test_load_onnx_evaluates_like_pytorch(tmp_path: Path) -> None:
+    data = load_dataset("synthetic")
+    torch.manual_seed(0)
+    model = quantize_model(create_model("small_cnn", width=0.25, in_channels=3, num_classes=4),
+                           weight="ternary", act=ACT4).model
+    model = calibrated(model)
+    runner, _ = load_onnx(export_onnx(model, tmp_path / "s.onnx", "int"))
+    assert evaluate(runner, data.test) == pytest.approx(evaluate(model, data.test), abs=1e-3)
+
+
+def test_unknown_module_is_refused_and_registration_adds_it() -> None:
+    class Scale(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x * 2
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), Scale(), nn.Flatten(), nn.Linear(4 * 30 * 30, 2))
+    with pytest.raises(LowbitError, match="mul"):
+        to_onnx(model.eval())
+
+    @register_module_lowering(Scale)
+    def _scale(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
+        return b.op("Mul", [xs[0], b.const(torch.tensor(2.0), name)])
+
+    check_onnx(model.eval(), "float", torch.randn(2, 3, 32, 32))
+
+
+def test_load_onnx_rejects_other_files(tmp_path: Path) -> None:
+    bad = tmp_path / "x.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(LowbitError, match="not a loadable ONNX"):
+        load_onnx(bad)
+
+
+def test_cli_exports_onnx(tmp_path: Path) -> None:
+    ckpt = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
+    out = tmp_path / "lbw.onnx"
+    assert main(["export", str(ckpt / "lbw_w2_resnet20_cifar10.safetensors"), "--format", "onnx",
+                 "-o", str(out)]) == 0
+    runner, meta = load_onnx(out)
+    assert meta["flavour"] == "int" and meta["dataset"] == "cifar10"
+    assert runner(torch.randn(2, 3, 32, 32)).shape == (2, 10)
