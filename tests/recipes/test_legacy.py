@@ -14,7 +14,8 @@ from lowbit.recipes import parse_quant_section, quant_section
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = sorted((ROOT / "benchmarks" / "checkpoints").glob("*.safetensors"))
-EXPERIMENTS = sorted((ROOT / "experiments").glob("*/*.yaml"))
+EXPERIMENTS = sorted(p for p in (ROOT / "experiments").glob("*/*.yaml")
+                     if p.parent.name != "study")  # study plans are not run configs
 OLD_KEYS = {"bits", "weight_bits", "act_bits", "k_w", "k_a", "solver", "n1", "strategy",
             "skip_first_last", "quantize_first_last", "group_size", "stat", "momentum",
             "learnable", "r", "iters", "per_channel"}
