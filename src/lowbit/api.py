@@ -8,6 +8,7 @@ measures it on its dataset's full test set.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
 from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
+from lowbit.errors import LowbitError
 
 log = logging.getLogger(__name__)
 
@@ -206,9 +208,13 @@ def evaluate_checkpoint(
     checkpoint made on another machine names a path that may not exist here).
     """
     model, meta = load_model(path)
-    saved = load_run(base=meta["config"]).cfg.data.data_dir
-    data = load_dataset(meta["dataset"], data_dir or os.environ.get(ENV_DATA_DIR) or saved)
+    saved = load_run(base=meta["config"]).cfg.data
+    data = load_dataset(meta["dataset"], data_dir or os.environ.get(ENV_DATA_DIR) or saved.data_dir,
+                        image_size=saved.image_size)
     result = evaluate(model, data.test, batch_size, bf16=False)
+    if not math.isfinite(result["loss"]):
+        raise LowbitError(f"{path}: evaluation gave a {result['loss']} loss: the model's outputs "
+                          "are not finite (its weights or activations overflow)")
     return {
         "checkpoint": str(path),
         "model": meta["model"],
