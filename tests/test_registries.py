@@ -61,3 +61,33 @@ def test_registry_refuses_duplicates_and_names_choices() -> None:
         reg.get(["a"])  # unhashable names are a clear error too
     reg.add("c", 3)
     assert reg.names(lambda n, v: v > 1) == ["c"] and "a" in reg and len(reg) == 2
+
+
+@pytest.mark.parametrize("quantizer", [q for q in list_quantizers() if q not in ("inq", "sign")])
+def test_declared_capabilities_match_behaviour(quantizer: str) -> None:
+    """Downstream code trusts `linear_codes`, `enabled` and `frozen_clip`: they must be true."""
+    from lowbit.quant import get_quantizer
+
+    q = get_quantizer({"name": quantizer})
+    w = torch.randn(8, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    q.train()
+    q(w)  # trackers (EMA clips) see one batch
+    q.eval()
+    codes, scale = q.encode(w)
+    linear = torch.allclose(q.decode(codes, scale), codes.to(w.dtype) * scale.reshape(
+        -1, *([1] * (w.dim() - 1))) if scale.dim() == 1 and scale.numel() > 1 else
+        codes.to(w.dtype) * scale)
+    assert q.linear_codes == linear
+    assert q.enabled
+    if quantizer == "scaleclip":
+        q.set_enabled(False)
+        assert not q.enabled and not q.quantize
+    else:
+        with pytest.raises(ValueError, match="no clip-only mode"):
+            q.set_enabled(False)
+    try:
+        t = q.frozen_clip(torch.float64)
+    except ValueError as exc:
+        assert str(exc)  # the reason is said
+    else:
+        assert t.dim() == 0 and t.dtype == torch.float64 and t > 0

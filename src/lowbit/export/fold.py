@@ -33,10 +33,8 @@ import torch
 from torch import Tensor, fx, nn
 
 from lowbit.errors import LowbitError
-from lowbit.export.frozen import Decoded
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
-from lowbit.quant.activation import ScaleClip, Uniform
 from lowbit.quant.base import Quantizer
 
 log = logging.getLogger(__name__)
@@ -203,22 +201,16 @@ def _padding(conv: nn.Conv2d) -> list[int] | str:
 
 def weight_codes(q: Quantizer, w: Tensor, name: str = "conv") -> tuple[Tensor, Tensor]:
     """(integer codes shaped like `w`, scale per output channel (C,)) with codes * scale = q(w)."""
-    if isinstance(q, ScaleClip) and not q.quantize:
+    if not q.enabled:
         raise LowbitError(f"fold_bn: {name} is in the clip-only (reshaping) stage; it has no codes")
     channels = w.shape[0]
     try:
-        if _codes_times_scale(q):
+        if q.linear_codes:
             codes, scale = q.encode(w)
             return codes, scale.reshape(-1).expand(channels).clone()
         return _dyadic_codes(q.decode(*q.encode(w)), name)
     except ValueError as exc:
         raise LowbitError(f"fold_bn: cannot encode the weights of {name}: {exc}") from exc
-
-
-def _codes_times_scale(q: Quantizer) -> bool:
-    """Whether a quantizer's values are code * scale (a packed file's `Decoded`: its source's)."""
-    source = q.inner if isinstance(q, Decoded) else q
-    return type(source).decode is Quantizer.decode
 
 
 def _dyadic_codes(values: Tensor, name: str) -> tuple[Tensor, Tensor]:
@@ -239,32 +231,10 @@ def act_clip(q: Quantizer | None, dtype: torch.dtype, name: str = "conv") -> Ten
     """The frozen clip T of a uniform activation quantizer (0-d), or None without one."""
     if q is None:
         return None
-    reason = _unfoldable_act(q)
-    if reason:
-        raise LowbitError(f"fold_bn: the input quantizer of {name} cannot fold: {reason}")
-    assert isinstance(q, ScaleClip | Uniform)
-    t = q.threshold(torch.ones((), dtype=dtype), update=False).detach()
+    try:
+        t = q.frozen_clip(dtype)
+    except ValueError as exc:
+        raise LowbitError(f"fold_bn: the input quantizer of {name} cannot fold: {exc}") from None
     if t.dim() != 0:
         raise LowbitError(f"fold_bn: the input quantizer of {name} has per-channel clips")
     return t
-
-
-def _unfoldable_act(q: Quantizer) -> str | None:
-    """Why an activation quantizer's Delta_a is not a constant at evaluation (None if it is)."""
-    if not isinstance(q, ScaleClip | Uniform):
-        return f"{q.name} activations are not uniform codes * step"
-    if isinstance(q, Uniform):
-        if q.clip == "max":
-            return "its clip is the max of each batch (use clip 'ema', 'fixed' or 'learned')"
-        tracked = q.clip == "ema"
-    else:
-        if not q.quantize:
-            return "it is in the clip-only (reshaping) stage"
-        if q.learnable:
-            return "its clip was never initialised" if q.has_uninitialized_params() else None
-        if q.signed:
-            return "a signed Scale-Clip recomputes its clip from every batch"
-        tracked = True
-    if tracked and int(q.num_batches_tracked) == 0:
-        return "its EMA clip has seen no training batch (train, or run a few train-mode batches)"
-    return None

@@ -44,6 +44,10 @@ class Decoded(Quantizer):
         """The original quantizer's code range (every code it may emit, ascending)."""
         return self.inner.code_range()  # type: ignore[no-any-return,operator]
 
+    @property
+    def linear_codes(self) -> bool:
+        return self.inner.linear_codes
+
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
         return self.inner.decode(codes, scale)
 

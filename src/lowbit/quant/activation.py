@@ -112,6 +112,10 @@ class _ClipQuantizer(CodebookQuantizer):
         return ste_clipped(x, q, 0.0, tv)
 
 
+_UNTRACKED = ("its EMA clip has seen no training batch (train, or run a few train-mode "
+              "batches)")
+
+
 @register_quantizer
 class Uniform(_ClipQuantizer):
     """Uniform k-bit quantizer with a clip value T (spec §1.3; Group-Net Eq. 2; PACT).
@@ -153,6 +157,14 @@ class Uniform(_ClipQuantizer):
         if self.clip == "max":
             return batch_max()
         return self._ema_clip(batch_max, x, update)
+
+    def frozen_clip(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        if self.clip == "max":
+            raise ValueError("its clip is the max of each batch (use clip 'ema', 'fixed' or "
+                             "'learned')")
+        if self.clip == "ema" and int(self.num_batches_tracked) == 0:
+            raise ValueError(_UNTRACKED)
+        return self.threshold(torch.ones((), dtype=dtype), update=False).detach()
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
@@ -236,6 +248,24 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
         if not self.quantize:
             raise ValueError("scaleclip with quantize=False only clips: it has no codes")
         return super().encode(x)
+
+    @property
+    def enabled(self) -> bool:
+        return self.quantize
+
+    def set_enabled(self, flag: bool) -> None:
+        self.quantize = flag
+
+    def frozen_clip(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        if not self.quantize:
+            raise ValueError("it is in the clip-only (reshaping) stage")
+        if self.learnable and self.has_uninitialized_params():
+            raise ValueError("its clip was never initialised")
+        if self.signed and not self.learnable:
+            raise ValueError("a signed Scale-Clip recomputes its clip from every batch")
+        if not self.learnable and int(self.num_batches_tracked) == 0:
+            raise ValueError(_UNTRACKED)
+        return self.threshold(torch.ones((), dtype=dtype), update=False).detach()
 
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)

@@ -41,6 +41,27 @@ class Quantizer(nn.Module):
         """(integer codes, scale) with `decode(codes, scale)` equal to `forward(x)`."""
         raise NotImplementedError
 
+    # ---- capabilities downstream code asks for (fold, pack, plots, recipes) --------------
+    @property
+    def enabled(self) -> bool:
+        """Whether forward quantizes (False: a clip-only stage, such as GDRQ's reshaping)."""
+        return True
+
+    def set_enabled(self, flag: bool) -> None:
+        """Switch quantization on or off; a quantizer without a clip-only mode is always on."""
+        if not flag:
+            raise ValueError(f"{self.name} has no clip-only mode")
+
+    @property
+    def linear_codes(self) -> bool:
+        """Whether `decode(codes, scale)` is `codes * scale` (integer kernels, BN folding)."""
+        return True
+
+    def frozen_clip(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The constant clip T of a uniform activation grid at evaluation (0-d, in `dtype`), so
+        the step folds into BatchNorm; ValueError saying why when this quantizer has none."""
+        raise ValueError(f"{self.name} activations are not uniform codes * step")
+
     def decode(self, codes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """Default: value = code * scale (scale broadcast per tensor or per channel)."""
         return codes.to(scale.dtype) * _broadcast(scale, codes)

@@ -80,6 +80,10 @@ class Pow2(CodebookQuantizer):
         check_input(x, "weight")
         return F.pow2_encode(x, self.bits)
 
+    @property
+    def linear_codes(self) -> bool:
+        return False  # codes are signed exponents
+
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
         return F.pow2_decode(codes, scale, 2 ** (self.bits - 2))
 
@@ -209,6 +213,10 @@ class LBW(CodebookQuantizer):
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_input(x, "weight")
         return lbwfit.lbw_fit(x, self.bits, self.method, self.iters, self.r, self.per_channel)
+
+    @property
+    def linear_codes(self) -> bool:
+        return self.bits == 2  # ternary layout: code * alpha; above, sign * 2^k codes
 
     def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
         if self.bits == 2:  # ternary layout: code * alpha

@@ -190,7 +190,7 @@ class GDRQRecipe(Recipe):
     def convert(self, model: nn.Module) -> nn.Module:
         for q in model.modules():
             if isinstance(q, ScaleClip):
-                q.quantize = True
+                q.set_enabled(True)
         return model
 
     def fixed_epochs(self) -> int:
@@ -226,7 +226,7 @@ class GDRQRecipe(Recipe):
     def _set_stage(self, stage: int) -> None:
         self.stage = stage
         for q in self.quantizers:
-            q.quantize = stage == QUANTIZE
+            q.set_enabled(stage == QUANTIZE)
 
     def on_fit_start(self, state: LoopState) -> None:
         self._set_stage(RESHAPE if state.epoch < self.cfg.reshape_epochs else QUANTIZE)

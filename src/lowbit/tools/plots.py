@@ -15,8 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from lowbit.errors import LowbitError
-from lowbit.nn.layers import QuantConv2d, QuantLinear
-from lowbit.quant.activation import ScaleClip
+from lowbit.nn.layers import QuantLayer
 from lowbit.quant.base import Quantizer
 from lowbit.quant.functional import channel_view
 
@@ -54,13 +53,13 @@ def distribution_histograms(model: nn.Module, batch: Tensor | None, out_dir: Pat
     plt = _pyplot()
     model = copy.deepcopy(model).eval()
     for q in model.modules():
-        if isinstance(q, ScaleClip):
-            q.quantize = True
+        if isinstance(q, Quantizer) and not q.enabled:
+            q.set_enabled(True)  # draw the quantized form of a clip-only (reshaping) stage
     inputs = _layer_inputs(model, batch) if batch is not None else {}
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, layer in model.named_modules():
-        if not isinstance(layer, QuantConv2d | QuantLinear):
+        if not isinstance(layer, QuantLayer):
             continue
         rows = [(what, q, x) for what, q, x in (
             ("weight", layer.weight_quant, layer.weight.detach()),
@@ -84,7 +83,7 @@ def _layer_inputs(model: nn.Module, batch: Tensor) -> dict[str, Tensor]:
     seen: dict[str, Tensor] = {}
     handles = []
     for name, layer in model.named_modules():
-        if isinstance(layer, QuantConv2d | QuantLinear) and layer.act_quant is not None:
+        if isinstance(layer, QuantLayer) and layer.act_quant is not None:
             def grab(_m: nn.Module, args: tuple[Tensor, ...], name: str = name) -> None:
                 seen[name] = args[0].detach().clone()  # clone: later in-place ops (ReLU)
             handles.append(layer.register_forward_pre_hook(grab))
