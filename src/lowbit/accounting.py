@@ -44,6 +44,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -122,7 +123,8 @@ class CostReport:
     @property
     def float_ops(self) -> float:
         """MACs of the float parent network: compute rows' macs / branches."""
-        return sum(r.macs / r.branches for r in self.layers if r.act_bits is not None)
+        exact = sum(Fraction(r.macs, r.branches) for r in self.layers if r.act_bits is not None)
+        return float(exact)
 
     @property
     def speedup(self) -> float:
