@@ -9,7 +9,8 @@ Sec. 3.1; spec §5.2):
   the conv's own padding (right for k-bit activations, whose grid [0, beta] contains 0).
 - `act_scale`: XNOR-Net's activation scale: the output is multiplied by
   K = avg_pool(mean_c |x|) over the conv's window, stride and (zero) padding, computed from
-  the float input x (Rastegari et al. 2016). The input itself stays exactly ±1.
+  the float input x (Rastegari et al. 2016), held constant in backward. The input itself
+  stays exactly ±1.
 
 `BranchSum` is Eqs. 3, 5 and 6 in one module: `y = sum_i lambda_i * branch_i(x)` over K
 branches with learned scalars lambda (`scales`). A branch is one quantized conv (layer-wise,
@@ -63,8 +64,13 @@ class BinaryConv2d(QuantConv2d):
                            self.stride, 0, self.dilation, self.groups)
         return out * self._xnor_scale(x) if self.act_scale else out
 
+    @torch.no_grad()
     def _xnor_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """K = mean over channels of |x|, averaged over each output's window (XNOR-Net)."""
+        """K = mean over channels of |x|, averaged over each output's window (XNOR-Net).
+
+        A constant in backward (no gradient through K): the sign's Bi-Real gradient carries
+        the signal, and differentiating K would double the cost of the layer on CPU.
+        """
         a = x.abs().mean(dim=1, keepdim=True)
         padding = 0 if isinstance(self.padding, str) else self.padding
         return F.avg_pool2d(a, self.kernel_size, self.stride, padding)  # type: ignore[arg-type]
