@@ -26,7 +26,8 @@ from lowbit.accounting import cost_report
 from lowbit.groupnet import GroupNetSpec, expand
 from lowbit.models import create_model
 
-ROWS = [(s, k, a) for s in ("v1", "v2", "v3", "layerwise") for k in (1, 3, 5) for a in (1, 2, 4, 32)]
+ROWS = [(s, k, a) for s in ("v1", "v2", "v3", "layerwise") for k in (1, 3, 5)
+        for a in (1, 2, 4, 32)]
 
 
 def row(structure: str, k: int, act_bits: int) -> dict[str, Any]:

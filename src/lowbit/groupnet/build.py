@@ -46,7 +46,31 @@ STRUCTURES = ("layerwise", "v1", "v2", "v3", "groups")
 
 @dataclass
 class GroupNetSpec:
-    """Everything `expand` needs; the recipe's `quant:` section maps onto it one to one."""
+    """Everything `expand` needs; the recipe's `quant:` section maps onto it one to one.
+
+    Attributes:
+        structure: layerwise (Eq. 3), v1 / v2 / v3 (1, 2 or all units per group), or groups.
+        bases: K, the number of binary bases per layer or group.
+        act_bits: 1 (sign), 2..16 (uniform on [0, beta]), None or 32 (float activations).
+        beta: the fixed clip of k-bit activations (Eq. 2).
+        per_filter: one mean|W| per output filter (XNOR); False: one per layer (the official
+            code's choice, spec §5.2).
+        groups: structure "groups": a partition as lists of regexes over unit names (Eq. 6).
+        blocks: regexes (on names) or class names of the units; None: *Block / *Bottleneck
+            modules, or conv/linear layers with their followers in plain networks.
+        init: "float" (copy + perturbation) or "scratch" (re-initialise every layer).
+        perturbation: std of the noise added to each base's weights, relative to std(W).
+        lambda_init: "mean" (1/K) or "rand" (U(0, 1), the official code).
+        gates: learned soft connections between consecutive groups (CVPR'19 "Group-Net**").
+        quantize_first_last: also binarize the first and last layers (default: float).
+        keep_bias: keep the biases of quantized layers (default: dropped, as in the paper).
+        remove_last_relu: drop the ReLU before the classifier of residual networks (Sec. 4.1).
+        sign_relu: with act_bits 1, "identity" replaces every nn.ReLU by the identity.
+        pad_value: padding value of sign-activation convs (+1 or -1; None: zeros).
+        act_scale: XNOR-Net activation scales for sign-activation convs.
+        seed: seeds the perturbation and random lambdas.
+        input_size: side of the square test input of the structural check.
+    """
 
     structure: Literal["layerwise", "v1", "v2", "v3", "groups"] = "v1"
     bases: int = 5
