@@ -23,7 +23,9 @@
   `aggregation_macs(x, y)`, e.g. Group-Net's `BranchSum`): its lambda (and gate) parameters at
   32 bits and, as `macs`, the float multiply-accumulates that sum its K branches.
 - `branches` on every row: how many copies of the parent network's layer it is one of (the
-  product of the K of the multi-branch modules around it; 1 outside them).
+  product of the K of the multi-branch modules around it; 1 outside them). A row's
+  `float_bytes` is its share of the float parent (its 32-bit size / branches), so `compression`
+  of an expanded network compares it with the float network it was built from.
 
 Complexity against float (Group-Net Eq. 4, XNOR-Net's convention): a row costs `ops` = macs
 float operations if both its weights and inputs are 32-bit, else bops / 64 (a 64-bit XNOR +
@@ -191,6 +193,7 @@ def cost_report(model: nn.Module, input_shape: Sequence[int]) -> CostReport:
             continue
         if row is not None:
             row.branches = multiplicity.get(id(module), 1)
+            row.float_bytes /= row.branches  # the float parent holds one copy, not K
             rows.append(row)
     return CostReport(shape, rows)
 

@@ -68,6 +68,9 @@ def test_v1_k5_w1a4_memory() -> None:
     float_part = (3 * 16 * 9) * 4 + 16 * 4 * 4 + (64 * 10 + 10) * 4  # stem conv, bn1, fc
     lambdas = 9 * 5 * 4
     assert r.bytes == 5 * per_base + float_part + lambdas == 250_204
+    parent = cost_report(create_model("resnet20"), (1, 3, 32, 32))
+    assert r.float_bytes == pytest.approx(parent.float_bytes)  # 1,096,168: the float ResNet-20
+    assert r.compression == pytest.approx(parent.float_bytes / 250_204)  # 4.38x
 
 
 def test_float_model_speedup_is_one() -> None:
