@@ -17,7 +17,7 @@ from lowbit.data import load_dataset
 from lowbit.engine import Trainer
 from lowbit.engine.rundir import RunDir
 from lowbit.export.packed import export_packed, load_packed
-from lowbit.nn.multibranch import BranchSum
+from lowbit.nn.multibranch import BinaryConv2d, BranchSum
 from lowbit.recipes import validate_quant_section
 from lowbit.schema import ConfigError
 
@@ -87,9 +87,6 @@ def test_inspect_shows_branch_rows_and_speedup(tmp_path: Path, tiny_config,
     assert report["totals"]["speedup"] > 1 and report["compliance"]["passed"]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="export/packed.py stores codes - min(code), which needs 2 bits for "
-                          "binary codes {-1, +1}; it must store the index into code_range()")
 def test_packed_export_at_one_bit_per_weight(tmp_path: Path, tiny_config) -> None:
     cfg = build_config(base=quant_config(tmp_path, tiny_config, act_bits=1))
     train(cfg, run_path=tmp_path / "run")
@@ -100,3 +97,5 @@ def test_packed_export_at_one_bit_per_weight(tmp_path: Path, tiny_config) -> Non
     assert any(isinstance(m, BranchSum) for m in packed.modules())
     x = torch.randn(3, 3, 32, 32)
     assert torch.equal(packed(x), model(x))
+    layer = next(m for m in packed.modules() if isinstance(m, BinaryConv2d))
+    assert layer.pad_value == 1.0 and layer.act_scale  # the XNOR options survive the export

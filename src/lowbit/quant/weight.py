@@ -129,7 +129,9 @@ class Binary(CodebookQuantizer):
 
     Forward: E = mean|W| over the whole layer (default, as the official Group-Net code) or
     per output channel; output sign(W)*E with sign(0) = +1 so there are exactly two levels.
-    Backward: identity STE (no clipping). Levels {-E, +E} (bits 1). Codes ±1, scale E.
+    Backward: identity STE (no clipping). Levels {-E, +E} (bits 1).
+    Codes: the bit an XNOR-popcount kernel stores, 1 for +E and 0 for -E (value (2c - 1) * E),
+    so the code range {0, 1} packs at one bit per weight; scale E.
     """
 
     name = "binary"
@@ -140,11 +142,15 @@ class Binary(CodebookQuantizer):
         self.per_channel = per_channel
 
     def code_range(self) -> Tensor:
-        return torch.tensor([-1, 1], dtype=torch.int32)
+        return torch.tensor([0, 1], dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         check_finite(x, "weight")
-        return F.binary(x, self.per_channel)
+        signs, scale = F.binary(x, self.per_channel)
+        return (signs > 0).to(torch.int8), scale
+
+    def decode(self, codes: Tensor, scale: Tensor) -> Tensor:
+        return super().decode(2 * codes.to(torch.int8) - 1, scale)
 
 
 @register_quantizer
