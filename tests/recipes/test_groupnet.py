@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lowbit.accounting import check_compliance
-from lowbit.api import build_model, load_model, train
+from lowbit.api import build_model, evaluate_checkpoint, load_model, train
 from lowbit.cli import main
 from lowbit.config import build_config
 from lowbit.data import load_dataset
@@ -99,3 +99,5 @@ def test_packed_export_at_one_bit_per_weight(tmp_path: Path, tiny_config) -> Non
     assert torch.equal(packed(x), model(x))
     layer = next(m for m in packed.modules() if isinstance(m, BinaryConv2d))
     assert layer.pad_value == 1.0 and layer.act_scale  # the XNOR options survive the export
+    evaluated = evaluate_checkpoint(path)  # `lowbit eval` of the packed file
+    assert evaluated["top1"] == evaluate_checkpoint(tmp_path / "run" / "final.safetensors")["top1"]
