@@ -19,6 +19,20 @@
   and `QuantAct`'s quantizer): every parameter and persistent float buffer (BN running mean and
   var included, integer counters not) at 32 bits.
 
+- aggregation rows, one per multi-branch module (a module with `num_branches` and
+  `aggregation_macs(x, y)`, e.g. Group-Net's `BranchSum`): its lambda (and gate) parameters at
+  32 bits and, as `macs`, the float multiply-accumulates that sum its K branches.
+- `branches` on every row: how many copies of the parent network's layer it is one of (the
+  product of the K of the multi-branch modules around it; 1 outside them). A row's
+  `float_bytes` is its share of the float parent (its 32-bit size / branches), so `compression`
+  of an expanded network compares it with the float network it was built from.
+
+Complexity against float (Group-Net Eq. 4, XNOR-Net's convention): a row costs `ops` = macs
+float operations if both its weights and inputs are 32-bit, else bops / 64 (a 64-bit XNOR +
+popcount does 64 binary multiply-accumulates in one float operation's time; a b_w x b_a-bit MAC
+is b_w * b_a of them). `float_ops` is the MACs of the float parent network (each row's macs
+divided by its `branches`; aggregation rows excluded) and `speedup` = float_ops / ops.
+
 `float_bytes` counts the same model with every parameter and buffer at 32 bits and no quantizer
 state; `compression` = float_bytes / bytes (1.0 for a float model). Sizes are exact bit counts / 8,
 without the per-tensor padding a packed file may add.
@@ -32,6 +46,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -42,6 +57,7 @@ from lowbit.nn.layers import QuantAct
 from lowbit.quant.base import Quantizer
 
 _FLOAT_BITS = 32
+_BINARY_OPS_PER_FLOAT_OP = 64
 
 
 @dataclass
@@ -59,6 +75,14 @@ class LayerCost:
     bops: int
     distinct: int | None
     sparsity: float | None
+    branches: int = 1
+
+    @property
+    def ops(self) -> float:
+        """Float-operation equivalents: macs if fully float, else bops / 64."""
+        if self.weight_bits >= _FLOAT_BITS and (self.act_bits or _FLOAT_BITS) >= _FLOAT_BITS:
+            return float(self.macs)
+        return self.bops / _BINARY_OPS_PER_FLOAT_OP
 
 
 @dataclass
@@ -93,10 +117,26 @@ class CostReport:
         """float_bytes / bytes."""
         return self.float_bytes / self.bytes if self.bytes else 1.0
 
+    @property
+    def ops(self) -> float:
+        """Float-operation equivalents of one forward pass (see module doc)."""
+        return sum(r.ops for r in self.layers)
+
+    @property
+    def float_ops(self) -> float:
+        """MACs of the float parent network: compute rows' macs / branches."""
+        exact = sum(Fraction(r.macs, r.branches) for r in self.layers if r.act_bits is not None)
+        return float(exact)
+
+    @property
+    def speedup(self) -> float:
+        """float_ops / ops (1.0 for a float model)."""
+        return self.float_ops / self.ops if self.ops else 1.0
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: the rows plus a `totals` entry."""
-        totals = {k: getattr(self, k) for k in
-                  ("params", "bytes", "float_bytes", "macs", "bops", "compression")}
+        totals = {k: getattr(self, k) for k in ("params", "bytes", "float_bytes", "macs", "bops",
+                                                "compression", "ops", "float_ops", "speedup")}
         return {"input_shape": list(self.input_shape), "layers": [asdict(r) for r in self.layers],
                 "totals": totals}
 
@@ -141,14 +181,20 @@ def cost_report(model: nn.Module, input_shape: Sequence[int]) -> CostReport:
         raise ValueError(f"input_shape must be (batch, ...) with positive sizes, got {shape}")
     model = copy.deepcopy(model)
     macs = _measure_macs(model, shape)
+    multiplicity = _branch_multiplicity(model)
     rows = []
     for names, module in _unique_modules(model):
+        row: LayerCost | None
         if isinstance(module, nn.Conv2d | nn.Linear):
-            rows.append(_compute_row(names, module, macs.get(id(module), 0) // shape[0]))
+            row = _compute_row(names, module, macs.get(id(module), 0) // shape[0])
         elif not isinstance(module, Quantizer):
-            row = _other_row(names, module)
-            if row is not None:
-                rows.append(row)
+            row = _other_row(names, module, macs.get(id(module), 0) // shape[0])
+        else:
+            continue
+        if row is not None:
+            row.branches = multiplicity.get(id(module), 1)
+            row.float_bytes /= row.branches  # the float parent holds one copy, not K
+            rows.append(row)
     return CostReport(shape, rows)
 
 
@@ -186,15 +232,20 @@ def render_table(report: CostReport | ComplianceResult) -> Table:
             table.add_row(c.name, c.type, "yes" if c.passed else "NO", f"{c.max_deviation:.3g}",
                           f"{c.tolerance:.3g}", str(c.num_levels), str(c.num_off))
         return table
+    multi = any(r.branches > 1 for r in report.layers)
     table = Table("layer", "type", "params", "w bits", "a bits", "bytes", "MACs", "BOPs",
-                  "distinct", "sparsity", title=f"cost at input {report.input_shape}")
+                  "distinct", "sparsity", *(["K"] if multi else []),
+                  title=f"cost at input {report.input_shape}")
     for r in report.layers:
         table.add_row(r.name, r.type, f"{r.params:,}", str(r.weight_bits), _opt(r.act_bits),
                       f"{r.bytes:,.1f}", f"{r.macs:,}", f"{r.bops:,}", _opt(r.distinct),
-                      "-" if r.sparsity is None else f"{r.sparsity:.1%}")
+                      "-" if r.sparsity is None else f"{r.sparsity:.1%}",
+                      *([str(r.branches)] if multi else []))
     table.add_section()
     table.add_row("total", f"{report.compression:.2f}x smaller", f"{report.params:,}", "", "",
                   f"{report.bytes:,.1f}", f"{report.macs:,}", f"{report.bops:,}", "", "")
+    table.add_row("ops", f"{report.speedup:.2f}x speed-up", "", "", "", "",
+                  f"{report.ops:,.0f}", f"float {report.float_ops:,.0f}", "", "")
     return table
 
 
@@ -214,10 +265,11 @@ def _measure_macs(model: nn.Module, shape: tuple[int, ...]) -> dict[int, int]:
     """MACs for the whole batch per compute-layer object, from one forward pass."""
     counts: dict[int, int] = {}
 
-    def hook(module: nn.Module, _inp: Any, out: torch.Tensor) -> None:
-        counts[id(module)] = counts.get(id(module), 0) + _macs(module, out)
+    def hook(module: nn.Module, inp: Any, out: torch.Tensor) -> None:
+        counts[id(module)] = counts.get(id(module), 0) + _macs(module, inp, out)
 
-    layers = {id(m): m for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)}
+    layers = {id(m): m for m in model.modules()
+              if isinstance(m, nn.Conv2d | nn.Linear) or _is_multibranch(m)}
     handles = [m.register_forward_hook(hook) for m in layers.values()]
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else torch.device("cpu")
@@ -235,7 +287,27 @@ def _measure_macs(model: nn.Module, shape: tuple[int, ...]) -> dict[int, int]:
     return counts
 
 
-def _macs(module: nn.Module, out: torch.Tensor) -> int:
+def _is_multibranch(module: nn.Module) -> bool:
+    return hasattr(module, "num_branches") and callable(getattr(module, "aggregation_macs", None))
+
+
+def _branch_multiplicity(model: nn.Module) -> dict[int, int]:
+    """id(module) -> product of the K of the multi-branch modules that contain it."""
+    out: dict[int, int] = {}
+
+    def walk(module: nn.Module, k: int) -> None:
+        out.setdefault(id(module), k)
+        inner = k * int(getattr(module, "num_branches", 1)) if _is_multibranch(module) else k
+        for child in module.children():
+            walk(child, inner)
+
+    walk(model, 1)
+    return out
+
+
+def _macs(module: nn.Module, inp: Any, out: torch.Tensor) -> int:
+    if _is_multibranch(module):
+        return int(module.aggregation_macs(inp[0], out))  # type: ignore[operator]
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
         return out.numel() * (module.in_channels // module.groups) * kh * kw
@@ -260,7 +332,7 @@ def _compute_row(names: list[str], layer: nn.Conv2d | nn.Linear, macs: int) -> L
                      int(torch.unique(w).numel()), float((w == 0).float().mean()))
 
 
-def _other_row(names: list[str], module: nn.Module) -> LayerCost | None:
+def _other_row(names: list[str], module: nn.Module, macs: int = 0) -> LayerCost | None:
     params = sum(p.numel() for p in module.parameters(recurse=False))
     stored = _stored_numel(module)
     float_stored = stored
@@ -269,8 +341,11 @@ def _other_row(names: list[str], module: nn.Module) -> LayerCost | None:
         stored, float_stored = stored + _stored_numel(module.act_quant), 0
     if stored == 0 and float_stored == 0:
         return None
+    if _is_multibranch(module):  # lambda / gates exist only in the expanded model
+        float_stored = 0
     return LayerCost(", ".join(names), type(module).__name__, params, _FLOAT_BITS, None,
-                     stored * _FLOAT_BITS / 8, float_stored * _FLOAT_BITS / 8, 0, 0, None, None)
+                     stored * _FLOAT_BITS / 8, float_stored * _FLOAT_BITS / 8, macs,
+                     macs * _FLOAT_BITS * _FLOAT_BITS, None, None)
 
 
 def _stored_numel(module: nn.Module) -> int:

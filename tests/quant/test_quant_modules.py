@@ -62,6 +62,9 @@ def test_binary_is_group_net_eq1() -> None:
     w = randn(4, 8)
     torch.testing.assert_close(Binary()(w), torch.where(w >= 0, 1.0, -1.0) * w.abs().mean())
     assert Binary()(torch.tensor([0.0, 2.0])).tolist() == [1.0, 1.0]  # sign(0) = +1
+    codes, scale = Binary().encode(torch.tensor([-3.0, 0.0, 1.0]))
+    assert codes.tolist() == [-1, 1, 1] and Binary().code_range().tolist() == [-1, 1]  # 1 bit
+    assert torch.equal(Binary().decode(codes, scale), torch.tensor([-4.0, 4.0, 4.0]) / 3)
 
 
 def test_pow2_levels_and_zero_tensor() -> None:

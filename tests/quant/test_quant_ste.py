@@ -59,6 +59,15 @@ def test_bireal_ste(x: np.ndarray) -> None:
     torch.testing.assert_close(grad, expected)
 
 
+@FAST
+@given(x=vectors)
+def test_fused_sign_bireal_matches_the_composed_form(x: np.ndarray) -> None:
+    _, out, grad = grad_of(S.sign_bireal, x)
+    _, want, want_grad = grad_of(lambda t: S.ste_bireal(t, torch.where(t >= 0, 1.0, -1.0)), x)
+    assert torch.equal(out, want)
+    torch.testing.assert_close(grad, want_grad)
+
+
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("clip_input_grad", [True, False])
 @FAST

@@ -23,8 +23,8 @@ from lowbit.quant.ste import (
     fused_uniform_ste,
     grad_scale,
     round_ste,
+    sign_bireal,
     ste,
-    ste_bireal,
     ste_clipped,
     ste_pact,
 )
@@ -365,7 +365,8 @@ class Sign(CodebookQuantizer):
         return F.sign_pm1(x.detach()).to(torch.int8), one
 
     def forward(self, x: Tensor) -> Tensor:
-        return ste_bireal(x, self.decode(*self.encode(x)))
+        check_input(x, "tensor")
+        return sign_bireal(x)  # = ste_bireal(x, decode(encode(x))), fused
 
 
 def _sync_ready(module: nn.Module, incompatible_keys: object) -> None:

@@ -12,6 +12,7 @@ is `f'(x)`. (The only visible difference is that `-0.0` may come out as `+0.0`.)
 | `ste`           | q           | 1                                    | STE-id    |
 | `ste_clipped`   | q           | 1[lo <= x <= hi]                     | STE-clip  |
 | `ste_bireal`    | q           | (2 - 2|x|) * 1[|x| < 1]              | STE-BiReal|
+| `sign_bireal`   | sign(x), sign(0) = +1 | as `ste_bireal`, one node  | hot path  |
 | `ste_pact`      | q           | 1[lo <= x <= clip]; d/d clip: PACT   | PACT      |
 | `round_ste`     | round(x)    | 1                                    | LSQ       |
 | `grad_scale`    | x           | g (a constant factor)                | LSQ       |
@@ -25,8 +26,8 @@ import math
 import torch
 from torch import Tensor
 
-__all__ = ["fused_uniform_ste", "grad_scale", "round_ste", "ste", "ste_bireal", "ste_clipped",
-           "ste_pact"]
+__all__ = ["fused_uniform_ste", "grad_scale", "round_ste", "sign_bireal", "ste", "ste_bireal",
+           "ste_clipped", "ste_pact"]
 
 
 def _zero_with_grad(f: Tensor) -> Tensor:
@@ -194,3 +195,33 @@ def fused_uniform_ste(x: Tensor, clip: Tensor, big_l: int, signed: bool,
         (tensor([0., 0., 2.]), tensor([0., 1., 0.]), tensor(1.))
     """
     return _FusedUniform.apply(x, clip, big_l, signed, clip_input_grad)  # type: ignore[no-any-return]
+
+
+class _SignBiReal(torch.autograd.Function):
+    """sign(x) in {-1, +1} and the Bi-Real gradient in one node, computed in place.
+
+    Same value as `sign_pm1` and the same gradient as `ste_bireal` (max(2 - 2|x|, 0) equals
+    (2 - 2|x|) * 1[|x| < 1]), without the seven full-size temporaries of the composed form: on
+    CPU, a 1-bit activation layer was dominated by allocating them.
+    """
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(x.detach())
+        return (x.detach() >= 0).to(x.dtype).mul_(2).sub_(1)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (x,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return x.abs().mul_(-2).add_(2).clamp_(min=0).mul_(g)
+
+
+def sign_bireal(x: Tensor) -> Tensor:
+    """Value: +1 where x >= 0, else -1. Gradient: `(2 - 2|x|) * 1[|x| < 1]` (Bi-Real).
+
+    Example:
+        >>> x = torch.tensor([-2.0, -0.5, 0.0, 0.75], requires_grad=True)
+        >>> y = sign_bireal(x); y.sum().backward(); y.detach(), x.grad
+        (tensor([-1., -1.,  1.,  1.]), tensor([0.0000, 1.0000, 2.0000, 0.5000]))
+    """
+    return _SignBiReal.apply(x)  # type: ignore[no-any-return]

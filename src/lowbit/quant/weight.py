@@ -135,7 +135,8 @@ class Binary(CodebookQuantizer):
 
     Forward: E = mean|W| over the whole layer (default, as the official Group-Net code) or
     per output channel; output sign(W)*E with sign(0) = +1 so there are exactly two levels.
-    Backward: identity STE (no clipping). Levels {-E, +E} (bits 1). Codes ±1, scale E.
+    Backward: identity STE (no clipping). Levels {-E, +E} (bits 1). Codes ±1, scale E (a
+    packed file stores each code's index in the code range: one bit per weight).
     """
 
     name = "binary"

@@ -68,7 +68,7 @@ def quant_section(recipe: Recipe) -> dict[str, Any]:
     return {"method": recipe.name, **to_dict(recipe.cfg)}
 
 
-from lowbit.recipes import gdrq, inq, lbw, qat  # noqa: E402,F401  (registers the methods)
+from lowbit.recipes import gdrq, groupnet, inq, lbw, qat  # noqa: E402,F401  (registers them)
 
 __all__ = ["QuantConfig", "Recipe", "create_recipe", "list_recipes", "method_bits",
            "parse_quant_section", "quant_section", "register_recipe"]
