@@ -37,6 +37,8 @@ DEMO_METHODS: list[tuple[str, str, str, dict[str, Any], int | None]] = [
     ("LBW exact ternary", "2", "32", {"method": "lbw", "weight": {"bits": 2}}, 5),
     ("GDRQ scale-clip", "2", "4", {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 4},
      None),
+    ("Group-Net v1, K=3", "1", "2", {"method": "groupnet", "bases": 3,
+                                     "act": {"bits": 2, "clip_value": 4.0}}, 5),
 ]  # fmt: skip
 
 
