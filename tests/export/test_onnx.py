@@ -23,8 +23,8 @@ from lowbit.export.onnx import export_onnx, load_onnx, session, to_onnx  # noqa:
 from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering  # noqa: E402
 from lowbit.models import create_model  # noqa: E402
 from lowbit.nn.layers import QuantAct  # noqa: E402
-from lowbit.quant.activation import Uniform  # noqa: E402
 from lowbit.quant.inq import INQWeight  # noqa: E402
+from lowbit.quant.uniform import Uniform  # noqa: E402
 from lowbit.recipes import parse_quant_section  # noqa: E402
 from lowbit.transform import quantize_model  # noqa: E402
 

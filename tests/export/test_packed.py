@@ -34,6 +34,7 @@ _METHODS = {  # smallest schedules; each trains 2-4 steps on 512 synthetic image
     "lbw": {"method": "lbw"},
     "gdrq": {"method": "gdrq", "reshape_epochs": 1, "quant_epochs": 1,
              "weight": {"group_size": 4}},
+    "groupnet": {"method": "groupnet", "bases": 2, "act": {"bits": 2, "clip_value": 2.0}},
 }
 _WEIGHT_QUANTIZERS = [q for q in list_quantizers() if q != "inq"]  # inq: only via its recipe
 

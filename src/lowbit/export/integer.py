@@ -40,8 +40,9 @@ from lowbit.export.fold import (
 from lowbit.kernels.xnor import xnor_conv2d
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as QF
-from lowbit.quant.activation import LSQ, ScaleClip, Sign, Uniform
 from lowbit.quant.base import Quantizer
+from lowbit.quant.codebook import Sign
+from lowbit.quant.uniform import LSQ, ScaleClip, Uniform
 
 log = logging.getLogger(__name__)
 FIXED_POINT_BITS = 24

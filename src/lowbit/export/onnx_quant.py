@@ -46,8 +46,9 @@ from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering
 from lowbit.export.onnx_ops import clip, emit_conv, emit_linear
 from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
-from lowbit.quant.activation import Sign, Uniform
 from lowbit.quant.base import Quantizer
+from lowbit.quant.codebook import Sign
+from lowbit.quant.uniform import Uniform
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@
 """
 
 from lowbit.quant import functional, lbwfit, ste
-from lowbit.quant.activation import LSQ, ScaleClip, Sign, Uniform
 from lowbit.quant.base import Quantizer, check_finite, check_input, set_debug_checks
+from lowbit.quant.codebook import LBW, TWN, Binary, CodebookQuantizer, Pow2, Sign, Ternary
 from lowbit.quant.inq import INQWeight
 from lowbit.quant.registry import get_quantizer, list_quantizers, register_quantizer
-from lowbit.quant.weight import LBW, TWN, Binary, CodebookQuantizer, DoReFa, Pow2, Ternary
+from lowbit.quant.uniform import LSQ, DoReFa, ScaleClip, Uniform
 
 __all__ = [
     "INQWeight", "LBW", "LSQ", "TWN", "Binary", "CodebookQuantizer", "DoReFa", "Pow2", "Quantizer",

@@ -133,3 +133,10 @@ def check_levels_fit(dtype: torch.dtype, max_code: int, what: str) -> None:
     if max_code > exact:
         raise ValueError(f"{what} needs {max_code} exact integer levels, more than {dtype} "
                          f"holds ({exact}); use fewer bits or float32 inputs")
+
+
+def check_bits(name: str, bits: int, lo: int, hi: int) -> None:
+    """A one-line ValueError unless `lo <= bits <= hi` (quantizer constructors)."""
+    if not lo <= bits <= hi:
+        allowed = str(lo) if lo == hi else f"{lo}..{hi}"
+        raise ValueError(f"{name} supports bits {allowed}, got {bits}")

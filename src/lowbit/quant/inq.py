@@ -37,8 +37,8 @@ from torch import Tensor
 
 from lowbit.quant import functional as F
 from lowbit.quant.base import check_input
+from lowbit.quant.codebook import Pow2
 from lowbit.quant.registry import register_quantizer
-from lowbit.quant.weight import Pow2
 
 log = logging.getLogger(__name__)
 N1_MODES = ("per_step", "first")

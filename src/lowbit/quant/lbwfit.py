@@ -20,7 +20,7 @@ The solver ("alternating", the reference) reaches the least-squares optimum; the
   Q <- nearest), which never increase g, until Q stops changing or `iters` steps; the best Q seen
   wins and alpha is its exact refit. Every row of a per-channel tensor is solved at once.
 
-Cost: see `lowbit.quant.weight.LBW` (ResNet-20, per tensor, b=4: 4.2-4.7x the threshold rule).
+Cost: see `lowbit.quant.codebook.LBW` (ResNet-20, per tensor, b=4: 4.2-4.7x the threshold rule).
 """
 
 from __future__ import annotations

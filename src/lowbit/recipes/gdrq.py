@@ -77,7 +77,7 @@ from torch import nn
 from lowbit.engine.callbacks import LoopState, Phase, recalibrate_bn
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
-from lowbit.quant.activation import ScaleClip
+from lowbit.quant.uniform import ScaleClip
 from lowbit.recipes.base import QuantConfig, Recipe, register_recipe
 from lowbit.schema import require
 from lowbit.transform import every_layer_rules, quantize_model

@@ -3,7 +3,7 @@
 Per layer, the weights are quantized by least squares: min ||W - alpha*Q||^2 over alpha > 0 and
 Q_i in {0, ±1, ±2, ..., ±2^(n-1)}. For 2 bits (ternary) the exact solution is a sort and a prefix
 sum (O(N log N)); for >= 3 bits the reference solver alternates the two exact half-steps and the
-"threshold" solver uses one free parameter r (see `lowbit.quant.weight.LBW`). Training is
+"threshold" solver uses one free parameter r (see `lowbit.quant.codebook.LBW`). Training is
 BinaryConnect style: float auxiliary weights are quantized at every iteration, forward/backward
 run with the quantized weights, and the gradient updates the float copy (identity STE).
 Activations stay float, as in the paper.

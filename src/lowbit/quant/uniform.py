@@ -1,5 +1,5 @@
-"""Clip-based quantizers (weights with `signed=True`, post-ReLU activations with `signed=False`)
-and the 1-bit activation binarizer.
+"""Uniform-grid quantizers: clip-based (`uniform`, `scaleclip`; weights with `signed=True`,
+post-ReLU activations with `signed=False`), learned-step (`lsq`) and DoReFa weights.
 
 Gradient convention: signed (weight) quantizers use the identity STE; unsigned (activation)
 quantizers use the STE masked to the clip range [0, T]. Statistic-driven clips (EMA) update in
@@ -17,18 +17,17 @@ from torch import Tensor, nn
 from torch.nn.modules.lazy import LazyModuleMixin
 
 from lowbit.quant import functional as F
-from lowbit.quant.base import check_input, check_levels_fit
+from lowbit.quant.base import check_bits, check_input, check_levels_fit
+from lowbit.quant.codebook import CodebookQuantizer
 from lowbit.quant.registry import register_quantizer
 from lowbit.quant.ste import (
     fused_uniform_ste,
     grad_scale,
     round_ste,
-    sign_bireal,
     ste,
     ste_clipped,
     ste_pact,
 )
-from lowbit.quant.weight import CodebookQuantizer
 
 _CLIPS = ("max", "fixed", "learned", "ema")
 
@@ -341,34 +340,46 @@ class LSQ(CodebookQuantizer):
         return round_ste(torch.clamp(x / s, -qn, qp)) * s
 
 
-@register_quantizer
-class Sign(CodebookQuantizer):
-    """1-bit activations for Group-Net / Bi-Real (spec §5.2): sign(x), sign(0) = +1.
-
-    Forward: +1 if x >= 0 else -1 (no scale). Backward: Bi-Real (2 - 2|x|)*1[|x| < 1].
-    Levels {-1, +1} (bits 1). Codes ±1, scale 1.
-    """
-
-    name = "sign"
-
-    def __init__(self, bits: int = 1) -> None:
-        super().__init__(bits)
-        if bits != 1:
-            raise ValueError(f"sign supports bits 1, got {bits}")
-
-    def code_range(self) -> Tensor:
-        return torch.tensor([-1, 1], dtype=torch.int32)
-
-    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_input(x, "tensor")
-        one = torch.ones((), dtype=x.dtype, device=x.device)
-        return F.sign_pm1(x.detach()).to(torch.int8), one
-
-    def forward(self, x: Tensor) -> Tensor:
-        check_input(x, "tensor")
-        return sign_bireal(x)  # = ste_bireal(x, decode(encode(x))), fused
-
-
 def _sync_ready(module: nn.Module, incompatible_keys: object) -> None:
     """After load_state_dict: LSQ's host flag follows the loaded `initialized` buffer."""
     module._ready = bool(module.initialized)  # type: ignore[assignment]
+
+
+@register_quantizer
+class DoReFa(CodebookQuantizer):
+    """DoReFa-Net weights (Zhou et al. 2016; spec §8.1).
+
+    Forward (b >= 2): v = tanh(W)/max|tanh(W)|, output 2*quantize_b((v+1)/2) - 1 with
+    quantize_b(u) = round((2^b-1)u)/(2^b-1): 2^b levels (2i - (2^b-1))/(2^b-1), symmetric,
+    without 0 (an exact 0 lands on ±1/(2^b-1) by round-half-to-even; so this quantizer does not
+    keep signs of near-zero weights). b = 1: sign(W)*mean|W| (sign(0) = +1).
+    Backward: identity STE to v, then the true gradient of the tanh normalisation (b >= 2);
+    identity for b = 1.
+    Codes: odd integers in [-(2^b-1), 2^b-1], scale 1/(2^b-1) (b = 1: ±1, scale mean|W|).
+    DoReFa activations are `uniform` with signed=False, clip="fixed", clip_value=1.
+    """
+
+    name = "dorefa"
+
+    def __init__(self, bits: int = 2) -> None:
+        super().__init__(bits)
+        check_bits(self.name, bits, 1, 8)
+
+    def code_range(self) -> Tensor:
+        if self.bits == 1:
+            return torch.tensor([-1, 1], dtype=torch.int32)
+        n = 2**self.bits - 1
+        return torch.arange(-n, n + 1, 2, dtype=torch.int32)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        check_input(x, "weight")
+        if self.bits == 1:
+            return F.binary(x)
+        return F.dorefa_encode(F.dorefa_normalize(x.detach()), self.bits)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.bits == 1:
+            return super().forward(x)
+        check_input(x, "weight")
+        v = F.dorefa_normalize(x)
+        return ste(v, self.decode(*F.dorefa_encode(v, self.bits)))

@@ -1,7 +1,9 @@
-"""Weight quantizers: stateless codebooks recomputed from the float weights at every call.
+"""Codebook quantizers: a fixed level family per tensor (powers of two, ternary, binary, sign),
+recomputed from the input at every call.
 
-All of them use the identity STE (gradient passed unchanged to the float "latent" weights),
-except DoReFa, whose gradient also flows through its tanh normalisation.
+Weight quantizers here use the identity STE (gradient passed unchanged to the float "latent"
+weights); `sign` (1-bit activations) uses the Bi-Real gradient. The uniform-grid family
+(uniform, scaleclip, lsq, dorefa) lives in `lowbit.quant.uniform`.
 """
 
 from __future__ import annotations
@@ -14,15 +16,9 @@ from torch import Tensor
 
 from lowbit.quant import functional as F
 from lowbit.quant import lbwfit
-from lowbit.quant.base import Quantizer, check_input
+from lowbit.quant.base import Quantizer, check_bits, check_input
 from lowbit.quant.registry import register_quantizer
-from lowbit.quant.ste import ste
-
-
-def _check_bits(name: str, bits: int, lo: int, hi: int) -> None:
-    if not lo <= bits <= hi:
-        allowed = str(lo) if lo == hi else f"{lo}..{hi}"
-        raise ValueError(f"{name} supports bits {allowed}, got {bits}")
+from lowbit.quant.ste import sign_bireal, ste
 
 
 class CodebookQuantizer(Quantizer):
@@ -66,7 +62,7 @@ class Pow2(CodebookQuantizer):
 
     def __init__(self, bits: int = 5) -> None:
         super().__init__(bits)
-        _check_bits(self.name, bits, 2, 8)
+        check_bits(self.name, bits, 2, 8)
 
     def code_range(self) -> Tensor:
         m = 2 ** (self.bits - 2)
@@ -103,7 +99,7 @@ class Ternary(CodebookQuantizer):
 
     def __init__(self, bits: int = 2, per_channel: bool = False) -> None:
         super().__init__(bits)
-        _check_bits(self.name, bits, 2, 2)
+        check_bits(self.name, bits, 2, 2)
         self.per_channel = per_channel
 
     def code_range(self) -> Tensor:
@@ -143,7 +139,7 @@ class Binary(CodebookQuantizer):
 
     def __init__(self, bits: int = 1, per_channel: bool = False) -> None:
         super().__init__(bits)
-        _check_bits(self.name, bits, 1, 1)
+        check_bits(self.name, bits, 1, 1)
         self.per_channel = per_channel
 
     def code_range(self) -> Tensor:
@@ -196,7 +192,7 @@ class LBW(CodebookQuantizer):
     def __init__(self, bits: int = 3, method: str = "alternating", iters: int = 20,
                  r: float = 0.5, per_channel: bool = False) -> None:
         super().__init__(bits)
-        _check_bits(self.name, bits, 2, 8)
+        check_bits(self.name, bits, 2, 8)
         if method not in ("alternating", "threshold"):
             raise ValueError(f"lbw method must be 'alternating' or 'threshold', got {method!r}")
         if iters < 0 or not 0 < r < math.inf:
@@ -226,40 +222,28 @@ class LBW(CodebookQuantizer):
 
 
 @register_quantizer
-class DoReFa(CodebookQuantizer):
-    """DoReFa-Net weights (Zhou et al. 2016; spec §8.1).
+class Sign(CodebookQuantizer):
+    """1-bit activations for Group-Net / Bi-Real (spec §5.2): sign(x), sign(0) = +1.
 
-    Forward (b >= 2): v = tanh(W)/max|tanh(W)|, output 2*quantize_b((v+1)/2) - 1 with
-    quantize_b(u) = round((2^b-1)u)/(2^b-1): 2^b levels (2i - (2^b-1))/(2^b-1), symmetric,
-    without 0 (an exact 0 lands on ±1/(2^b-1) by round-half-to-even; so this quantizer does not
-    keep signs of near-zero weights). b = 1: sign(W)*mean|W| (sign(0) = +1).
-    Backward: identity STE to v, then the true gradient of the tanh normalisation (b >= 2);
-    identity for b = 1.
-    Codes: odd integers in [-(2^b-1), 2^b-1], scale 1/(2^b-1) (b = 1: ±1, scale mean|W|).
-    DoReFa activations are `uniform` with signed=False, clip="fixed", clip_value=1.
+    Forward: +1 if x >= 0 else -1 (no scale). Backward: Bi-Real (2 - 2|x|)*1[|x| < 1].
+    Levels {-1, +1} (bits 1). Codes ±1, scale 1.
     """
 
-    name = "dorefa"
+    name = "sign"
 
-    def __init__(self, bits: int = 2) -> None:
+    def __init__(self, bits: int = 1) -> None:
         super().__init__(bits)
-        _check_bits(self.name, bits, 1, 8)
+        if bits != 1:
+            raise ValueError(f"sign supports bits 1, got {bits}")
 
     def code_range(self) -> Tensor:
-        if self.bits == 1:
-            return torch.tensor([-1, 1], dtype=torch.int32)
-        n = 2**self.bits - 1
-        return torch.arange(-n, n + 1, 2, dtype=torch.int32)
+        return torch.tensor([-1, 1], dtype=torch.int32)
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        check_input(x, "weight")
-        if self.bits == 1:
-            return F.binary(x)
-        return F.dorefa_encode(F.dorefa_normalize(x.detach()), self.bits)
+        check_input(x, "tensor")
+        one = torch.ones((), dtype=x.dtype, device=x.device)
+        return F.sign_pm1(x.detach()).to(torch.int8), one
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.bits == 1:
-            return super().forward(x)
-        check_input(x, "weight")
-        v = F.dorefa_normalize(x)
-        return ste(v, self.decode(*F.dorefa_encode(v, self.bits)))
+        check_input(x, "tensor")
+        return sign_bireal(x)  # = ste_bireal(x, decode(encode(x))), fused
