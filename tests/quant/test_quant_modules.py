@@ -29,8 +29,11 @@ def randn(*shape: int, seed: int = 0) -> torch.Tensor:
 def test_registry_errors_are_clear() -> None:
     with pytest.raises(LowbitError, match="unknown quantizer 'nope'; choose one of binary"):
         get_quantizer("nope")
-    with pytest.raises(LowbitError, match="quantizer ternary: .*unexpected keyword"):
+    with pytest.raises(LowbitError, match="quantizer ternary takes no argument 'colour'; it "
+                                          "takes bits, per_channel$"):
         get_quantizer({"name": "ternary", "colour": 1})
+    with pytest.raises(LowbitError, match="no argument 'rr'.*did you mean 'r'"):
+        get_quantizer({"name": "lbw", "rr": 1.0})
 
 
 @pytest.mark.parametrize(("cfg", "match"), [

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import inspect
 from typing import Any
 
 from lowbit.errors import LowbitError
@@ -33,6 +35,13 @@ def get_quantizer(config: dict[str, Any] | str | Quantizer) -> Quantizer:
         config = {"name": config}
     config = dict(config)
     cls = QUANTIZERS.get(config.pop("name", None))
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = [k for k in config if k not in accepted]
+    if unknown:
+        close = difflib.get_close_matches(unknown[0], accepted, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise LowbitError(f"quantizer {cls.name} takes no argument {unknown[0]!r}; it takes "
+                          f"{', '.join(accepted)}{hint}")
     try:
         return cls(**config)
     except TypeError as exc:
