@@ -82,3 +82,20 @@ def test_folder_datasets_take_an_image_size_from_the_config(tmp_path: Path,
     assert sizes == [16]
     with pytest.raises(Exception, match="image_size must be in 8..1024"):
         load_run(base={"data": {"image_size": 4}})
+
+
+def test_a_torch_save_file_is_refused_with_what_to_do(tmp_path: Path, capsys) -> None:
+    from lowbit.cli import main
+
+    path = tmp_path / "weights.pt"
+    torch.save(_net().state_dict(), path)
+    assert main(["eval", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is a PyTorch file (torch.save)" in err and "weights_only=True" in err
+    assert "lowbit.api.fit" in err and "truncated" not in err
+    # the way it names works: the state dict loads into the model and fit(epochs 0) writes one
+    model = _net()
+    model.load_state_dict(torch.load(path, weights_only=True))
+    out = fit(model, _data(64, 0), _data(64, 1), config={"train": {"epochs": 0}},
+              run_dir=tmp_path / "imported")
+    assert (tmp_path / "imported" / "final.safetensors").is_file() and out["epochs"] == 0

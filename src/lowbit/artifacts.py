@@ -144,7 +144,26 @@ def format_of(path: str | Path) -> ModelFormat:
         for fmt in FORMATS.values():
             if fmt.tag is None and str(path).endswith(fmt.suffixes):
                 return fmt
+        _refuse_pickles(Path(path))
     return FORMATS["checkpoint"]  # its loader names what is wrong with the file
+
+
+TORCH_SAVE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or a raw pickle
+
+
+def _refuse_pickles(path: Path) -> None:
+    """A torch.save file is refused with what to do instead: lowbit never unpickles a file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return  # the checkpoint loader names the problem
+    if head.startswith(TORCH_SAVE_MAGIC):
+        raise CheckpointError(
+            f"{path} is a PyTorch file (torch.save), not a lowbit model file, and lowbit never "
+            "unpickles files; load it yourself into your model (model.load_state_dict("
+            "torch.load(path, weights_only=True))), then write a lowbit checkpoint with "
+            "lowbit.api.fit(model, your_data, config={'train': {'epochs': 0}})")
 
 
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
