@@ -223,16 +223,18 @@ def check_compliance(model: nn.Module, rtol: float = 1e-5) -> ComplianceResult:
     return ComplianceResult(out)
 
 
-def render_table(report: CostReport | ComplianceResult) -> Table:
-    """A rich Table of a cost report (with a totals row) or of a compliance result."""
+NARROW = 120  # below this many columns the tables drop their less essential columns
+
+
+def render_table(report: CostReport | ComplianceResult, width: int = 140) -> Table:
+    """A rich Table of a cost report (with a totals row) or of a compliance result; for a
+    console narrower than NARROW columns, fewer columns (none is cut)."""
+    narrow = width < NARROW
     if isinstance(report, ComplianceResult):
-        table = Table("layer", "type", "pass", "max dev", "tol", "levels", "off",
-                      title=f"codebook compliance: {'PASS' if report.passed else 'FAIL'}")
-        for c in report.layers:
-            table.add_row(c.name, c.type, "yes" if c.passed else "NO", f"{c.max_deviation:.3g}",
-                          f"{c.tolerance:.3g}", str(c.num_levels), str(c.num_off))
-        return table
+        return _compliance_table(report, narrow)
     multi = any(r.branches > 1 for r in report.layers)
+    if narrow:
+        return _narrow_cost_table(report, multi)
     table = Table("layer", "type", "params", "w bits", "a bits", "bytes", "MACs", "BOPs",
                   "distinct", "sparsity", *(["K"] if multi else []),
                   title=f"cost at input {report.input_shape}")
@@ -246,6 +248,32 @@ def render_table(report: CostReport | ComplianceResult) -> Table:
                   f"{report.bytes:,.1f}", f"{report.macs:,}", f"{report.bops:,}", "", "")
     table.add_row("ops", f"{report.speedup:.2f}x speed-up", "", "", "", "",
                   f"{report.ops:,.0f}", f"float {report.float_ops:,.0f}", "", "")
+    return table
+
+
+def _narrow_cost_table(report: CostReport, multi: bool) -> Table:
+    """Layer, w/a bits, KiB, MMACs, sparsity (and K): what fits 80 columns."""
+    table = Table("layer", "w/a", "KiB", "MMACs", "sparse", *(["K"] if multi else []),
+                  title=f"cost at input {report.input_shape}")
+    for r in report.layers:
+        table.add_row(r.name, f"{r.weight_bits}/{_opt(r.act_bits)}", f"{r.bytes / 1024:.2f}",
+                      f"{r.macs / 1e6:.2f}", "-" if r.sparsity is None else f"{r.sparsity:.0%}",
+                      *([str(r.branches)] if multi else []))
+    table.add_section()
+    table.add_row("total", f"{report.compression:.1f}x", f"{report.bytes / 1024:.1f}",
+                  f"{report.macs / 1e6:.2f}", f"{report.speedup:.1f}x op")
+    return table
+
+
+def _compliance_table(report: ComplianceResult, narrow: bool) -> Table:
+    heads = ["layer", "pass", "max dev", "levels", "off"] if narrow else [
+        "layer", "type", "pass", "max dev", "tol", "levels", "off"]
+    table = Table(*heads, title=f"codebook compliance: {'PASS' if report.passed else 'FAIL'}")
+    for c in report.layers:
+        cells = {"layer": c.name, "type": c.type, "pass": "yes" if c.passed else "NO",
+                 "max dev": f"{c.max_deviation:.3g}", "tol": f"{c.tolerance:.3g}",
+                 "levels": str(c.num_levels), "off": str(c.num_off)}
+        table.add_row(*(cells[h] for h in heads))
     return table
 
 

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+
 from rich.console import Console
 
 
 def make_console() -> Console:
-    """A console at the terminal's width, or 140 columns when output goes to a file or pipe."""
+    """A console at the terminal's width (or $COLUMNS when set), else 140 columns when output
+    goes to a file or pipe (tables narrower than 120 columns drop their less essential ones)."""
     probe = Console()
-    return probe if probe.is_terminal else Console(width=140)
+    if probe.is_terminal:
+        return probe
+    columns = os.environ.get("COLUMNS", "")
+    return Console(width=int(columns) if columns.isdigit() and int(columns) > 0 else 140)

@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from lowbit.accounting import NARROW
 from lowbit.api import load_model, train
 from lowbit.build import load_run
 from lowbit.console import make_console
@@ -103,7 +104,7 @@ def _run(root: Path, console: Console, epochs: int, seed: int) -> list[list[str]
         base["optim"]["lr"] = 0.01
         console.print(f"fine-tuning: {label}")
         rows.append(_row(label, wbits, abits, train(load_run(base=base))))
-    console.print(_table(rows))
+    console.print(_table(rows, console.width))
     console.print("* first conv and last linear kept float (INQ quantizes every layer by default; "
                   "at 2 bits the 9-weight filters of the 1-channel input conv lose too much), and "
                   "n1 by least squares (n1_rule: mse): the paper's max rule zeroes most weights "
@@ -111,12 +112,18 @@ def _run(root: Path, console: Console, epochs: int, seed: int) -> list[list[str]
     return rows
 
 
-def _table(rows: list[list[str]]) -> Table:
+HEADS = ("method", "W bits", "A bits", "top-1 %", "KiB accounted", "KiB file", "smaller",
+         "in codebook")
+NARROW_HEADS = ("method", "W bits", "A bits", "top-1 %", "KiB file", "in codebook")
+
+
+def _table(rows: list[list[str]], width: int = 140) -> Table:
+    """The results table; in a console under NARROW columns, the columns that fit 80."""
+    heads = NARROW_HEADS if width < NARROW else HEADS
     table = Table(title="digits test set (449 images): accuracy, size and compliance")
-    heads = ("method", "W bits", "A bits", "top-1 %", "KiB accounted", "KiB file", "smaller",
-             "in codebook")  # fmt: skip
     for head in heads:
         table.add_column(head, justify="left" if head == "method" else "right")
     for row in rows:
-        table.add_row(*row)
+        cells = dict(zip(HEADS, row, strict=True))
+        table.add_row(*(cells[h] for h in heads))
     return table

@@ -59,8 +59,8 @@ class InspectReport:
 
     def print(self) -> None:
         console = make_console()
-        console.print(render_table(self.cost))
-        console.print(render_table(self.compliance))
+        console.print(render_table(self.cost, console.width))
+        console.print(render_table(self.compliance, console.width))
         size = f", file {self.file_bytes / 1024:.1f} KiB" if self.file_bytes else ""
         if self.file_compression is not None:
             size += f" ({self.file_compression:.2f}x smaller than float on disk)"
