@@ -19,9 +19,13 @@ def test_every_verb_and_flag_has_a_help_line() -> None:
     helps = {a.dest: a.help for a in parser._actions
              if isinstance(a, argparse._SubParsersAction)}
     assert helps
-    for name, sub in verbs.items():
+    todo = list(verbs.items())
+    while todo:  # nested verbs too (lowbit study plan ...)
+        name, sub = todo.pop()
         for action in sub._actions:
             assert action.help, f"lowbit {name} {action.option_strings or action.dest}: no help"
+            if isinstance(action, argparse._SubParsersAction):
+                todo += [(f"{name} {k}", v) for k, v in action.choices.items()]
 
 
 def test_help_lists_exactly_the_verbs_that_exist(capsys) -> None:

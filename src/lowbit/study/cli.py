@@ -20,11 +20,13 @@ from typing import Any
 def add_parser(subparsers: Any) -> None:
     """Register `study` and its verbs on the main CLI's subparsers."""
     study = subparsers.add_parser("study", help="equal-size bit-width study (plan, report, solve)")
-    verbs = study.add_subparsers(dest="study_verb", required=True)
+    verbs = study.add_subparsers(dest="study_verb", required=True, metavar="STUDY_VERB",
+                                 help="plan | report | solve")
     p = verbs.add_parser("plan", help="expand a study plan; run it unless --dry-run")
     p.add_argument("plan", help="study plan YAML")
     p.add_argument("--dry-run", action="store_true", help="print every run and exit")
-    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local processes (default), or Ray tasks (needs lowbit[ray])")
     p.add_argument("--workers", type=int, default=1, help="local: runs at once (processes)")
     p.add_argument("--address", help="ray: cluster address (default: a local instance)")
     p.add_argument("--cpus-per-task", type=float, default=1.0, help="ray: CPUs per run")
@@ -33,14 +35,16 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("plan", help="study plan YAML")
     p.add_argument("--readme", help="also fill this file's study-table block")
     p = verbs.add_parser("solve", help="width multiplier for a bit-width at a target size")
-    p.add_argument("--model", required=True)
-    p.add_argument("--bits", type=int, required=True)
+    p.add_argument("--model", required=True, help="a zoo model (or module:callable) with width")
+    p.add_argument("--bits", type=int, required=True, help="weight bits of the solved model")
     p.add_argument("--bytes", type=float, help="target size in bytes")
     p.add_argument("--like-model", help="target: this model's size (default: --model)")
-    p.add_argument("--like-width", type=float, default=1.0)
-    p.add_argument("--like-bits", type=int)
-    p.add_argument("--first-last-bits", type=int, default=8)
-    p.add_argument("--num-classes", type=int, default=10)
+    p.add_argument("--like-width", type=float, default=1.0,
+                   help="target: the --like-model at this width")
+    p.add_argument("--like-bits", type=int, help="target: the --like-model at these bits")
+    p.add_argument("--first-last-bits", type=int, default=8,
+                   help="bits of the first and last layers (not searched)")
+    p.add_argument("--num-classes", type=int, default=10, help="classes of the model's head")
     study.set_defaults(fn=run)
 
 
