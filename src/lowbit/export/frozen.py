@@ -30,6 +30,7 @@ class Decoded(Quantizer):
 
     name = "decoded"
     inner: Quantizer
+    has_codebook = True  # its source's codes
     codes: Tensor
     scale: Tensor
 

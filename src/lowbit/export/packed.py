@@ -44,8 +44,8 @@ FORMAT = "lowbit-packed/2"
 
 
 def _packable(layer: nn.Module) -> bool:
-    q = getattr(layer, "weight_quant", None)
-    return isinstance(layer, QuantLayer) and hasattr(q, "code_range")
+    return (isinstance(layer, QuantLayer) and layer.weight_quant is not None
+            and layer.weight_quant.has_codebook)
 
 
 def _state_items(model: nn.Module, packed: list[str]) -> list[tuple[str, torch.Tensor]]:

@@ -42,6 +42,8 @@ class Quantizer(nn.Module):
         raise NotImplementedError
 
     # ---- capabilities downstream code asks for (fold, pack, plots, recipes) --------------
+    has_codebook: ClassVar[bool] = False  # a finite code set (`code_range`): packable
+
     @property
     def enabled(self) -> bool:
         """Whether forward quantizes (False: a clip-only stage, such as GDRQ's reshaping)."""

@@ -28,6 +28,7 @@ class CodebookQuantizer(Quantizer):
     """
 
     ste_rule: ClassVar[str] = "identity"
+    has_codebook: ClassVar[bool] = True
     per_channel: bool = False
 
     def code_range(self) -> Tensor:
