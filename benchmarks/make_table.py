@@ -160,9 +160,37 @@ def _brevitas(r: Result) -> tuple[str, str]:
             f"< {r.get('target_ratio', 1.0)}x")
 
 
+def _compile_step(r: Result) -> tuple[str, str]:
+    """(headline, target): compiled / eager step time per configuration and mode."""
+    parts = []
+    for mode, m in sorted(r["modes"].items()):
+        cells = [f"{k.split(' (')[0]} {v['compiled_over_eager']:.2f}x" if "error" not in v
+                 else f"{k.split(' (')[0]} failed" for k, v in m.items()]
+        parts.append(f"{mode}: " + ", ".join(cells))
+    breaks = ", ".join(f"{k.split(' (')[0]} {v}" for k, v in r["graph_breaks"].items())
+    return (f"compiled / eager step: {'; '.join(parts)}; graph breaks: {breaks}",
+            "0 lowbit graph breaks")
+
+
+def _onnx_speed(r: Result) -> tuple[str, str]:
+    """(headline, target): onnxruntime float graph / int graph time, per batch size."""
+    cells = [f"batch {x['batch']}: {x['speedup_float_over_int']:.2f}x" for x in r["rows"]]
+    return f"ORT float / int graph ({r['checkpoint'].split('_resnet')[0]}): " + ", ".join(
+        cells), ">= 2x"
+
+
+def _xnor_speed(r: Result) -> tuple[str, str]:
+    """(headline, target): float conv / XNOR-popcount conv time, per layer shape."""
+    cells = [f"{x['cin']}->{x['cout']} k{x['kernel']}s{x['stride']} {x['size']}px "
+             f"{x['speedup_float_over_xnor']:.2f}x" for x in r["rows"]]
+    return f"float conv / XNOR ({r['backend']}, batch {r['rows'][0]['batch']}): " + ", ".join(
+        cells), ">= 4x"
+
+
 SPEED: dict[str, Callable[[Result], tuple[str, str]]] = {
     "qat_step": _qat_step, "ternary_speed": _ternary_speed,
     "loader_overhead": _loader_overhead, "brevitas": _brevitas,
+    "compile_step": _compile_step, "onnx_speed": _onnx_speed, "xnor_speed": _xnor_speed,
 }
 
 
