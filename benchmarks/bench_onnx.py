@@ -6,7 +6,7 @@ every round), at each batch size; the figure is the ratio of medians float / int
 integer graph is faster). Target: >= 2x.
 
     python benchmarks/bench_onnx.py                       # GDRQ W2A4, batch 1 and 128, 2 threads
-    python benchmarks/bench_onnx.py --repeats 5 --out /tmp/smoke.json   # smoke run
+    python benchmarks/bench_onnx.py --repeats 5 --out smoke.json   # smoke run
 """
 
 from __future__ import annotations

@@ -9,7 +9,7 @@ count (torch and numba). The figure is the ratio of medians float / xnor (> 1: X
 Target: >= 4x.
 
     python benchmarks/bench_xnor.py                       # batch 128, 2 threads, numba
-    python benchmarks/bench_xnor.py --batch 8 --repeats 3 --out /tmp/smoke.json   # smoke run
+    python benchmarks/bench_xnor.py --batch 8 --repeats 3 --out smoke.json   # smoke run
 """
 
 from __future__ import annotations
