@@ -17,7 +17,7 @@ from lowbit.engine import LoopState, Phase, Trainer
 from lowbit.engine.rundir import RunDir
 from lowbit.quant import functional as F
 from lowbit.quant.inq import INQWeight
-from lowbit.recipes import inq as inq_module
+from lowbit.recipes import base as recipe_base
 from lowbit.recipes import parse_quant_section, quant_section
 from lowbit.schema import ConfigError
 
@@ -129,7 +129,7 @@ def test_last_step_then_optional_bn_recalibration(
         calls.append(n)
         return n
 
-    monkeypatch.setattr(inq_module, "recalibrate_bn", recalibrate_bn)
+    monkeypatch.setattr(recipe_base, "recalibrate_bn", recalibrate_bn)
     recipe.on_fit_end(LoopState(model))
     assert all(bool(q.mask.all()) for _, q in recipe.layers)
     assert calls == [batches]

@@ -48,7 +48,12 @@ def plain_loop(init: Path, seed: int) -> dict[str, torch.Tensor]:
     recipe = create_recipe("inq", **INQ)
     model = recipe.prepare(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9)
-    state = LoopState(model, opt, batches=lambda n: itertools.islice(iter(loader), n))
+
+    def batches(n: int):  # calibration batches, drawn as lowbit's trainer draws them
+        loader.set_epoch(state.epoch)
+        return itertools.islice(iter(loader), n)
+
+    state = LoopState(model, opt, batches=batches)
     recipe.on_fit_start(state)
     for phase in recipe.phases():
         recipe.on_phase_start(state, phase)

@@ -23,7 +23,8 @@ evaluates quantized; the recipe switches to clip-only when training starts in st
 
 Config: `weight: {name: scaleclip, bits, k (k_w), stat, group_size, learnable, momentum}`,
 `act: {name: scaleclip, bits, k (k_a), ...}` or null (float activations); procedure knobs
-`reshape_epochs`, `quant_epochs`, `scale_clip` (the ablation switch), `bn_recalibration_batches`.
+`reshape_epochs`, `quant_epochs`, `scale_clip` (the ablation switch), and the common
+`bn_recalibration_batches`.
 
 Reconstruction choices (spec tags):
 - stat = mean|x| with k_w = 2 [S, spec §11 confirms mean|W|]; std as an option [R]. k_a > k_w
@@ -49,8 +50,8 @@ Reconstruction choices (spec tags):
 - `bn_recalibration_batches` (default 100) [R, measured]: clipping (and later quantizing) a
   trained network shrinks every layer's output, so the BatchNorm running statistics it was
   trained with no longer fit, and each stage would start near chance level. At the start of each
-  stage (and at the end if no quantized epoch was trained, as in a calibration-only run with
-  `reshape_epochs: 0, quant_epochs: 0`) the recipe re-estimates BN statistics on that many
+  stage and at the end of training (which also makes a calibration-only run with
+  `reshape_epochs: 0, quant_epochs: 0` work) the recipe re-estimates BN statistics on that many
   training batches with the stage's forward, which also initialises the activation EMAs;
   weights are untouched.
   Measured (benchmarks/results/gdrq_scaleclip_sweep.json): the float ResNet-20 calibrated to
@@ -98,7 +99,6 @@ class GDRQConfig(QuantConfig):
     reshape_epochs: int = 2
     quant_epochs: int = 28
     scale_clip: bool = True
-    bn_recalibration_batches: int = 100
 
     def validate(self) -> None:
         super().validate()
@@ -109,7 +109,6 @@ class GDRQConfig(QuantConfig):
         require(1 <= a_bits <= 8, f"act.bits must be in 1..8, got {a_bits}")
         require(self.reshape_epochs >= 0 and self.quant_epochs >= 0,
                 "reshape_epochs and quant_epochs must be >= 0")
-        require(self.bn_recalibration_batches >= 0, "bn_recalibration_batches must be >= 0")
 
     def spec(self, side: str, group_size: int | None = None) -> dict[str, Any] | None:
         """ScaleClip config for weights (with a layer's resolved group size) or activations."""
@@ -241,8 +240,7 @@ class GDRQRecipe(Recipe):
 
     def on_fit_end(self, state: LoopState) -> None:
         self._set_stage(QUANTIZE)  # the final evaluation and checkpoint are quantized
-        if not self.cfg.quant_epochs:  # no quantized epoch trained: calibrate
-            recalibrate_bn(state, self.cfg.bn_recalibration_batches)
+        super().on_fit_end(state)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {"stage": self.stage, "group_sizes": dict(self.group_sizes),

@@ -12,16 +12,17 @@ remaining weights. Frozen weights never change (see `lowbit.quant.inq`); the mas
 model's buffers and the step counter in the checkpoint, so a killed run resumes exactly.
 
 Config: `weight: {name: inq, bits, strategy: magnitude|random, n1_mode: per_step|first}`;
-procedure knobs `portions`, `epochs_per_step`, `prune_sparsity`, `prune_epochs`,
-`bn_recalibration_batches`, `seed`. Phases: `prune` (if any), then one per partition step but
+procedure knobs `portions`, `epochs_per_step`, `prune_sparsity`, `prune_epochs`, `seed` (and
+the common `bn_recalibration_batches`). Phases: `prune` (if any), then one per partition step but
 the last, each restarting the learning rate; the last partition (100 %) happens at fit end.
 
 Choices where the paper is silent (spec §2.7, §2.9): the first and last layers are quantized as
 in the official code (`keep_float: first_last` keeps them float); n1 is recomputed at every step
 (`n1_mode: per_step`) but never so that an already-frozen weight leaves the codebook;
 `n1_mode: first` fixes it at the first partition. No training follows the last step, so
-BatchNorm statistics are those of the model before it; `bn_recalibration_batches: N`
-re-estimates them on N training batches (weights untouched; off by default, as in the paper).
+BatchNorm statistics are those of the model before it; the common `bn_recalibration_batches`
+(default 100; 0 is the paper's procedure) re-estimates them on that many training batches after
+the last step, weights untouched.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.engine.callbacks import LoopState, Phase, recalibrate_bn
+from lowbit.engine.callbacks import LoopState, Phase
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.inq import INQWeight
 from lowbit.recipes.base import KeepFloat, QuantConfig, Recipe, register_recipe
@@ -46,7 +47,6 @@ class INQConfig(QuantConfig):
     epochs_per_step: int = 4
     prune_sparsity: float = 0.0
     prune_epochs: int = 0
-    bn_recalibration_batches: int = 0
     seed: int = 0
 
     def validate(self) -> None:
@@ -60,7 +60,6 @@ class INQConfig(QuantConfig):
         require(self.epochs_per_step >= 0, "epochs_per_step must be >= 0")
         require(0 <= self.prune_sparsity < 1, "prune_sparsity must be in [0, 1)")
         require(self.prune_epochs >= 0, "prune_epochs must be >= 0")
-        require(self.bn_recalibration_batches >= 0, "bn_recalibration_batches must be >= 0")
 
 
 @register_recipe
@@ -117,7 +116,7 @@ class INQRecipe(Recipe):
 
     def on_fit_end(self, state: LoopState) -> None:
         self._advance_to(len(self.cfg.portions) - 1)
-        recalibrate_bn(state, self.cfg.bn_recalibration_batches)
+        super().on_fit_end(state)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         return {}, {"steps_done": self.steps_done, "pruned": self.pruned}
