@@ -57,11 +57,14 @@ def cell(value: object) -> str:
 
 
 def short_commit(result: Result) -> str:
-    """The commit, shortened to 7 hex digits, keeping a '+dirty' mark."""
+    """The commit, shortened to 7 hex digits, keeping a '+dirty' mark; a run resumed at a
+    later commit shows both (`started→last resumed`)."""
     commit = str(result.get("commit") or result.get("git_commit") or "unknown")
     sha, plus, rest = commit.partition("+")
     dirty = plus + rest if plus else ("+dirty" if result.get("git_dirty") else "")
-    return (sha[:7] if sha != "unknown" else sha) + dirty
+    resumes = [r for r in result.get("resumes") or [] if str(r.get("commit"))[:7] != sha[:7]]
+    later = "→" + str(resumes[-1]["commit"])[:7] if resumes else ""
+    return (sha[:7] if sha != "unknown" else sha) + dirty + later
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:

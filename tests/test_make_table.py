@@ -125,3 +125,11 @@ def test_missing_marker_is_an_error(mt: ModuleType, tmp_path: Path) -> None:
     assert code == 2 and text == "# no markers here\n"
     with pytest.raises(ValueError):
         mt.replace_block("<!-- results-table:end --> <!-- results-table:start -->", "x")
+
+
+def test_a_row_resumed_at_a_later_commit_shows_both(mt: ModuleType) -> None:
+    row = {"commit": "aad5a64994f0", "resumes": [{"commit": "aad5a64994f0"},
+                                                 {"commit": "b2ae402abc"}]}
+    assert mt.short_commit(row) == "aad5a64→b2ae402"
+    assert mt.short_commit({"commit": "aad5a64994f0", "resumes": [{"commit": "aad5a64"}]}) \
+        == "aad5a64"

@@ -119,6 +119,8 @@ def _train(
     if run_dir is not None:
         if not resume:
             run_dir.write_config(cfg.to_dict())
+        elif (path / "run.json").exists():
+            run_dir.note_resume(_saved_epoch(path))
         run_dir.attach_log()
         run_dir.add_sinks(list(cfg.train.metrics), _saved_epoch(path) if resume else None)
     try:

@@ -64,6 +64,20 @@ def test_resume_before_the_first_save_starts_over(tmp_path: Path, tiny_config) -
     assert [r["epoch"] for r in rows] == [0, 1] and whole["epochs"] == 2
 
 
+def test_run_json_records_each_resume_with_its_commit(tmp_path: Path, tiny_config,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = tiny_config(tmp_path, epochs=1)
+    train(load_run(base=cfg), run_path=tmp_path / "run")
+    monkeypatch.setattr("lowbit.engine.rundir.git_commit", lambda: "later")
+    monkeypatch.setattr("sys.argv", ["lowbit", "train", "--resume", str(tmp_path / "run")])
+    train(load_run(base=cfg), resume=tmp_path / "run")  # finished: only the end-of-fit work runs
+    info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert info["commit"] != "later"  # where it started stays
+    [resume] = info["resumes"]
+    assert resume["commit"] == "later" and resume["epoch"] == 1
+    assert resume["command"] == f"lowbit train --resume {tmp_path / 'run'}"
+
+
 def test_resume_of_a_folder_that_is_no_run_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "is not a run directory" in capsys.readouterr().err

@@ -135,6 +135,18 @@ class RunDir:
         }
         atomic_write_bytes(self.path / "run.json", json.dumps(info, indent=2).encode())
 
+    def note_resume(self, epoch: int) -> None:
+        """Append this resume (command, commit, time, the epoch it continues from) to run.json:
+        a run finished at a later commit than it started says so."""
+        info = json.loads((self.path / "run.json").read_text())
+        info.setdefault("resumes", []).append({
+            "command": " ".join(["lowbit", *sys.argv[1:]]),
+            "commit": git_commit(),
+            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "epoch": epoch,
+        })
+        atomic_write_bytes(self.path / "run.json", json.dumps(info, indent=2).encode())
+
     def attach_log(self) -> None:
         handler = logging.FileHandler(self.path / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))

@@ -25,8 +25,6 @@ Cost: see `lowbit.quant.codebook.LBW` (ResNet-20, per tensor, b=4: 4.2-4.7x the 
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from torch import Tensor
@@ -46,11 +44,9 @@ FINE = 15  # fine candidates around each, between its two coarse neighbours
 LLOYD_GAIN = 1e-6  # Lloyd steps stop once they gain less than this fraction of the objective
 MAX_OCTAVES = 48  # search depth below 2 max|W| (weights below max|W|*2^-48 do not matter)
 
-
 def lbw_num_magnitudes(bits: int) -> int:
     """n = 2^(bits-1) - 1 non-zero magnitudes {1, 2, ..., 2^(n-1)} (spec §4.2)."""
     return 2 ** (bits - 1) - 1
-
 
 def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
     """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows).
@@ -60,12 +56,10 @@ def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
     """
     return pow2_round_index(a64 / torch.where(alpha > 0, alpha, 1.0), n)
 
-
 def _lbw_refit(a64: Tensor, q: Tensor) -> Tensor:
     """alpha*(Q) = <|W|, Q> / <Q, Q> per row, (C, 1) float64; 0 where Q = 0."""
     num, den = torch.linalg.vecdot(a64, q), torch.linalg.vecdot(q, q)
     return (num / den.clamp_min(1.0)).unsqueeze(1)
-
 
 def _sorted_rows(a: Tensor) -> tuple[Tensor, Tensor]:
     """Rows of |W| (C, N) sorted ascending (float32 or float64), and float64 prefix sums
@@ -77,13 +71,11 @@ def _sorted_rows(a: Tensor) -> tuple[Tensor, Tensor]:
         srt = torch.sort(a, dim=1).values
     return srt, torch.nn.functional.pad(torch.cumsum(srt, dim=1, dtype=torch.float64), (1, 0))
 
-
 def _levels(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(boundaries b (n,), magnitudes (0, 1, 2, ..., 2^(n-1)) (n + 1,)), float64."""
     j = torch.arange(n, dtype=torch.float64, device=device)
     bounds = torch.where(j == 0, 0.5, 0.75 * torch.exp2(j))
     return bounds, torch.cat([j.new_zeros(1), torch.exp2(j)])
-
 
 def _scores(table: tuple[Tensor, Tensor, Tensor, Tensor],
             alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -104,7 +96,6 @@ def _scores(table: tuple[Tensor, Tensor, Tensor, Tensor],
     score = torch.where(s2 > 0, -s1.square() / s2.clamp_min(1.0), 0.0)
     return score, s1 / s2.clamp_min(1.0), cnt
 
-
 def _grid(srt: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Log2 of the search range's top (C, 1) and its width in octaves (C, 1) (module docstring)."""
     tiny = torch.finfo(torch.float64).tiny
@@ -114,20 +105,20 @@ def _grid(srt: Tensor, n: int) -> tuple[Tensor, Tensor]:
     t_hi = torch.log2(2 * top)
     return t_hi, (t_hi - torch.log2(low / 0.75) + 1).clamp(1.0, min(MAX_OCTAVES, n + 12))
 
-
 def _best(score: Tensor, at: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The `k` lowest scores per row and the candidates (same shape) that gave them."""
     best, pick = score.topk(min(k, score.shape[1]), dim=1, largest=False)
     return best, torch.gather(at, 1, pick)
-
 
 def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
     """(alpha, its refit) (C, 1) float64: Q(alpha) is the best Q found, the refit its best scale.
     """
     table = (*_sorted_rows(a), *_levels(n, a.device))
     t_hi, span = _grid(table[0], n)
-    longest = min(MAX_OCTAVES, n + 12)  # a fixed size under torch.compile: no host sync
-    g = COARSE * (longest if torch.compiler.is_compiling() else math.ceil(float(span.max())))
+    # One grid size for every tensor, eager or compiled: no host sync, and an exported or
+    # compiled model picks exactly the levels eager does (a grid sized by the data found other,
+    # equally good optima). The candidates cost n binary searches each, small beside the sort.
+    g = COARSE * min(MAX_OCTAVES, n + 12)
     step = span / g  # (C, 1) octaves between coarse candidates
     # ascending alpha, so that among equal fits (exact octave shifts of one Q) the first,
     # smallest alpha wins: the largest W sits near the top level, and the top cannot overflow
@@ -152,7 +143,6 @@ def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
             break  # eager shortcut; compiled, the remaining steps change nothing
         cur = torch.where(refit > 0, refit, cur)
     return at, scale
-
 
 def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
             r: float = 0.5, per_channel: bool = False) -> tuple[Tensor, Tensor]:
@@ -189,7 +179,6 @@ def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
     idx = idx.to(code_dtype(n))
     codes = torch.where(rr < 0, idx.neg(), idx).reshape(w.shape)
     return codes, row_scale(top, per_channel, w.dtype)
-
 
 def _top_at_largest(idx: Tensor, alpha: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The same values alpha*2^(idx-1) written with the scale at the largest level used.

@@ -70,6 +70,8 @@ def _run_stats(run: RunDir, data_dir: str | None) -> dict[str, Any]:
     return {
         "train_command": _portable(info.get("command"), data_dir),
         "commit": info["commit"],
+        "resumes": [{**r, "command": _portable(r.get("command"), data_dir)}
+                    for r in info.get("resumes", [])],
         "machine": info["machine"],
         "started": info["started"],
         "epochs": len(rows),
