@@ -29,7 +29,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Literal
 
 import torch
@@ -45,16 +45,12 @@ STRUCTURES = ("layerwise", "v1", "v2", "v3", "groups")
 
 
 @dataclass
-class GroupNetSpec:
-    """Everything `expand` needs; the recipe's `quant:` section maps onto it one to one.
+class GroupNetOptions:
+    """The Group-Net knobs a `quant:` section and the builder share (one definition for both).
 
     Attributes:
         structure: layerwise (Eq. 3), v1 / v2 / v3 (1, 2 or all units per group), or groups.
         bases: K, the number of binary bases per layer or group.
-        act_bits: 1 (sign), 2..16 (uniform on [0, beta]), None or 32 (float activations).
-        beta: the fixed clip of k-bit activations (Eq. 2).
-        per_filter: one mean|W| per output filter (XNOR); False: one per layer (the official
-            code's choice, spec §5.2).
         groups: structure "groups": a partition as lists of regexes over unit names (Eq. 6).
         blocks: regexes (on names) or class names of the units; None: *Block / *Bottleneck
             modules, or conv/linear layers with their followers in plain networks.
@@ -62,34 +58,52 @@ class GroupNetSpec:
         perturbation: std of the noise added to each base's weights, relative to std(W).
         lambda_init: "mean" (1/K) or "rand" (U(0, 1), the official code).
         gates: learned soft connections between consecutive groups (CVPR'19 "Group-Net**").
-        quantize_first_last: also binarize the first and last layers (default: float).
         keep_bias: keep the biases of quantized layers (default: dropped, as in the paper).
         remove_last_relu: drop the ReLU before the classifier of residual networks (Sec. 4.1).
         sign_relu: with act_bits 1, "identity" replaces every nn.ReLU by the identity.
         pad_value: padding value of sign-activation convs (+1 or -1; None: zeros).
         act_scale: XNOR-Net activation scales for sign-activation convs.
         seed: seeds the perturbation and random lambdas.
-        input_size: side of the square test input of the structural check.
     """
 
     structure: Literal["layerwise", "v1", "v2", "v3", "groups"] = "v1"
     bases: int = 5
-    act_bits: int | None = 4
-    beta: float = 1.0
-    per_filter: bool = True
     groups: list[list[str]] | None = None
     blocks: list[str] | None = None
     init: Literal["float", "scratch"] = "float"
     perturbation: float = 0.01
     lambda_init: Literal["mean", "rand"] = "mean"
     gates: bool = False
-    quantize_first_last: bool = False
     keep_bias: bool = False
     remove_last_relu: bool = True
     sign_relu: Literal["identity", "keep"] = "identity"
     pad_value: float | None = 1.0
     act_scale: bool = True
     seed: int = 0
+
+    def options(self) -> dict[str, Any]:
+        """These knobs as keyword arguments (for a GroupNetSpec)."""
+        return {f.name: getattr(self, f.name) for f in fields(GroupNetOptions)}
+
+
+@dataclass
+class GroupNetSpec(GroupNetOptions):
+    """Everything `expand` needs: the shared options plus what the recipe derives from its
+    weight/act specs and `keep_float`.
+
+    Attributes:
+        act_bits: 1 (sign), 2..16 (uniform on [0, beta]), None or 32 (float activations).
+        beta: the fixed clip of k-bit activations (Eq. 2).
+        per_filter: one mean|W| per output filter (XNOR); False: one per layer (the official
+            code's choice, spec §5.2).
+        quantize_first_last: also binarize the first and last layers (default: float).
+        input_size: side of the square test input of the structural check.
+    """
+
+    act_bits: int | None = 4
+    beta: float = 1.0
+    per_filter: bool = True
+    quantize_first_last: bool = False
     input_size: int = 32
 
     def weight_spec(self) -> dict[str, Any]:

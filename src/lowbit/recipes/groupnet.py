@@ -37,35 +37,20 @@ apply them to any layer or block of a user's model.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
 from lowbit.groupnet import GroupNetSpec, expand, float_expansion, to_layerwise
-from lowbit.groupnet.build import quantize_chain
+from lowbit.groupnet.build import GroupNetOptions, quantize_chain
 from lowbit.recipes.base import QuantConfig, Recipe, register_recipe
 from lowbit.schema import require
 from lowbit.transform import LayerSpec, register_converter
 
 
 @dataclass
-class GroupNetConfig(QuantConfig):
-    """The `quant:` section for `method: groupnet` (see the module docstring)."""
-
-    structure: Literal["layerwise", "v1", "v2", "v3", "groups"] = "v1"
-    bases: int = 5
-    groups: list[list[str]] | None = None
-    blocks: list[str] | None = None
-    init: Literal["float", "scratch"] = "float"
-    perturbation: float = 0.01
-    lambda_init: Literal["mean", "rand"] = "mean"
-    gates: bool = False
-    keep_bias: bool = False
-    remove_last_relu: bool = True
-    sign_relu: Literal["identity", "keep"] = "identity"
-    pad_value: float | None = 1.0
-    act_scale: bool = True
-    seed: int = 0
+class GroupNetConfig(QuantConfig, GroupNetOptions):
+    """The `quant:` section for `method: groupnet`: the common quant fields plus the builder's
+    options (`lowbit.groupnet.build.GroupNetOptions`; see the module docstring)."""
 
     def validate(self) -> None:
         super().validate()
@@ -88,14 +73,9 @@ class GroupNetConfig(QuantConfig):
         act_bits = None if act is None else 1 if act["name"] == "sign" else int(act["bits"])
         beta = float((act or {}).get("clip_value", 1.0))
         return GroupNetSpec(
-            structure=self.structure, bases=self.bases, act_bits=act_bits, beta=beta,
-            per_filter=bool((self.weight or {}).get("per_channel", True)), groups=self.groups,
-            blocks=self.blocks, init=self.init, perturbation=self.perturbation,
-            lambda_init=self.lambda_init, gates=self.gates,
-            quantize_first_last=self.keep_float == "none", keep_bias=self.keep_bias,
-            remove_last_relu=self.remove_last_relu, sign_relu=self.sign_relu,
-            pad_value=self.pad_value, act_scale=self.act_scale, seed=self.seed)
-
+            **self.options(), act_bits=act_bits, beta=beta,
+            per_filter=bool((self.weight or {}).get("per_channel", True)),
+            quantize_first_last=self.keep_float == "none")
 
 @register_recipe
 class GroupNetRecipe(Recipe):
