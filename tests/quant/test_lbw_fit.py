@@ -13,21 +13,10 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
+from tests.quant.common import rel_err, small, tied
 
 from lowbit.quant import functional as F
 from lowbit.quant import lbwfit
-
-small = st.floats(-10, 10, width=32, allow_subnormal=False)
-tied = st.sampled_from([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -3.0])
-
-
-def rel_err(w: torch.Tensor, q: torch.Tensor) -> float:
-    return float(((w.double() - q.double()) ** 2).sum() / (w.double() ** 2).sum())
-
-
-@pytest.fixture(scope="module")
-def gauss() -> torch.Tensor:
-    return torch.randn(200_000, generator=torch.Generator().manual_seed(0))
 
 
 # ----------------------------------------------------------------------------- LBW b >= 3

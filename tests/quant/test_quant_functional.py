@@ -2,7 +2,7 @@
 reference numbers of spec/algorithms.md.
 
 The spec's "relative L2 error" figures are ratios of squared norms, ||W - Q||^2 / ||W||^2
-(e.g. the optimal ternary 0.191 = 0.437^2); `rel_err` below computes exactly that.
+(e.g. the optimal ternary 0.191 = 0.437^2); `tests.quant.common.rel_err` computes exactly that.
 """
 
 from __future__ import annotations
@@ -14,22 +14,11 @@ import hypothesis.strategies as st
 import pytest
 import torch
 from hypothesis import given, settings
+from tests.quant.common import rel_err, small, tied
 
 from lowbit.quant import functional as F
 
 FAST = settings(max_examples=40, deadline=None)
-small = st.floats(-10, 10, width=32, allow_subnormal=False)
-# Magnitudes from a short list make ties likely.
-tied = st.sampled_from([0.0, 0.5, -0.5, 1.0, -1.0, 2.0, -3.0])
-
-
-def rel_err(w: torch.Tensor, q: torch.Tensor) -> float:
-    return float(((w.double() - q.double()) ** 2).sum() / (w.double() ** 2).sum())
-
-
-@pytest.fixture(scope="module")
-def gauss() -> torch.Tensor:
-    return torch.randn(200_000, generator=torch.Generator().manual_seed(0))
 
 
 def ternary_values(w: torch.Tensor, per_channel: bool = False) -> torch.Tensor:

@@ -34,6 +34,12 @@ from lowbit.schema import ConfigError, require
 from lowbit.transform import QuantizationReport, every_layer_rules, quantize_model
 
 KeepFloat = Literal["first_last", "none"]
+# The learning rate and schedule `lowbit quantize` fine-tunes with (a method that fixes its own
+# length, like INQ's steps, uses just these; the others add train.epochs).
+FINETUNE_SCHEDULE: dict[str, dict[str, Any]] = {
+    "optim": {"lr": 0.005},
+    "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5},
+}
 
 
 def merge_spec(default: dict[str, Any] | None, given: Any) -> dict[str, Any] | None:
@@ -99,11 +105,7 @@ class Recipe(Callback):
     # What `lowbit quantize` fine-tunes with, over the float run's own schedule (a float run's
     # 160 epochs at lr 0.1 would undo the pretraining); a method that fixes its length leaves
     # out train.epochs.
-    finetune: ClassVar[dict[str, dict[str, Any]]] = {
-        "train": {"epochs": 15},
-        "optim": {"lr": 0.005},
-        "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5},
-    }
+    finetune: ClassVar[dict[str, dict[str, Any]]] = {"train": {"epochs": 15}, **FINETUNE_SCHEDULE}
 
     def __init__(self, cfg: QuantConfig) -> None:
         self.cfg = cfg

@@ -79,7 +79,7 @@ from lowbit.engine.callbacks import LoopState, Phase, recalibrate_bn
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
 from lowbit.quant.uniform import ScaleClip
-from lowbit.recipes.base import QuantConfig, Recipe, register_recipe
+from lowbit.recipes.base import FINETUNE_SCHEDULE, QuantConfig, Recipe, register_recipe
 from lowbit.schema import require
 from lowbit.transform import every_layer_rules, quantize_model
 
@@ -150,8 +150,7 @@ class GDRQRecipe(Recipe):
     default_act = {"name": "scaleclip", "bits": 4, "signed": False, "k": 14.0, "stat": "mean",
                    "momentum": 0.99, "learnable": False}
     weight_names = ("scaleclip",)
-    finetune = {"optim": {"lr": 0.005},  # the schedule fixes the length
-                "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5}}
+    finetune = FINETUNE_SCHEDULE  # the method's schedule fixes the length
     cfg: GDRQConfig
 
     def __init__(self, cfg: GDRQConfig) -> None:

@@ -36,7 +36,7 @@ from torch import nn
 from lowbit.engine.callbacks import LoopState, Phase
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.inq import INQWeight
-from lowbit.recipes.base import KeepFloat, QuantConfig, Recipe, register_recipe
+from lowbit.recipes.base import FINETUNE_SCHEDULE, KeepFloat, QuantConfig, Recipe, register_recipe
 from lowbit.schema import require
 
 
@@ -70,8 +70,7 @@ class INQRecipe(Recipe):
     config_class = INQConfig
     default_weight = {"name": "inq", "bits": 5, "strategy": "magnitude", "n1_mode": "per_step"}
     weight_names = ("inq",)
-    finetune = {"optim": {"lr": 0.005},  # the schedule fixes the length
-                "schedule": {"name": "cosine", "warmup_epochs": 0.0, "min_lr": 1.0e-5}}
+    finetune = FINETUNE_SCHEDULE  # the method's schedule fixes the length
     cfg: INQConfig
 
     def __init__(self, cfg: INQConfig) -> None:

@@ -16,7 +16,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from lowbit.errors import LowbitError
+from lowbit.tools.plots import pyplot
 
 _MARKERS = {"greedy": "s", "knapsack": "D"}
 
@@ -79,20 +79,9 @@ def update_readme(path: str | Path, table: str, name: str) -> None:
     path.write_text(f"{head}{start}\n{table}{end}{tail}")
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is optional
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise LowbitError("the Pareto plot needs matplotlib: pip install 'lowbit[plot]'") from exc
-    return plt
-
-
 def pareto_plot(results: list[dict[str, Any]], path: str | Path, title: str = "") -> Path:
     """Write the accuracy-vs-size plot (mean over seeds, error bar = seed spread) as PNG."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     points = summary(results)
     for weights in sorted({p["weights"] for p in points}):

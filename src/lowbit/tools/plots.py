@@ -20,7 +20,8 @@ from lowbit.quant.base import Quantizer
 from lowbit.quant.functional import channel_view
 
 
-def _pyplot():  # noqa: ANN202 - matplotlib is optional
+def pyplot():  # noqa: ANN201 - matplotlib is optional
+    """matplotlib.pyplot on the Agg back end, or a one-line error naming the extra."""
     try:
         import matplotlib
 
@@ -50,7 +51,7 @@ def distribution_histograms(model: nn.Module, batch: Tensor | None, out_dir: Pat
     Returns:
         The written paths, one per quantized layer.
     """
-    plt = _pyplot()
+    plt = pyplot()
     model = copy.deepcopy(model).eval()
     for q in model.modules():
         if isinstance(q, Quantizer) and not q.enabled:
