@@ -35,7 +35,7 @@ from lowbit.groupnet import GroupNetSpec, expand
 from lowbit.models import create_model
 
 FLOAT = "benchmarks/checkpoints/resnet20_cifar10_float.safetensors"
-GRID = {4: [1.0, 2.0, 4.0, 8.0], 2: [1.0, 2.0, 4.0, 8.0]}
+GRID = {4: [1.0, 2.0, 4.0, 8.0, 16.0], 2: [1.0, 2.0, 4.0, 8.0, 16.0]}
 
 
 def float_model() -> nn.Module:

@@ -225,6 +225,10 @@ def render(results: list[tuple[str, Result]]) -> str:
                   *speed_table(results)]
     else:
         lines.append("No speed benchmark results recorded yet.")
+    sizes = dict(results).get("file_sizes")
+    if sizes and "table" in sizes:
+        lines += ["", f"Files on disk per committed checkpoint (`{sizes.get('command')}`, "
+                  f"commit {short_commit(sizes)}):", "", sizes["table"]]
     return "\n" + "\n".join(lines) + "\n"
 
 

@@ -133,3 +133,11 @@ def test_a_row_resumed_at_a_later_commit_shows_both(mt: ModuleType) -> None:
     assert mt.short_commit(row) == "aad5a64→b2ae402"
     assert mt.short_commit({"commit": "aad5a64994f0", "resumes": [{"commit": "aad5a64"}]}) \
         == "aad5a64"
+
+
+def test_file_sizes_table_is_shown_with_its_command(mt: ModuleType) -> None:
+    sizes = {"command": "python benchmarks/file_sizes.py", "commit": "abcdef123",
+             "table": "| checkpoint | .lowbit KB |\n|---|---|\n| x | 1.0 |"}
+    body = mt.render([("file_sizes", sizes)])
+    assert "`python benchmarks/file_sizes.py`, commit abcdef1" in body
+    assert "| x | 1.0 |" in body
