@@ -2,6 +2,12 @@
 
     python benchmarks/run_experiments.py experiments/inq experiments/lbw --data-dir ../shared/data
 
+On a GPU, the whole table at the papers' longer budgets, as parallel processes on one GPU,
+recorded apart from the CPU rows (`benchmarks/results/gpu/`, `benchmarks/checkpoints/gpu/`; each
+result names the GPU in its `machine`):
+
+    python benchmarks/run_experiments.py experiments --data-dir DATA --gpu --parallel 8
+
 For each `experiments/**/*.yaml` given (files or folders): skip it when
 `benchmarks/results/<name>.json` exists; resume it when its run directory holds a
 `last.safetensors` from an interrupted session; otherwise start it. Runs go one after another
@@ -14,9 +20,26 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# --gpu: the papers' longer budgets, by method (the experiment's name starts with it)
+GPU_BUDGETS = {
+    "inq": ["quant.epochs_per_step=10"],           # INQ trains 30+ epochs per step; 10 here
+    "lbw": ["train.epochs=60"],
+    "gdrq": ["quant.reshape_epochs=2", "quant.quant_epochs=28"],   # GDRQ's default schedule
+    "qat": ["train.epochs=30"],
+    "groupnet": ["train.epochs=40"],
+}
+
+
+def gpu_overrides(name: str) -> list[str]:
+    """`--set` arguments of a GPU row: the device, bf16, and its method's longer budget."""
+    method = name.split("_")[0]
+    budget = [] if name.endswith("_float") else GPU_BUDGETS.get(method, [])
+    return [a for kv in ["train.device=cuda", "train.progress=false", *budget]
+            for a in ("--set", kv)]
 
 
 def experiments(paths: list[str]) -> list[Path]:
@@ -31,22 +54,55 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", help="experiment YAML files or folders")
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--runs", default="runs/experiments", help="folder for run directories")
+    parser.add_argument("--gpu", action="store_true",
+                        help="train on CUDA at the longer budgets; record under results/gpu/")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (GPU: 4-8)")
     parser.add_argument("--dry-run", action="store_true", help="only say what would run")
     args = parser.parse_args(argv)
-    for exp in experiments(args.paths):
-        name = exp.stem
-        run_dir = Path(args.runs) / name
-        if (ROOT / "benchmarks" / "results" / f"{name}.json").exists():
-            print(f"skip   {name} (result recorded)")
-            continue
-        resume = (run_dir / "last.safetensors").exists()
-        cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
-               args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else [])]
-        print(f"{'resume' if resume else 'start '} {name}: {' '.join(cmd[2:])}", flush=True)
-        if not args.dry_run and subprocess.run(cmd, cwd=ROOT).returncode != 0:
-            print(f"failed {name}", file=sys.stderr)
+    commands = [c for exp in experiments(args.paths) if (c := command(exp, args)) is not None]
+    if args.dry_run:
+        return 0
+    running: Running = []
+    for name, cmd in commands:
+        while len(running) >= args.parallel:
+            running = wait_one(running)
+        running.append((name, subprocess.Popen(cmd, cwd=ROOT)))
+    while running:
+        running = wait_one(running)
     return 0
 
+
+def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None:
+    """(name, the reproduce command) for one experiment, or None when it is recorded."""
+    name = exp.stem
+    sub = "gpu" if args.gpu else ""
+    run_dir = Path(args.runs) / sub / name
+    results = Path("benchmarks", "results", sub)  # relative to ROOT, where the runs start
+    checkpoints = Path("benchmarks", "checkpoints", sub)
+    if (ROOT / results / f"{name}.json").exists():
+        print(f"skip   {name} (result recorded)")
+        return None
+    resume = (run_dir / "last.safetensors").exists()
+    cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
+           args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else []),
+           "--results-dir", str(results), "--checkpoints-dir", str(checkpoints),
+           *(gpu_overrides(name) if args.gpu else [])]
+    print(f"{'resume' if resume else 'start '} {name}: {' '.join(cmd[2:])}", flush=True)
+    return name, cmd
+
+
+Running = list[tuple[str, "subprocess.Popen[bytes]"]]
+
+
+def wait_one(running: Running) -> Running:
+    """Wait until one run ends (report a failure), return the others."""
+    while True:
+        for i, (name, proc) in enumerate(running):
+            if proc.poll() is not None:
+                if proc.returncode:
+                    print(f"failed {name} (exit {proc.returncode})", file=sys.stderr)
+                return running[:i] + running[i + 1:]
+        time.sleep(1.0)
 
 if __name__ == "__main__":
     sys.exit(main())

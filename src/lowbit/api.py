@@ -23,6 +23,7 @@ from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.data.user import user_splits
 from lowbit.engine import checkpoint as ckpt
+from lowbit.engine.device import resolve_device
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
 from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
 from lowbit.engine.trainer import Trainer, evaluate
@@ -89,7 +90,8 @@ def _train(
     cfg = run.cfg
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    if cfg.train.bf16 and not cpu_bf16_native():
+    on_cpu = resolve_device(cfg.train.device).type == "cpu"  # a bad device fails here, early
+    if cfg.train.bf16 and on_cpu and not cpu_bf16_native():
         log.warning(
             "train.bf16: this CPU has no native bf16 (AVX512-BF16/AMX) and emulated bf16 "
             "autocast is many times slower than fp32, so this run trains in fp32 "

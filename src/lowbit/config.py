@@ -7,6 +7,7 @@ section stays a mapping here; `lowbit.build` resolves it, once, into its method'
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -115,9 +116,12 @@ class TrainConfig:
     save_every: int = 1
     progress: bool = True
     metrics: list[Literal["csv", "tensorboard"]] = field(default_factory=list)  # + metrics.jsonl
+    device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when there is one, else cpu)
 
     def validate(self) -> None:
         require(self.epochs is None or self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}")
+        require(self.device == "auto" or re.fullmatch(r"cpu|cuda(:\d+)?", self.device) is not None,
+                f"device must be cpu, cuda, cuda:N or auto, got {self.device!r}")
         require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         require(self.eval_every >= 1 and self.save_every >= 1, "eval_every/save_every must be >= 1")
         require(self.threads is None or self.threads >= 1, "threads must be >= 1")

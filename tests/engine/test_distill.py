@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from lowbit.api import train
 from lowbit.config import DistillConfig, build_config
-from lowbit.engine.trainer import distill_loss
+from lowbit.engine.distill import distill_loss
 from lowbit.schema import ConfigError
 
 

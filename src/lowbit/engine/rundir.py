@@ -81,6 +81,8 @@ def machine_info() -> dict[str, Any]:
         "processor": platform.processor() or platform.machine(),
         "cpu_model": cpu_model(),
         "cpu_bf16": cpu_bf16_native(),
+        **({"gpu": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count()}
+           if torch.cuda.is_available() else {}),
     }
 
 

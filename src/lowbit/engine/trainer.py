@@ -14,7 +14,6 @@ moment continues to the same result as an uninterrupted one.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
@@ -25,21 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.config import DistillConfig, RunConfig
+from lowbit.config import RunConfig
 from lowbit.data import DatasetSplits
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.callbacks import Callback, LoopState, Phase
+from lowbit.engine.device import autocast, model_device, resolve_device, to_device
+from lowbit.engine.distill import distill_loss
 from lowbit.engine.distributed import DistInfo, all_reduce_sum, sync_batchnorm
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
 from lowbit.engine.resume import check_resumable
 from lowbit.engine.rundir import RunDir
+from lowbit.schema import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-def autocast(enabled: bool) -> contextlib.AbstractContextManager[Any]:
-    return torch.autocast("cpu", dtype=torch.bfloat16) if enabled else contextlib.nullcontext()
 
 
 @torch.no_grad()
@@ -61,10 +59,12 @@ def evaluate(
                           world_size=dist.world_size, channels_last=channels_last)
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
     k = min(5, data.num_classes)
+    device = model_device(model)
     bar = progress_bar(len(loader), "evaluating", enabled=progress and dist.is_main)
-    for x, y in loader:
+    for batch in loader:
         bar.update()
-        with autocast(bf16):
+        x, y = to_device(batch, device)
+        with autocast(bf16, device):
             logits = model(x)
         logits = logits.float()
         top = logits.topk(k, dim=1).indices
@@ -100,6 +100,13 @@ class Trainer:
         self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.dist, self.run_dir, self.meta = dist or DistInfo(), run_dir, dict(meta or {})
         tc = cfg.train
+        self.device = resolve_device(tc.device)
+        if self.dist.enabled and self.device.type != "cpu":
+            raise ConfigError("train.device: several processes (torchrun, --nproc) train on "
+                              "CPU only; use one process on a GPU")
+        model = model.to(self.device)
+        if self.teacher is not None:
+            self.teacher = self.teacher.to(self.device)
         self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model  # type: ignore[call-overload]
         self.net: nn.Module = self.model
         if self.dist.enabled:  # BatchNorm statistics over the global batch, as in one process
@@ -113,12 +120,12 @@ class Trainer:
         self.epoch, self.step, self.history = 0, 0, []  # type: ignore[var-annotated]
         self.lr = cfg.optim.lr
         self.loop = LoopState(self.model, self.optimizer, self._calibration_batches,
-                              autocast=lambda: autocast(tc.bf16))
+                              autocast=lambda: autocast(tc.bf16, self.device))
 
     def _calibration_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Up to `n` training batches in the current epoch's order (for calibration)."""
         self.loader.set_epoch(self.epoch)
-        return itertools.islice(iter(self.loader), n)
+        return (to_device(b, self.device) for b in itertools.islice(iter(self.loader), n))
 
     def _sync(self) -> LoopState:
         self.loop.epoch, self.loop.step = self.epoch, self.step
@@ -265,7 +272,8 @@ class Trainer:
         return self.teacher(x)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-        with autocast(self.cfg.train.bf16):
+        x, y = to_device((x, y), self.device)
+        with autocast(self.cfg.train.bf16, self.device):
             logits = self.net(x)
             loss = F.cross_entropy(
                 logits.float(), y, label_smoothing=self.cfg.train.label_smoothing
@@ -284,17 +292,3 @@ class Trainer:
         self._call("after_step")
         self.step += 1
         return loss.item(), (logits.argmax(1) == y).sum().item()
-
-
-def distill_loss(
-    ce: torch.Tensor, student: torch.Tensor, teacher: torch.Tensor, cfg: DistillConfig
-) -> torch.Tensor:
-    """`(1 - w) * ce + w * T^2 * KL(softmax(teacher/T) || softmax(student/T))` (Hinton et al.)."""
-    t = cfg.temperature
-    kl = F.kl_div(
-        F.log_softmax(student.float() / t, dim=1),
-        F.log_softmax(teacher.float() / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    )
-    return (1 - cfg.weight) * ce + cfg.weight * t * t * kl

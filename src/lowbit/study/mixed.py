@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.data import BatchLoader, ImageData
-from lowbit.engine.trainer import autocast, evaluate
+from lowbit.engine.device import autocast
+from lowbit.engine.trainer import evaluate
 from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer
 from lowbit.study.size import quant_rules, weight_spec

@@ -1,0 +1,44 @@
+"""benchmarks/run_experiments.py: which rows it starts, and with what, on CPU and on a GPU."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def rx() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("run_experiments",
+                                                  ROOT / "benchmarks" / "run_experiments.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["run_experiments"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_rows_train_on_cuda_at_the_longer_budget_and_record_apart(
+        rx: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    rows = ["experiments/inq/inq_w3_resnet20_cifar10.yaml",
+            "experiments/gdrq/gdrq_w2a4_resnet20_cifar10.yaml"]
+    assert rx.main([*rows, "--data-dir", "DATA", "--gpu", "--parallel", "4", "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2
+    inq, gdrq = out
+    for line in out:
+        assert "--set train.device=cuda" in line and "--results-dir benchmarks/results/gpu" in line
+        assert "--checkpoints-dir benchmarks/checkpoints/gpu" in line and "/work" not in line
+    assert "--set quant.epochs_per_step=10" in inq
+    assert "--set quant.reshape_epochs=2 --set quant.quant_epochs=28" in gdrq
+
+
+def test_cpu_rows_skip_what_is_recorded(rx: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    recorded = "experiments/baseline/resnet20_cifar10_float.yaml"  # its result is committed
+    assert rx.main([recorded, "--data-dir", "DATA", "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("skip   resnet20_cifar10_float")
