@@ -102,7 +102,7 @@ class INQWeight(Pow2):
             raise ValueError("prune before the first INQ partition")
         k = round(sparsity * w.numel())
         order = torch.sort(w.abs().reshape(-1), stable=True).indices[:k]
-        self._freeze(order, torch.zeros(k, dtype=self.frozen.dtype))
+        self._freeze(order, torch.zeros(k, dtype=self.frozen.dtype, device=self.frozen.device))
         self.num_pruned.fill_(k)
         return k
 
