@@ -1,5 +1,6 @@
 """Integer reference inference: exact integer accumulators, outputs equal to the fake-quantized
-model within 1e-4 relative, the right kernel per codebook, and the packed file on this path."""
+model within 1e-4 relative, the right kernel per codebook, and the packed file on this path
+(committed checkpoints, and Group-Net checkpoints trained here for one epoch)."""
 
 from pathlib import Path
 
@@ -8,8 +9,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.api import train
 from lowbit.artifacts import export_file, load_packed
+from lowbit.build import load_run
 from lowbit.export.integer import IntegerConv2d, int_conv2d, to_integer
+from lowbit.export.integer_binary import IntegerBinaryConv2d
 from lowbit.models import create_model
 from lowbit.quant.inq import INQWeight
 from lowbit.recipes import parse_quant_section
@@ -19,7 +23,13 @@ CHECKPOINTS = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
 METHODS = {"inq": ({"method": "inq", "weight": {"bits": 5}}, "shift"),
            "lbw": ({"method": "lbw", "weight": {"bits": 4}}, "shift"),
            "lbw2": ({"method": "lbw", "weight": {"bits": 2}}, "mac"),
-           "gdrq": ({"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}, "mac")}
+           "gdrq": ({"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}, "mac"),
+           "groupnet": ({"method": "groupnet", "bases": 2, "act": {"bits": 4}}, "mac"),
+           "groupnet_layerwise": ({"method": "groupnet", "bases": 2, "structure": "layerwise",
+                                   "act": {"bits": 2}}, "mac"),
+           "groupnet_w1a1": ({"method": "groupnet", "bases": 2, "act": {"name": "sign"}}, "xnor"),
+           "groupnet_w1a1_gated": ({"method": "groupnet", "bases": 2, "structure": "v2",
+                                    "gates": True, "act": {"name": "sign"}}, "xnor")}
 
 
 def calibrated(model: nn.Module) -> nn.Module:
@@ -107,3 +117,29 @@ def test_packed_checkpoint_runs_on_integer_path(name: str, tmp_path: Path) -> No
     with torch.no_grad():
         want, got = model(x), integer(x)
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_group_net_sign_convs_pad_binary_inputs_and_scale() -> None:
+    model = method_model(METHODS["groupnet_w1a1"][0])
+    wrapped = [m for m in to_integer(model).modules() if isinstance(m, IntegerBinaryConv2d)]
+    padded = [m for m in wrapped if m.pad is not None]
+    assert padded and all(m.pad_value == 1.0 and m.core.padding == 0 for m in padded)
+    assert all(m.window is not None and m.core.kernel == "xnor" for m in wrapped)
+
+
+@pytest.mark.parametrize("act", [{"name": "sign"}, {"bits": 2}], ids=["w1a1", "w1a2"])
+def test_trained_group_net_packed_file_runs_on_integer_path(act: dict, tmp_path: Path,
+                                                             tiny_config) -> None:
+    config = {**tiny_config(tmp_path, epochs=1),
+              "quant": {"method": "groupnet", "bases": 2, "act": act}}
+    train(load_run(base=config), run_path=tmp_path / "run")
+    packed = export_file(tmp_path / "run" / "final.safetensors", tmp_path / "gn.lowbit")
+    model, _ = load_packed(packed)
+    integer = to_integer(model)
+    kernels = {m.kernel for m in integer.modules() if isinstance(m, IntegerConv2d)}
+    assert kernels == ({"xnor"} if act.get("name") == "sign" else {"mac"})
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+    assert torch.equal(got.argmax(1), want.argmax(1))

@@ -34,6 +34,7 @@ from torch import Tensor, fx, nn
 
 from lowbit.errors import LowbitError
 from lowbit.nn.layers import QuantConv2d, QuantLinear
+from lowbit.nn.multibranch import BinaryConv2d
 from lowbit.quant import functional as F
 from lowbit.quant.base import Quantizer
 
@@ -172,6 +173,9 @@ def fold_pair(conv: QuantConv2d, bn: nn.Module, name: str = "conv") -> FoldedCon
     if conv.padding_mode != "zeros":
         raise LowbitError(f"fold_bn: {name} uses padding_mode={conv.padding_mode!r}; only "
                           "'zeros' folds")
+    if isinstance(conv, BinaryConv2d) and (conv.explicit_pad() is not None or conv.act_scale):
+        raise LowbitError(f"fold_bn: {name} pads with {conv.pad_value} or scales its output "
+                          "(XNOR act_scale); a folded conv does neither")
     assert conv.weight_quant is not None
     codes, w_scale = weight_codes(conv.weight_quant, conv.weight.detach(), name)
     act = act_clip(conv.act_quant, conv.weight.dtype, name)
