@@ -12,10 +12,14 @@ from torch import nn
 from lowbit.api import train
 from lowbit.artifacts import export_file, load_packed
 from lowbit.build import load_run
+from lowbit.errors import LowbitError
+from lowbit.export.fold import fold_bn
 from lowbit.export.integer import IntegerConv2d, int_conv2d, to_integer
 from lowbit.export.integer_binary import IntegerBinaryConv2d
 from lowbit.models import create_model
+from lowbit.nn.multibranch import BinaryConv2d
 from lowbit.quant.inq import INQWeight
+from lowbit.quant.registry import get_quantizer
 from lowbit.recipes import parse_quant_section
 from lowbit.transform import quantize_model
 
@@ -143,3 +147,30 @@ def test_trained_group_net_packed_file_runs_on_integer_path(act: dict, tmp_path:
         want, got = model(x), integer(x)
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
     assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def binary_conv_bn(pad_value: float | None) -> nn.Module:
+    """A k-bit-input BinaryConv2d (+ BN) with a padding value and XNOR scales."""
+    torch.manual_seed(0)
+    act = {"name": "uniform", "bits": 2, "signed": False, "clip": "fixed", "clip_value": 1.0}
+    conv = BinaryConv2d(4, 8, 3, padding=1, bias=False, pad_value=pad_value, act_scale=True,
+                        weight_quant=get_quantizer({"name": "binary", "per_channel": True}),
+                        act_quant=get_quantizer(act))
+    return nn.Sequential(conv, nn.BatchNorm2d(8)).eval()
+
+
+def test_binary_conv_options_refuse_to_fold_and_run_on_integer_path() -> None:
+    model = binary_conv_bn(1.0)  # 1.0 is on the 2-bit grid [0, 1]: the padded codes are L
+    with pytest.raises(LowbitError, match="pads with 1.0 or scales"):
+        fold_bn(model)
+    integer = to_integer(model)
+    assert isinstance(integer[0], IntegerBinaryConv2d) and integer[0].core.kernel == "mac"
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_padding_value_off_the_input_grid_is_refused() -> None:
+    with pytest.raises(LowbitError, match="no quantized layer"):
+        to_integer(binary_conv_bn(-1.0))  # -1 is not on the unsigned grid: not the layer's codes
