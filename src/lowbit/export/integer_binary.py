@@ -68,7 +68,7 @@ def wrap_binary(m: nn.Module, core: nn.Module, name: str = "layer") -> nn.Module
     value = float(m.pad_value or 0.0)
     if pad is not None and m.act_quant is not None:
         with torch.no_grad():
-            kept = float(m.act_quant(torch.full((1,), value)).item())
+            kept = float(m.act_quant(torch.full((1,), value, device=m.weight.device)).item())
         if kept != value:
             raise LowbitError(f"{name} pads with {value}, which its input quantizer maps to "
                               f"{kept}: the padded codes would not be the layer's")
