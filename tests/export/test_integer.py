@@ -1,5 +1,6 @@
 """Integer reference inference: exact integer accumulators, outputs equal to the fake-quantized
-model within 1e-4 relative, the right kernel per codebook, and the packed file on this path."""
+model within 1e-4 relative, the right kernel per codebook, and the packed file on this path
+(committed checkpoints, and Group-Net checkpoints trained here for one epoch)."""
 
 from pathlib import Path
 
@@ -8,10 +9,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.api import train
 from lowbit.artifacts import export_file, load_packed
+from lowbit.build import load_run
+from lowbit.errors import LowbitError
+from lowbit.export.fold import fold_bn
 from lowbit.export.integer import IntegerConv2d, int_conv2d, to_integer
+from lowbit.export.integer_binary import IntegerBinaryConv2d
 from lowbit.models import create_model
+from lowbit.nn.multibranch import BinaryConv2d
 from lowbit.quant.inq import INQWeight
+from lowbit.quant.registry import get_quantizer
 from lowbit.recipes import parse_quant_section
 from lowbit.transform import quantize_model
 
@@ -19,7 +27,13 @@ CHECKPOINTS = Path(__file__).resolve().parents[2] / "benchmarks" / "checkpoints"
 METHODS = {"inq": ({"method": "inq", "weight": {"bits": 5}}, "shift"),
            "lbw": ({"method": "lbw", "weight": {"bits": 4}}, "shift"),
            "lbw2": ({"method": "lbw", "weight": {"bits": 2}}, "mac"),
-           "gdrq": ({"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}, "mac")}
+           "gdrq": ({"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}, "mac"),
+           "groupnet": ({"method": "groupnet", "bases": 2, "act": {"bits": 4}}, "mac"),
+           "groupnet_layerwise": ({"method": "groupnet", "bases": 2, "structure": "layerwise",
+                                   "act": {"bits": 2}}, "mac"),
+           "groupnet_w1a1": ({"method": "groupnet", "bases": 2, "act": {"name": "sign"}}, "xnor"),
+           "groupnet_w1a1_gated": ({"method": "groupnet", "bases": 2, "structure": "v2",
+                                    "gates": True, "act": {"name": "sign"}}, "xnor")}
 
 
 def calibrated(model: nn.Module) -> nn.Module:
@@ -107,3 +121,56 @@ def test_packed_checkpoint_runs_on_integer_path(name: str, tmp_path: Path) -> No
     with torch.no_grad():
         want, got = model(x), integer(x)
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_group_net_sign_convs_pad_binary_inputs_and_scale() -> None:
+    model = method_model(METHODS["groupnet_w1a1"][0])
+    wrapped = [m for m in to_integer(model).modules() if isinstance(m, IntegerBinaryConv2d)]
+    padded = [m for m in wrapped if m.pad is not None]
+    assert padded and all(m.pad_value == 1.0 and m.core.padding == 0 for m in padded)
+    assert all(m.window is not None and m.core.kernel == "xnor" for m in wrapped)
+
+
+@pytest.mark.parametrize("act", [{"name": "sign"}, {"bits": 2}], ids=["w1a1", "w1a2"])
+def test_trained_group_net_packed_file_runs_on_integer_path(act: dict, tmp_path: Path,
+                                                             tiny_config) -> None:
+    config = {**tiny_config(tmp_path, epochs=1),
+              "quant": {"method": "groupnet", "bases": 2, "act": act}}
+    train(load_run(base=config), run_path=tmp_path / "run")
+    packed = export_file(tmp_path / "run" / "final.safetensors", tmp_path / "gn.lowbit")
+    model, _ = load_packed(packed)
+    integer = to_integer(model)
+    kernels = {m.kernel for m in integer.modules() if isinstance(m, IntegerConv2d)}
+    assert kernels == ({"xnor"} if act.get("name") == "sign" else {"mac"})
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+    assert torch.equal(got.argmax(1), want.argmax(1))
+
+
+def binary_conv_bn(pad_value: float | None) -> nn.Module:
+    """A k-bit-input BinaryConv2d (+ BN) with a padding value and XNOR scales."""
+    torch.manual_seed(0)
+    act = {"name": "uniform", "bits": 2, "signed": False, "clip": "fixed", "clip_value": 1.0}
+    conv = BinaryConv2d(4, 8, 3, padding=1, bias=False, pad_value=pad_value, act_scale=True,
+                        weight_quant=get_quantizer({"name": "binary", "per_channel": True}),
+                        act_quant=get_quantizer(act))
+    return nn.Sequential(conv, nn.BatchNorm2d(8)).eval()
+
+
+def test_binary_conv_options_refuse_to_fold_and_run_on_integer_path() -> None:
+    model = binary_conv_bn(1.0)  # 1.0 is on the 2-bit grid [0, 1]: the padded codes are L
+    with pytest.raises(LowbitError, match="pads with 1.0 or scales"):
+        fold_bn(model)
+    integer = to_integer(model)
+    assert isinstance(integer[0], IntegerBinaryConv2d) and integer[0].core.kernel == "mac"
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        want, got = model(x), integer(x)
+    assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
+
+
+def test_padding_value_off_the_input_grid_is_refused() -> None:
+    with pytest.raises(LowbitError, match="no quantized layer"):
+        to_integer(binary_conv_bn(-1.0))  # -1 is not on the unsigned grid: not the layer's codes

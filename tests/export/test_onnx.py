@@ -2,7 +2,6 @@
 weight quantizer, in the float and the integer (QDQ) flavour; onnxruntime's integer kernels;
 rounding of QuantizeLinear; metadata; the lowering registry; `load_onnx`."""
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -27,22 +26,13 @@ from lowbit.quant.inq import INQWeight  # noqa: E402
 from lowbit.quant.uniform import Uniform  # noqa: E402
 from lowbit.recipes import parse_quant_section  # noqa: E402
 from lowbit.transform import quantize_model  # noqa: E402
+from onnx_support import calibrated, check_onnx  # noqa: E402
 
 ACT4 = {"name": "uniform", "bits": 4, "signed": False, "clip": "ema"}
 WEIGHTS = [{"name": "pow2", "bits": 4}, {"name": "ternary"}, {"name": "twn"}, {"name": "binary"},
            {"name": "lbw", "bits": 3}, {"name": "dorefa", "bits": 2},
            {"name": "uniform", "bits": 4}, {"name": "scaleclip", "bits": 2, "group_size": 4},
            {"name": "lsq", "bits": 4}]
-
-
-def calibrated(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Train-mode passes set EMA clips, LSQ steps and BN statistics; then eval."""
-    torch.manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for scale in (1.0, 1.5, 0.8):
-            model(torch.randn(16, 3, 32, 32) * scale)
-    return model.eval()
 
 
 def resnet(spec: dict[str, Any] | None = None, method: dict[str, Any] | None = None) -> nn.Module:
@@ -53,28 +43,6 @@ def resnet(spec: dict[str, Any] | None = None, method: dict[str, Any] | None = N
     elif spec is not None:
         model = quantize_model(model, **spec).model
     return calibrated(model)
-
-
-def max_step(proto: onnx.ModelProto) -> float:
-    """The largest activation step recorded in the model's metadata (0 without any)."""
-    layers = json.loads(next(p.value for p in proto.metadata_props if p.key == "lowbit.layers"))
-    steps = [v.get("act", {}).get("step") or v.get("act_step") or 0 for v in layers.values()]
-    return max([0.0, *steps])
-
-
-def check_onnx(model: nn.Module, flavour: str, x: torch.Tensor) -> None:
-    """ONNX semantics (onnxruntime without graph optimizations) equal PyTorch within 1e-4 (times
-    the logits' scale when above 1: float32 rounding); the optimized session too for the float
-    flavour, and within one activation step when integer kernels round the bias (int)."""
-    proto = to_onnx(model, flavour)
-    onnx.checker.check_model(proto, full_check=True)
-    with torch.no_grad():
-        want = model(x)
-    for optimize in (False, True):
-        out = session(proto.SerializeToString(), optimize=optimize).run(None, {"input": x.numpy()})
-        diff = float((torch.from_numpy(out[0]) - want).abs().max())
-        tol = 1e-4 * max(1.0, float(want.abs().max()))
-        assert diff <= max(tol, max_step(proto) if optimize and flavour == "int" else 0)
 
 
 @pytest.mark.parametrize("flavour", ["float", "int"])

@@ -19,6 +19,8 @@ Which quantizers fold:
 - activations: uniform codes with a clip frozen at evaluation (scaleclip after at least one
   training batch, uniform with clip fixed/learned/ema); per-batch clips (uniform "max") are
   refused, since a folded Delta_a must be a constant. A conv without act_quant sees x as is.
+- layers: a Group-Net `BinaryConv2d` that pads with a constant (`pad_value`) or multiplies by
+  XNOR scales (`act_scale`) does not fold (a FoldedConvBN does neither).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from torch import Tensor, fx, nn
 
 from lowbit.errors import LowbitError
 from lowbit.nn.layers import QuantConv2d, QuantLinear
+from lowbit.nn.multibranch import BinaryConv2d
 from lowbit.quant import functional as F
 from lowbit.quant.base import Quantizer
 
@@ -169,9 +172,7 @@ def fold_pair(conv: QuantConv2d, bn: nn.Module, name: str = "conv") -> FoldedCon
     """The FoldedConvBN equal to `bn(conv(x))` in eval mode (spec §1.4)."""
     if not isinstance(bn, nn.BatchNorm2d) or bn.running_mean is None or bn.running_var is None:
         raise LowbitError(f"fold_bn: the BN after {name} has no running statistics to fold")
-    if conv.padding_mode != "zeros":
-        raise LowbitError(f"fold_bn: {name} uses padding_mode={conv.padding_mode!r}; only "
-                          "'zeros' folds")
+    _check_conv_folds(conv, name)
     assert conv.weight_quant is not None
     codes, w_scale = weight_codes(conv.weight_quant, conv.weight.detach(), name)
     act = act_clip(conv.act_quant, conv.weight.dtype, name)
@@ -193,6 +194,16 @@ def fold_pair(conv: QuantConv2d, bn: nn.Module, name: str = "conv") -> FoldedCon
     out.multiplier.copy_(gamma * inv_std * w_scale.double() * delta_a)
     out.offset.copy_(beta + gamma * inv_std * (bias - bn.running_mean.double()))
     return out
+
+
+def _check_conv_folds(conv: QuantConv2d, name: str) -> None:
+    """LowbitError when the conv computes something a FoldedConvBN cannot."""
+    if conv.padding_mode != "zeros":
+        raise LowbitError(f"fold_bn: {name} uses padding_mode={conv.padding_mode!r}; only "
+                          "'zeros' folds")
+    if isinstance(conv, BinaryConv2d) and (conv.explicit_pad() is not None or conv.act_scale):
+        raise LowbitError(f"fold_bn: {name} pads with {conv.pad_value} or scales its output "
+                          "(XNOR act_scale); a folded conv does neither")
 
 
 def _padding(conv: nn.Conv2d) -> list[int] | str:

@@ -8,7 +8,9 @@ each quantized conv / linear layer by an `IntegerConv2d`, whose forward is
     y   = acc * (scale_c * s_in) + offset_c (the one rescale per output channel, plus bias / BN)
 The accumulation depends on the weight codes:
 - "xnor": binary weights on 1-bit (sign) inputs: XNOR + popcount on packed bits
-  (`lowbit.kernels.xnor`, with the exact +1-padding correction);
+  (`lowbit.kernels.xnor`, with the exact +1-padding correction; a Group-Net `BinaryConv2d`
+  that pads with +-1 gets binary inputs padded with that value and no correction, and its
+  XNOR scale K: `lowbit.export.integer_binary`);
 - "shift": power-of-two codes (INQ, LBW >= 3 bits): for each exponent e, the +-1 mask of the
   weights with |code| = 2^e is accumulated (adds and subtracts only) and shifted left by e;
 - "mac": anything else integer (ternary, uniform): integer multiply-accumulate.
@@ -37,6 +39,7 @@ from lowbit.export.fold import (
     fold_pair,
     weight_codes,
 )
+from lowbit.export.integer_binary import core_padding, wrap_binary
 from lowbit.kernels.xnor import xnor_conv2d
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant import functional as QF
@@ -217,20 +220,22 @@ def _input_kind(q: Quantizer | None) -> ActGrid | str | None:
 
 
 def _from_layer(m: nn.Module, codes: Tensor, scale: Tensor, offset: Tensor | None,
-                act: ActGrid | str | None) -> IntegerConv2d:
-    """The IntegerConv2d of a conv-like or linear layer, given its codes and scales."""
+                act: ActGrid | str | None, padding: Any = None) -> IntegerConv2d:
+    """The IntegerConv2d of a conv-like or linear layer, given its codes and scales (and a
+    padding other than the layer's own)."""
     if isinstance(m, nn.Linear):
         return IntegerConv2d(codes.view(*codes.shape, 1, 1), scale, offset, act, linear=True)
     if getattr(m, "groups", 1) != 1 or set(_pair_of(getattr(m, "dilation", 1))) != {1}:
         raise LowbitError("grouped or dilated convolutions have no integer path here")
-    return IntegerConv2d(codes, scale, offset, act, m.stride, m.padding)  # type: ignore[arg-type]
+    return IntegerConv2d(codes, scale, offset, act, m.stride,  # type: ignore[arg-type]
+                         m.padding if padding is None else padding)
 
 
 def _pair_of(v: Any) -> tuple[int, ...]:
     return tuple(v) if isinstance(v, tuple | list) else (int(v),)
 
 
-def integer_layer(m: nn.Module, name: str = "layer") -> IntegerConv2d | None:
+def integer_layer(m: nn.Module, name: str = "layer") -> nn.Module | None:
     """The integer form of a quantized layer (None: nothing to convert, or it cannot convert)."""
     try:
         if isinstance(m, FoldedConvBN):
@@ -239,7 +244,8 @@ def integer_layer(m: nn.Module, name: str = "layer") -> IntegerConv2d | None:
             return _from_layer(m, m.weight_codes, scale, m.offset, grid)
         if isinstance(m, QuantConv2d | QuantLinear) and m.weight_quant is not None:
             codes, scale = weight_codes(m.weight_quant, m.weight.detach(), name)
-            return _from_layer(m, codes, scale, m.bias, _input_kind(m.act_quant))
+            core = _from_layer(m, codes, scale, m.bias, _input_kind(m.act_quant), core_padding(m))
+            return wrap_binary(m, core, name)
     except LowbitError as exc:
         log.info("integer path: %s stays as it is (%s)", name, exc)
     return None

@@ -6,8 +6,9 @@ through a registry of lowerings per module type (`lowbit.export.onnx_graph`). No
 `torch.onnx.export`: its dynamo exporter needs onnxscript, the TorchScript one is deprecated in
 torch 2.13 and neither knows lowbit's quantizers, which would each need a symbolic function
 anyway; lowering the module tree ourselves keeps the export offline, dependency-light
-(onnx + onnxruntime, the `lowbit[onnx]` extra) and exact, and lets a new layer type (e.g.
-Group-Net's multi-branch binary blocks) register its own lowering without touching this file.
+(onnx + onnxruntime, the `lowbit[onnx]` extra) and exact, and lets a new layer type register its
+own lowering without touching this file (Group-Net's binary convs and K-branch sums do:
+`lowbit.export.onnx_groupnet`).
 
 Flavours:
 - "float": float weights holding the quantized values and the activation fake-quant arithmetic
@@ -40,6 +41,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+import lowbit.export.onnx_groupnet  # noqa: F401  (registers Group-Net's lowerings)
 import lowbit.export.onnx_ops  # noqa: F401  (registers the standard lowerings)
 import lowbit.export.onnx_quant  # noqa: F401  (registers the quantized lowerings)
 from lowbit.engine.checkpoint import atomic_write_bytes

@@ -13,7 +13,9 @@ A new module type (e.g. a multi-branch binary layer) becomes exportable by regis
 lowering with `register_module_lowering(MyType)`; nothing here changes. A lowering emits nodes
 through `GraphBuilder.op` and constants through `GraphBuilder.const`; it reads the export
 flavour ("float" or "int") from `builder.flavour` and may record per-layer metadata in
-`builder.layers`.
+`builder.layers`. A container lowering (e.g. Group-Net's `BranchSum`) lowers its children with
+`lower_module` (their own lowering, or their traced graph with names under the child's), and
+lowerings that depend on one another's values share them through `builder.shared`.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class GraphBuilder:
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shared: dict[Any, Any] = field(default_factory=dict)
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def fresh(self, hint: str) -> str:
@@ -133,8 +136,22 @@ def _resolve(arg: Any, env: dict[str, str]) -> Any:
     return arg
 
 
-def lower_graph(model: nn.Module, graph: fx.Graph, b: GraphBuilder, input_name: str) -> str:
-    """Lower every node of `graph` into `b`; returns the name of the (single) graph output."""
+def lower_module(b: GraphBuilder, module: nn.Module, name: str, inputs: list[str]) -> str:
+    """Lower `module` (qualified name `name`) called on `inputs`: its registered lowering, else
+    its traced graph (one input), whose nodes are named under `name`."""
+    fn = module_lowering(module)
+    if fn is not None:
+        return fn(b, module, name, inputs)
+    if len(inputs) != 1:
+        raise LowbitError(f"export_onnx: {name} ({type(module).__name__}) has no lowering and "
+                          "is called on several inputs")
+    return lower_graph(module, trace(module), b, inputs[0], prefix=f"{name}.")
+
+
+def lower_graph(model: nn.Module, graph: fx.Graph, b: GraphBuilder, input_name: str,
+                prefix: str = "") -> str:
+    """Lower every node of `graph` into `b`; returns the name of the (single) graph output.
+    `prefix` is put before module names (a submodule's graph lowered inside its parent's)."""
     env: dict[str, str] = {}
     for node in graph.nodes:
         if node.op == "placeholder":
@@ -146,9 +163,10 @@ def lower_graph(model: nn.Module, graph: fx.Graph, b: GraphBuilder, input_name: 
             fn = module_lowering(module)
             if fn is None:
                 raise LowbitError(f"export_onnx: no ONNX lowering for {type(module).__name__} "
-                                  f"({node.target}); register one with register_module_lowering")
+                                  f"({prefix}{node.target}); register one with "
+                                  "register_module_lowering")
             inputs = [env[a.name] for a in node.args if isinstance(a, fx.Node)]
-            env[node.name] = fn(b, module, str(node.target), inputs)
+            env[node.name] = fn(b, module, f"{prefix}{node.target}", inputs)
         elif node.op in ("call_function", "call_method"):
             env[node.name] = _lower_call(b, node, env)
         elif node.op == "output":

@@ -47,14 +47,18 @@ def conv_attrs(conv: nn.Module, name: str) -> dict[str, Any]:
 
 
 def emit_conv(b: GraphBuilder, x: str, weight: str, bias: torch.Tensor | str | None,
-              conv: nn.Module, name: str) -> str:
-    """Conv(x, weight[, bias]) with `conv`'s geometry; `bias` a tensor or a value name."""
+              conv: nn.Module, name: str, padded: bool = False) -> str:
+    """Conv(x, weight[, bias]) with `conv`'s geometry; `bias` a tensor or a value name;
+    `padded`: x is already padded (the Conv itself pads nothing)."""
     inputs = [x, weight]
     if isinstance(bias, torch.Tensor):
         inputs.append(b.const(bias.detach().float(), f"{name}.bias"))
     elif isinstance(bias, str):
         inputs.append(bias)
-    return b.op("Conv", inputs, name, **conv_attrs(conv, name))
+    attrs = conv_attrs(conv, name)
+    if padded:
+        attrs["pads"] = [0, 0, 0, 0]
+    return b.op("Conv", inputs, name, **attrs)
 
 
 def emit_linear(b: GraphBuilder, x: str, weight: str, bias: torch.Tensor | None,
@@ -169,12 +173,18 @@ def _relu_fn(b: GraphBuilder, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
 
 @register_function_lowering(F.pad)
 def _pad(b: GraphBuilder, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
-    x, pad = args[0], list(args[1])
     mode, value = kwargs.get("mode", "constant"), kwargs.get("value", 0.0) or 0.0
-    if mode != "constant" or len(pad) % 2 or len(pad) > 8:
+    if mode != "constant":
         raise LowbitError("export_onnx: only constant F.pad of a 4-d tensor is supported")
-    pad += [0] * (8 - len(pad))  # torch: (last_lo, last_hi, prev_lo, ...); ONNX: starts, ends
+    return emit_pad(b, args[0].name, list(args[1]), float(value))
+
+
+def emit_pad(b: GraphBuilder, x: str, pad: list[int], value: float, hint: str = "pad") -> str:
+    """Constant `Pad` of a 4-d tensor, `pad` in `F.pad`'s order (last dim first)."""
+    if len(pad) % 2 or len(pad) > 8:
+        raise LowbitError("export_onnx: only constant F.pad of a 4-d tensor is supported")
+    pad = pad + [0] * (8 - len(pad))  # torch: (last_lo, last_hi, prev_lo, ...); ONNX: starts, ends
     starts, ends = pad[0::2][::-1], pad[1::2][::-1]
-    pads = b.const(np.array(starts + ends, dtype=np.int64), "pads")
-    fill = b.const(np.float32(value), "pad_value")
-    return b.op("Pad", [x.name, pads, fill], "pad", mode="constant")
+    pads = b.const(np.array(starts + ends, dtype=np.int64), f"{hint}.pads")
+    fill = b.const(np.float32(value), f"{hint}.pad_value")
+    return b.op("Pad", [x, pads, fill], hint, mode="constant")

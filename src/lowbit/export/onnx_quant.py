@@ -178,15 +178,20 @@ def _quant_weight(b: GraphBuilder, m: QuantConv2d | QuantLinear, name: str
         q, codes, scale, "float")
 
 
-@register_module_lowering(QuantConv2d, QuantLinear)
-def _quant_layer(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
-    assert isinstance(m, QuantConv2d | QuantLinear)
-    x = xs[0]
+def lower_quant_inputs(b: GraphBuilder, m: QuantConv2d | QuantLinear, x: str, name: str
+                       ) -> tuple[str, str, dict[str, Any]]:
+    """(quantized input, weight value, the layer's metadata) of a quantized conv / linear."""
     info: dict[str, Any] = {"type": type(m).__name__}
     if m.act_quant is not None:
         x, info["act"] = lower_act(b, m.act_quant, x, name)
     weight, info["weight"] = _quant_weight(b, m, name)
-    b.layers[name] = info
+    return x, weight, info
+
+
+@register_module_lowering(QuantConv2d, QuantLinear)
+def _quant_layer(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
+    assert isinstance(m, QuantConv2d | QuantLinear)
+    x, weight, b.layers[name] = lower_quant_inputs(b, m, xs[0], name)
     if isinstance(m, QuantConv2d):
         return emit_conv(b, x, weight, m.bias, m, name)
     return emit_linear(b, x, weight, m.bias, name)

@@ -47,7 +47,7 @@ class BinaryConv2d(QuantConv2d):
         super().__init__(*args, **kwargs)
         self.pad_value, self.act_scale = pad_value, act_scale
 
-    def _explicit_pad(self) -> tuple[int, int, int, int] | None:
+    def explicit_pad(self) -> tuple[int, int, int, int] | None:
         """(left, right, top, bottom) when `pad_value` replaces the conv's zero padding."""
         if self.pad_value is None or isinstance(self.padding, str) or self.padding_mode != "zeros":
             return None
@@ -56,7 +56,7 @@ class BinaryConv2d(QuantConv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         xq, w = self._quant_input(x), self._quant_weight()
-        pad = self._explicit_pad()
+        pad = self.explicit_pad()
         if pad is None:
             out = self._conv_forward(xq, w, self.bias)
         else:
@@ -66,14 +66,17 @@ class BinaryConv2d(QuantConv2d):
 
     @torch.no_grad()
     def _xnor_scale(self, x: torch.Tensor) -> torch.Tensor:
-        """K = mean over channels of |x|, averaged over each output's window (XNOR-Net).
+        """K of `xnor_scale` over this conv's window (see `scale_window`).
 
         A constant in backward (no gradient through K): the sign's Bi-Real gradient carries
         the signal, and differentiating K would double the cost of the layer on CPU.
         """
-        a = x.abs().mean(dim=1, keepdim=True)
+        return xnor_scale(x, *self.scale_window())
+
+    def scale_window(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...] | int]:
+        """(kernel size, stride, zero padding) of the average pool that computes K."""
         padding = 0 if isinstance(self.padding, str) else self.padding
-        return F.avg_pool2d(a, self.kernel_size, self.stride, padding)  # type: ignore[arg-type]
+        return self.kernel_size, self.stride, padding
 
     @classmethod
     def from_float(cls, module: nn.Conv2d, weight_quant: Quantizer | None = None,
@@ -107,6 +110,14 @@ class BinaryConv2d(QuantConv2d):
         return f"{super().extra_repr()}, pad_value={self.pad_value}, act_scale={self.act_scale}"
 
 
+def xnor_scale(x: torch.Tensor, kernel_size: tuple[int, ...], stride: tuple[int, ...],
+               padding: tuple[int, ...] | int) -> torch.Tensor:
+    """XNOR-Net's activation scale K = avg_pool(mean_c |x|) over a conv's window, stride and
+    zero padding (padded positions count, as `F.avg_pool2d` does by default)."""
+    a = x.abs().mean(dim=1, keepdim=True)
+    return F.avg_pool2d(a, kernel_size, stride, padding)  # type: ignore[arg-type]
+
+
 class BranchSum(nn.Module):
     """`y = sum_i scales[i] * branches[i](x)` (Group-Net Eqs. 3, 5, 6), optionally gated.
 
@@ -133,6 +144,11 @@ class BranchSum(nn.Module):
     def num_branches(self) -> int:
         """K."""
         return len(self.branches)
+
+    @property
+    def previous(self) -> BranchSum | None:
+        """The BranchSum whose base outputs gate this one's inputs (`link`), or None."""
+        return self._prev[0] if self._prev else None
 
     def link(self, previous: BranchSum) -> None:
         """Take gated inputs from `previous` (the group that runs just before this one)."""
