@@ -9,21 +9,27 @@ result names the GPU in its `machine`):
     python benchmarks/run_experiments.py experiments --data-dir DATA --gpu --parallel 8
 
 For each `experiments/**/*.yaml` given (files or folders): skip it when
-`benchmarks/results/<name>.json` exists; resume it when its run directory holds a
-`last.safetensors` from an interrupted session; otherwise start it. Runs go one after another
-(the machine has 2 cores), each through `lowbit reproduce`, so results and checkpoints land where
-`make_table.py` finds them.
+`benchmarks/results/<name>.json` exists and the YAML still describes the run that made its
+checkpoint (a row whose YAML changed since is stale: it runs again); resume it when its run
+directory holds a `last.safetensors` from an interrupted session; otherwise start it. Runs go
+one after another (or `--parallel N` at once), each through `lowbit reproduce`, so results and
+checkpoints land where `make_table.py` finds them.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from lowbit.tools.reproduce import describes_checkpoint  # noqa: E402
+
 # --gpu: the papers' longer budgets, by method (the experiment's name starts with it)
 GPU_BUDGETS = {
     "inq": ["quant.epochs_per_step=10"],           # INQ trains 30+ epochs per step; 10 here
@@ -35,7 +41,7 @@ GPU_BUDGETS = {
 
 
 def gpu_overrides(name: str) -> list[str]:
-    """`--set` arguments of a GPU row: the device, bf16, and its method's longer budget."""
+    """`--set` arguments of a GPU row: the device, quiet progress, its method's longer budget."""
     method = name.split("_")[0]
     budget = [] if name.endswith("_float") else GPU_BUDGETS.get(method, [])
     return [a for kv in ["train.device=cuda", "train.progress=false", *budget]
@@ -59,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (GPU: 4-8)")
     parser.add_argument("--dry-run", action="store_true", help="only say what would run")
     args = parser.parse_args(argv)
+    logging.getLogger("lowbit").setLevel(logging.ERROR)  # old configs' migration notices
+    if args.parallel < 1:
+        parser.error("--parallel must be >= 1")
     commands = [c for exp in experiments(args.paths) if (c := command(exp, args)) is not None]
     if args.dry_run:
         return 0
@@ -79,15 +88,19 @@ def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None
     run_dir = Path(args.runs) / sub / name
     results = Path("benchmarks", "results", sub)  # relative to ROOT, where the runs start
     checkpoints = Path("benchmarks", "checkpoints", sub)
-    if (ROOT / results / f"{name}.json").exists():
+    recorded = ROOT / results / f"{name}.json"
+    checkpoint = ROOT / checkpoints / f"{name}.safetensors"
+    if recorded.exists() and not (checkpoint.exists()
+                                  and not describes_checkpoint(ROOT / exp, checkpoint)):
         print(f"skip   {name} (result recorded)")
         return None
     resume = (run_dir / "last.safetensors").exists()
+    action = "resume" if resume else "rerun " if recorded.exists() else "start "
     cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
            args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else []),
            "--results-dir", str(results), "--checkpoints-dir", str(checkpoints),
            *(gpu_overrides(name) if args.gpu else [])]
-    print(f"{'resume' if resume else 'start '} {name}: {' '.join(cmd[2:])}", flush=True)
+    print(f"{action} {name}: {' '.join(cmd[2:])}", flush=True)
     return name, cmd
 
 

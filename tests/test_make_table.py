@@ -9,6 +9,10 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+import yaml
+
+from lowbit.api import train
+from lowbit.build import load_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_table.py"
 README = """# title
@@ -141,3 +145,17 @@ def test_file_sizes_table_is_shown_with_its_command(mt: ModuleType) -> None:
     body = mt.render([("file_sizes", sizes)])
     assert "`python benchmarks/file_sizes.py`, commit abcdef1" in body
     assert "| x | 1.0 |" in body
+
+
+def test_a_row_whose_yaml_changed_since_is_marked_stale(mt: ModuleType, tmp_path: Path,
+                                                        tiny_config) -> None:
+    cfg = tiny_config(tmp_path, epochs=1)
+    train(load_run(base=cfg), run_path=tmp_path / "run")
+    row = {"experiment": str(tmp_path / "row.yaml"),
+           "checkpoint": str(tmp_path / "run" / "final.safetensors")}
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
+    assert not mt.stale(row)
+    cfg["optim"]["lr"] = 0.01  # the YAML now describes another run
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
+    assert mt.stale(row)
+    assert not mt.stale({"experiment": "elsewhere.yaml", "checkpoint": "gone.safetensors"})

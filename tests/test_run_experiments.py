@@ -42,3 +42,9 @@ def test_cpu_rows_skip_what_is_recorded(rx: ModuleType, capsys: pytest.CaptureFi
     recorded = "experiments/baseline/resnet20_cifar10_float.yaml"  # its result is committed
     assert rx.main([recorded, "--data-dir", "DATA", "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("skip   resnet20_cifar10_float")
+
+
+def test_parallel_below_one_is_one_line(rx: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        rx.main(["experiments/qat", "--data-dir", "DATA", "--parallel", "0", "--dry-run"])
+    assert exit_.value.code == 2 and "--parallel must be >= 1" in capsys.readouterr().err

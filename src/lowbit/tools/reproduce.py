@@ -35,6 +35,22 @@ from lowbit.schema import ConfigError
 from lowbit.tools.inspection import inspect_target
 
 
+def _budget(cfg: RunConfig) -> dict[str, Any]:
+    """What makes a row's result: model, start, method, distillation, length and optimiser."""
+    return {"model": (cfg.model.name, cfg.model.width), "init": cfg.train.init,
+            "quant": cfg.quant, "distill": cfg.distill, "epochs": cfg.train.epochs,
+            "optim": (cfg.optim.name, cfg.optim.lr, cfg.optim.weight_decay),
+            "schedule": (cfg.schedule.name, cfg.schedule.min_lr), "seed": cfg.train.seed}
+
+
+def describes_checkpoint(experiment: str | Path, checkpoint: str | Path) -> bool:
+    """Whether the experiment YAML, as it reads now, is the run that made `checkpoint` (same
+    model, start, method, distillation, length and optimiser): False marks a recorded row as
+    stale, i.e. the YAML changed since and the row must be re-run."""
+    recorded = load_run(base=load_checkpoint(checkpoint)[1]["config"]).cfg
+    return _budget(load_run(config_file=experiment).cfg) == _budget(recorded)
+
+
 def _reference(cfg: RunConfig, expected: dict[str, Any]) -> float:
     """The accuracy a row must reach: absolute, or relative to its float starting point."""
     if "float_delta" in expected:
