@@ -30,7 +30,7 @@ from benchmarks.common import provenance, write_result
 from lowbit.data import BatchLoader, load_dataset
 from lowbit.data.base import ImageData
 from lowbit.engine import checkpoint as ckpt
-from lowbit.engine.trainer import evaluate
+from lowbit.engine.evaluate import evaluate
 from lowbit.groupnet import GroupNetSpec, expand
 from lowbit.models import create_model
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -66,7 +65,8 @@ def short_commit(result: Result) -> str:
     sha, plus, rest = commit.partition("+")
     dirty = plus + rest if plus else ("+dirty" if result.get("git_dirty") else "")
     resumes = [r for r in result.get("resumes") or [] if str(r.get("commit"))[:7] != sha[:7]]
-    later = "→" + str(resumes[-1]["commit"])[:7] if resumes else ""
+    last = str(resumes[-1]["commit"]) if resumes else ""
+    later = "→" + last[:7] + ("+dirty" if last.endswith("+dirty") else "") if resumes else ""
     return (sha[:7] if sha != "unknown" else sha) + dirty + later
 
 
@@ -192,7 +192,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Regenerate (or check, or print) the README block; returns the exit status."""
     args = parse_args(argv)
-    logging.getLogger("lowbit").setLevel(logging.ERROR)  # old configs' migration notices
     body = render(load_results(args.results_dir))
     if args.stdout:
         print(body.strip("\n"))

@@ -19,7 +19,7 @@ checkpoints land where `make_table.py` finds them.
 from __future__ import annotations
 
 import argparse
-import logging
+import os
 import subprocess
 import sys
 import time
@@ -40,11 +40,13 @@ GPU_BUDGETS = {
 }
 
 
-def gpu_overrides(name: str) -> list[str]:
-    """`--set` arguments of a GPU row: the device, quiet progress, its method's longer budget."""
+def gpu_overrides(name: str, parallel: int) -> list[str]:
+    """`--set` arguments of a GPU row: the device, quiet progress, a share of the CPU cores
+    for its data pipeline, and its method's longer budget."""
     method = name.split("_")[0]
     budget = [] if name.endswith("_float") else GPU_BUDGETS.get(method, [])
-    return [a for kv in ["train.device=cuda", "train.progress=false", *budget]
+    threads = f"train.threads={max(1, (os.cpu_count() or 1) // parallel)}"
+    return [a for kv in ["train.device=cuda", "train.progress=false", threads, *budget]
             for a in ("--set", kv)]
 
 
@@ -65,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (GPU: 4-8)")
     parser.add_argument("--dry-run", action="store_true", help="only say what would run")
     args = parser.parse_args(argv)
-    logging.getLogger("lowbit").setLevel(logging.ERROR)  # old configs' migration notices
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     commands = [c for exp in experiments(args.paths) if (c := command(exp, args)) is not None]
@@ -99,7 +100,7 @@ def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None
     cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
            args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else []),
            "--results-dir", str(results), "--checkpoints-dir", str(checkpoints),
-           *(gpu_overrides(name) if args.gpu else [])]
+           *(gpu_overrides(name, args.parallel) if args.gpu else [])]
     print(f"{action} {name}: {' '.join(cmd[2:])}", flush=True)
     return name, cmd
 
@@ -116,6 +117,7 @@ def wait_one(running: Running) -> Running:
                     print(f"failed {name} (exit {proc.returncode})", file=sys.stderr)
                 return running[:i] + running[i + 1:]
         time.sleep(1.0)
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,10 +23,11 @@ from lowbit.config import RunConfig
 from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.data.user import user_splits
 from lowbit.engine import checkpoint as ckpt
-from lowbit.engine.device import resolve_device
+from lowbit.engine.device import bf16_native, resolve_device
 from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
-from lowbit.engine.rundir import RunDir, RunDirError, cpu_bf16_native
-from lowbit.engine.trainer import Trainer, evaluate
+from lowbit.engine.evaluate import evaluate
+from lowbit.engine.rundir import RunDir, RunDirError
+from lowbit.engine.trainer import Trainer
 from lowbit.errors import LowbitError
 
 log = logging.getLogger(__name__)
@@ -88,16 +89,7 @@ def _train(
     user_data: DatasetSplits | None = None, user_model: nn.Module | None = None,
 ) -> tuple[dict[str, Any], nn.Module]:
     cfg = run.cfg
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    on_cpu = resolve_device(cfg.train.device).type == "cpu"  # a bad device fails here, early
-    if cfg.train.bf16 and on_cpu and not cpu_bf16_native():
-        log.warning(
-            "train.bf16: this CPU has no native bf16 (AVX512-BF16/AMX) and emulated bf16 "
-            "autocast is many times slower than fp32, so this run trains in fp32 "
-            "(set train.bf16=false to silence this)"
-        )
-        cfg.train.bf16 = False
+    _set_precision(cfg)
     torch.manual_seed(cfg.train.seed)
     data = user_data or load_dataset(cfg.data.name, cfg.data.data_dir, cfg.data.download,
                                      cfg.data.image_size)
@@ -116,15 +108,10 @@ def _train(
         "num_classes": data.train.num_classes,
         "in_channels": data.train.in_channels,
     }
-    teacher = _teacher(cfg)
-    trainer = Trainer(cfg, model, data, run.callbacks, run_dir, dist, meta, teacher, run.phases)
+    trainer = Trainer(cfg, model, data, run.callbacks, run_dir, dist, meta, _teacher(cfg),
+                      run.phases)
     if run_dir is not None:
-        if not resume:
-            run_dir.write_config(cfg.to_dict())
-        elif (path / "run.json").exists():
-            run_dir.note_resume(_saved_epoch(path))
-        run_dir.attach_log()
-        run_dir.add_sinks(list(cfg.train.metrics), _saved_epoch(path) if resume else None)
+        _open_run_dir(run_dir, cfg, resume)
     try:
         if resume:
             _resume(trainer, path)
@@ -141,6 +128,28 @@ def _train(
             run_dir.close()
 
 
+def _set_precision(cfg: RunConfig) -> None:
+    """Threads, and bf16 only where the device computes it natively (a bad device fails here,
+    before anything is built)."""
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.bf16 and not bf16_native(device):
+        log.warning(
+            "train.bf16: this %s has no native bf16 (CPU: AVX512-BF16/AMX; GPU: Ampere or "
+            "later) and emulated bf16 is many times slower than fp32, so this run trains in "
+            "fp32 (set train.bf16=false to silence this)", device.type.upper())
+        cfg.train.bf16 = False
+
+
+def _open_run_dir(run_dir: RunDir, cfg: RunConfig, resume: str | Path | None) -> None:
+    """A new run writes its config and run.json; every run logs to the directory."""
+    if not resume:
+        run_dir.write_config(cfg.to_dict())
+    run_dir.attach_log()
+    run_dir.add_sinks(list(cfg.train.metrics), _saved_epoch(run_dir.path) if resume else None)
+
+
 def _saved_epoch(path: Path) -> int:
     """The epoch a resumed run continues from (0 before its first save)."""
     last = path / "last.safetensors"
@@ -152,6 +161,8 @@ def _resume(trainer: Trainer, path: Path) -> None:
     (its config is in the directory; metrics written before the kill are dropped)."""
     if (path / "last.safetensors").exists():
         trainer.resume(path / "last.safetensors")
+        if trainer.run_dir is not None:  # recorded once the checkpoint is accepted
+            trainer.run_dir.note_resume(trainer.epoch)
         return
     log.info("%s has no checkpoint yet (killed before the first save): starting it over", path)
     if trainer.run_dir is not None:

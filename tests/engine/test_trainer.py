@@ -7,7 +7,6 @@ import pytest
 import torch
 import yaml
 
-from lowbit import api
 from lowbit.api import train
 from lowbit.config import ScheduleConfig, build_config
 from lowbit.data import load_dataset
@@ -190,7 +189,7 @@ def test_bf16_without_native_cpu_support_trains_in_fp32(
     tmp_path: Path, tiny_config, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
     native: bool,
 ) -> None:
-    monkeypatch.setattr(api, "cpu_bf16_native", lambda: native)
+    monkeypatch.setattr("lowbit.engine.device.cpu_bf16_native", lambda: native)
     cfg = build_config(base=tiny_config(tmp_path, epochs=1, bf16=True))
     with caplog.at_level(logging.WARNING):
         result = train(cfg, run_path=tmp_path / "run")

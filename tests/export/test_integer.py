@@ -2,6 +2,7 @@
 model within 1e-4 relative, the right kernel per codebook, and the packed file on this path
 (committed checkpoints, and Group-Net checkpoints trained here for one epoch)."""
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -171,6 +172,8 @@ def test_binary_conv_options_refuse_to_fold_and_run_on_integer_path() -> None:
     assert float((got - want).abs().max() / want.abs().max()) <= 1e-4
 
 
-def test_padding_value_off_the_input_grid_is_refused() -> None:
-    with pytest.raises(LowbitError, match="no quantized layer"):
+def test_padding_value_off_the_input_grid_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="lowbit"), \
+            pytest.raises(LowbitError, match="no quantized layer"):
         to_integer(binary_conv_bn(-1.0))  # -1 is not on the unsigned grid: not the layer's codes
+    assert "pads with -1.0, which its input quantizer maps to" in caplog.text

@@ -15,7 +15,7 @@ import onnxruntime as ort  # noqa: E402
 
 from lowbit.cli import main  # noqa: E402
 from lowbit.data import load_dataset  # noqa: E402
-from lowbit.engine.trainer import evaluate  # noqa: E402
+from lowbit.engine.evaluate import evaluate  # noqa: E402
 from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.export.fold import fold_bn  # noqa: E402
 from lowbit.export.onnx import export_onnx, load_onnx, session, to_onnx  # noqa: E402

@@ -83,8 +83,6 @@ def test_lbw_8_bits_keeps_levels_below_float32_normal_range(method: str) -> None
     assert float(values[4]) in {0.25 * float(values[0]), 0.5 * float(values[0])}
 
 
-
-
 # ----------------------------------------------------------------------------- optimality
 def dense_search(w: torch.Tensor, bits: int, per_channel: bool, per_octave: int = 48) -> float:
     """Independent reference: the best relative error over a dense log grid of alpha (nearest

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from lowbit.engine import LoopState
+from lowbit.models import create_model
 from lowbit.recipes import parse_quant_section
 
 
@@ -48,3 +49,16 @@ def test_fit_end_re_estimates_batchnorm_with_the_final_weights(method: str, batc
     rtol, atol = (1e-2, 0.05) if method == "gdrq" else (1e-4, 1e-5)
     torch.testing.assert_close(bn.running_mean, torch.stack(feats).mean(0), rtol=rtol, atol=atol)
     assert bn.num_batches_tracked.item() == batches
+
+
+def test_groupnet_re_estimates_every_bases_batchnorm() -> None:
+    torch.manual_seed(0)
+    recipe = parse_quant_section({"method": "groupnet", "bases": 2, "bn_recalibration_batches": 2})
+    model = recipe.prepare(create_model("resnet20", width=0.25))
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    for bn in bns:
+        bn.running_mean.fill_(123.0)
+    batches = [(torch.randn(4, 3, 16, 16), torch.zeros(4)) for _ in range(2)]
+    recipe.on_fit_end(LoopState(model, batches=lambda n: batches[:n]))
+    assert all(bn.num_batches_tracked.item() == 2 for bn in bns)
+    assert all(bool((bn.running_mean.abs() < 50).all()) for bn in bns)

@@ -2,7 +2,8 @@
 
 from lowbit.engine.callbacks import Callback, LoopState, Phase, recalibrate_bn
 from lowbit.engine.checkpoint import load_checkpoint, save_checkpoint
-from lowbit.engine.trainer import Trainer, evaluate
+from lowbit.engine.evaluate import evaluate
+from lowbit.engine.trainer import Trainer
 
 __all__ = ["Callback", "LoopState", "Phase", "Trainer", "evaluate", "load_checkpoint",
            "recalibrate_bn", "save_checkpoint"]

@@ -32,6 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.engine.device import model_device, to_device
 from lowbit.engine.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class LoopState:
     epoch: int = 0
     step: int = 0
     autocast: Callable[[], Any] | None = None
+    progress: bool = True  # calibration progress lines (the trainer: train.progress, rank 0)
 
 
 class Callback:
@@ -118,10 +120,11 @@ def recalibrate_bn(state: LoopState, batches: int) -> int:
     was_training = model.training
     model.train()
     used = 0
-    bar = progress_bar(batches, "re-estimating BatchNorm statistics")
+    bar = progress_bar(batches, "re-estimating BatchNorm statistics", enabled=state.progress)
+    device = model_device(model)
     with (state.autocast or contextlib.nullcontext)():
-        for x, _ in itertools.islice(state.batches(batches), batches):
-            model(x)
+        for batch in itertools.islice(state.batches(batches), batches):
+            model(to_device(batch, device)[0])  # a user's loader may give CPU batches
             used += 1
             bar.update()
     bar.close()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from lowbit.engine.rundir import cpu_bf16_native
 from lowbit.schema import ConfigError
 
 
@@ -35,6 +36,13 @@ def resolve_device(name: str) -> torch.device:
             raise ConfigError(f"train.device: {name} asked for, but this machine has "
                               f"{torch.cuda.device_count()} GPU(s)")
     return device
+
+
+def bf16_native(device: torch.device) -> bool:
+    """Whether `device` computes bf16 natively (emulated bf16 is many times slower than fp32)."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_bf16_native()
 
 
 def model_device(model: nn.Module) -> torch.device:
@@ -59,3 +67,19 @@ def to_device(batch: tuple[torch.Tensor, torch.Tensor],
     if x.device == device:
         return x, y
     return x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def rng_states(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random generators' states a checkpoint keeps: torch's, and the GPU's on CUDA (so
+    dropout and other GPU random ops resume exactly too)."""
+    states = {"rng/torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["rng/cuda"] = torch.cuda.get_rng_state(device)
+    return states
+
+
+def set_rng_states(tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what `rng_states` saved (a CPU run's checkpoint has no GPU state)."""
+    torch.set_rng_state(tensors["rng/torch"])
+    if "rng/cuda" in tensors and device.type == "cuda":
+        torch.cuda.set_rng_state(tensors["rng/cuda"], device)

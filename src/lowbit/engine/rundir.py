@@ -86,6 +86,11 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def _invocation() -> dict[str, str]:
+    """How this process was started: the command line and the code's commit."""
+    return {"command": " ".join(["lowbit", *sys.argv[1:]]), "commit": git_commit()}
+
+
 RUN_FILES = ("metrics.jsonl", "last.safetensors", "final.safetensors")
 
 
@@ -129,24 +134,19 @@ class RunDir:
         atomic_write_bytes(
             self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False).encode()
         )
-        info = {
-            "command": " ".join(["lowbit", *sys.argv[1:]]),
-            "commit": git_commit(),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "machine": machine_info(),
-        }
+        info = {**_invocation(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "machine": machine_info()}
         atomic_write_bytes(self.path / "run.json", json.dumps(info, indent=2).encode())
 
     def note_resume(self, epoch: int) -> None:
         """Append this resume (command, commit, time, the epoch it continues from) to run.json:
         a run finished at a later commit than it started says so."""
+        if not (self.path / "run.json").exists():
+            return  # a folder from before run.json existed: nothing to append to
         info = json.loads((self.path / "run.json").read_text())
         info.setdefault("resumes", []).append({
-            "command": " ".join(["lowbit", *sys.argv[1:]]),
-            "commit": git_commit(),
-            "at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "epoch": epoch,
-        })
+            **_invocation(), "at": time.strftime("%Y-%m-%dT%H:%M:%S"), "epoch": epoch,
+            "machine": machine_info()})
         atomic_write_bytes(self.path / "run.json", json.dumps(info, indent=2).encode())
 
     def attach_log(self) -> None:

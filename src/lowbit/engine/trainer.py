@@ -28,9 +28,10 @@ from lowbit.config import RunConfig
 from lowbit.data import DatasetSplits
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.callbacks import Callback, LoopState, Phase
-from lowbit.engine.device import autocast, model_device, resolve_device, to_device
+from lowbit.engine.device import autocast, resolve_device, rng_states, set_rng_states, to_device
 from lowbit.engine.distill import distill_loss
 from lowbit.engine.distributed import DistInfo, all_reduce_sum, sync_batchnorm
+from lowbit.engine.evaluate import evaluate
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
 from lowbit.engine.resume import check_resumable
@@ -38,45 +39,6 @@ from lowbit.engine.rundir import RunDir
 from lowbit.schema import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: Any,
-    batch_size: int = 500,
-    bf16: bool = False,
-    channels_last: bool = False,
-    dist: DistInfo | None = None,
-    progress: bool = True,
-) -> dict[str, float]:
-    """Top-1 / top-5 accuracy (%) and mean loss of `model` on the whole of `data` (a split
-    with `batches(...)`: lowbit's in-memory datasets or a user's, lowbit.data.user)."""
-    dist = dist or DistInfo()
-    was_training = model.training
-    model.eval()
-    loader = data.batches(batch_size * dist.world_size, train=False, rank=dist.rank,
-                          world_size=dist.world_size, channels_last=channels_last)
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss, top1, top5, count
-    k = min(5, data.num_classes)
-    device = model_device(model)
-    bar = progress_bar(len(loader), "evaluating", enabled=progress and dist.is_main)
-    for batch in loader:
-        bar.update()
-        x, y = to_device(batch, device)
-        with autocast(bf16, device):
-            logits = model(x)
-        logits = logits.float()
-        top = logits.topk(k, dim=1).indices
-        sums[0] += F.cross_entropy(logits, y, reduction="sum").item()
-        sums[1] += (top[:, 0] == y).sum().item()
-        sums[2] += (top == y[:, None]).any(1).sum().item()
-        sums[3] += len(y)
-    bar.close()
-    loss, top1, top5, n = all_reduce_sum(sums, dist)
-    model.train(was_training)
-    n = max(n, 1)
-    return {"loss": loss / n, "top1": 100 * top1 / n, "top5": 100 * top5 / n}
 
 
 class Trainer:
@@ -97,21 +59,10 @@ class Trainer:
         self.cfg, self.data, self.callbacks = cfg, data, list(callbacks or [])
         self.phases = phases or [Phase("train", cfg.train.epochs or 0)]
         self.total = sum(p.epochs for p in self.phases)
-        self.teacher = teacher.eval().requires_grad_(False) if teacher is not None else None
         self.dist, self.run_dir, self.meta = dist or DistInfo(), run_dir, dict(meta or {})
         tc = cfg.train
         self.device = resolve_device(tc.device)
-        if self.dist.enabled and self.device.type != "cpu":
-            raise ConfigError("train.device: several processes (torchrun, --nproc) train on "
-                              "CPU only; use one process on a GPU")
-        model = model.to(self.device)
-        if self.teacher is not None:
-            self.teacher = self.teacher.to(self.device)
-        self.model = model.to(memory_format=torch.channels_last) if tc.channels_last else model  # type: ignore[call-overload]
-        self.net: nn.Module = self.model
-        if self.dist.enabled:  # BatchNorm statistics over the global batch, as in one process
-            self.model = sync_batchnorm(self.model)
-            self.net = nn.parallel.DistributedDataParallel(self.model)
+        self.model, self.net, self.teacher = self._place(model, teacher)
         self.optimizer = build_optimizer(self.model, cfg.optim)
         self.loader = data.train.batches(cfg.data.batch_size, train=True, seed=tc.seed,
                                          rank=self.dist.rank, world_size=self.dist.world_size,
@@ -120,7 +71,25 @@ class Trainer:
         self.epoch, self.step, self.history = 0, 0, []  # type: ignore[var-annotated]
         self.lr = cfg.optim.lr
         self.loop = LoopState(self.model, self.optimizer, self._calibration_batches,
-                              autocast=lambda: autocast(tc.bf16, self.device))
+                              autocast=lambda: autocast(tc.bf16, self.device),
+                              progress=tc.progress and self.dist.is_main)
+
+    def _place(self, model: nn.Module, teacher: nn.Module | None
+               ) -> tuple[nn.Module, nn.Module, nn.Module | None]:
+        """(model, what the loop calls, teacher) on the run's device and memory format; the
+        loop calls a DistributedDataParallel wrapper under torchrun (CPU only)."""
+        if self.dist.enabled and self.device.type != "cpu":
+            raise ConfigError("train.device: several processes (torchrun, --nproc) train on "
+                              "CPU only; use one process on a GPU")
+        model = model.to(self.device)
+        if self.cfg.train.channels_last:
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if teacher is not None:
+            teacher = teacher.eval().requires_grad_(False).to(self.device)
+        if not self.dist.enabled:
+            return model, model, teacher
+        model = sync_batchnorm(model)  # BatchNorm statistics over the global batch
+        return model, nn.parallel.DistributedDataParallel(model), teacher
 
     def _calibration_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Up to `n` training batches in the current epoch's order (for calibration)."""
@@ -144,7 +113,7 @@ class Trainer:
         if full:
             opt_t, meta["optim"] = ckpt.optimizer_state(self.optimizer)
             tensors.update(ckpt.with_prefix("optim", opt_t))
-            tensors["rng/torch"] = torch.get_rng_state()
+            tensors.update(rng_states(self.device))
             meta["hooks"] = []
             for i, cb in enumerate(self.callbacks):
                 h_t, h_m = cb.state_dict()
@@ -160,7 +129,7 @@ class Trainer:
         ckpt.load_optimizer_state(
             self.optimizer, ckpt.split_prefix(tensors, "optim"), meta["optim"]
         )
-        torch.set_rng_state(tensors["rng/torch"])
+        set_rng_states(tensors, self.device)
         for i, cb in enumerate(self.callbacks):
             cb.load_state_dict(ckpt.split_prefix(tensors, f"hook{i}"), meta["hooks"][i])
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])

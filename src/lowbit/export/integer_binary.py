@@ -5,11 +5,11 @@ the input stays binary) and may multiply its output by XNOR-Net's K (`act_scale`
 integer path it becomes an `IntegerBinaryConv2d` around the layer's `IntegerConv2d` (`core`,
 built with no padding of its own when `pad_value` is set):
 - the float input is padded with `pad_value` before the core encodes it. `pad_value` must be a
-  fixed point of the layer's input quantization (checked: sign(+-1) = +-1; a k-bit grid value;
-  any value exactly representable in fixed point for float inputs), so the padded codes are the
-  codes PyTorch pads with and, for 1-bit inputs, every code is +-1: the core's XNOR + popcount
-  kernel runs on binary inputs with no border correction, and its accumulator equals
-  `conv2d(padded codes, weight codes)` exactly;
+  fixed point of the layer's input quantization (checked when the layer quantizes its input:
+  sign(+-1) = +-1, or a k-bit grid value; a float input takes the value as it is), so the
+  padded codes are the codes PyTorch pads with and, for 1-bit inputs, every code is +-1: the
+  core's XNOR + popcount kernel runs on binary inputs with no border correction, and its
+  accumulator equals `conv2d(padded codes, weight codes)` exactly;
 - the core's output (one rescale per output channel) is multiplied by
   K = avg_pool(mean_c |x|) of the float input (`lowbit.nn.multibranch.xnor_scale`), a float
   factor per output pixel outside the integer accumulation, as in XNOR-Net.

@@ -45,6 +45,7 @@ N1_MODES = ("per_step", "first")
 N1_RULES = ("max", "mse")
 MSE_SEARCH = 6  # exponents below the max-rule n1 that the "mse" rule tries
 
+
 @register_quantizer
 class INQWeight(Pow2):
     """INQ weights: frozen power-of-two entries plus still-float ones (see module docstring).

@@ -15,12 +15,14 @@ The solver ("alternating", the reference) reaches the least-squares optimum; the
 - Range: alpha > 2 max|W| zeroes everything. Once alpha <= min_{W_i != 0} |W_i| / (3/4), halving
   alpha only adds a level nobody uses and drops the top one, so it never helps; the search
   covers log2(alpha) from there (one octave lower) up to log2(2 max|W|), at most `MAX_OCTAVES`.
-- Search: `PER_OCTAVE` log-spaced candidates per octave, each scored by g(Q(alpha)) (i.e. with its
+- Search: `COARSE * octaves(n)` log-spaced candidates over the row's range (at least `COARSE` per
+  octave; one size for every tensor), each scored by g(Q(alpha)) (i.e. with its
   best scale); the `TOP` best are refined by Lloyd steps (alpha <- <|W|,Q>/<Q,Q>,
   Q <- nearest), which never increase g, until Q stops changing or `iters` steps; the best Q seen
   wins and alpha is its exact refit. Every row of a per-channel tensor is solved at once.
 
-Cost: see `lowbit.quant.codebook.LBW` (ResNet-20, per tensor, b=4: 4.2-4.7x the threshold rule).
+Cost: see `lowbit.quant.codebook.LBW` (measured before the grid took one size for every tensor;
+the candidates cost n binary searches each, small beside the sort).
 """
 
 from __future__ import annotations
@@ -38,15 +40,17 @@ from lowbit.quant.functional import (
     use_numpy,
 )
 
-COARSE = 4  # coarse candidates per octave of alpha (8: no measurable gain, 1.5x the time)
+COARSE = 4  # coarse candidates per octave of the widest range (8: no measurable gain, 1.5x time)
 TOP = 3  # best coarse candidates whose neighbourhood is searched finely
 FINE = 15  # fine candidates around each, between its two coarse neighbours
 LLOYD_GAIN = 1e-6  # Lloyd steps stop once they gain less than this fraction of the objective
 MAX_OCTAVES = 48  # search depth below 2 max|W| (weights below max|W|*2^-48 do not matter)
 
+
 def lbw_num_magnitudes(bits: int) -> int:
     """n = 2^(bits-1) - 1 non-zero magnitudes {1, 2, ..., 2^(n-1)} (spec §4.2)."""
     return 2 ** (bits - 1) - 1
+
 
 def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
     """Nearest level index of |W|/alpha per row (alpha (C, 1); alpha 0 only for zero rows).
@@ -56,10 +60,12 @@ def _lbw_codes(a64: Tensor, alpha: Tensor, n: int) -> Tensor:
     """
     return pow2_round_index(a64 / torch.where(alpha > 0, alpha, 1.0), n)
 
+
 def _lbw_refit(a64: Tensor, q: Tensor) -> Tensor:
     """alpha*(Q) = <|W|, Q> / <Q, Q> per row, (C, 1) float64; 0 where Q = 0."""
     num, den = torch.linalg.vecdot(a64, q), torch.linalg.vecdot(q, q)
     return (num / den.clamp_min(1.0)).unsqueeze(1)
+
 
 def _sorted_rows(a: Tensor) -> tuple[Tensor, Tensor]:
     """Rows of |W| (C, N) sorted ascending (float32 or float64), and float64 prefix sums
@@ -71,11 +77,13 @@ def _sorted_rows(a: Tensor) -> tuple[Tensor, Tensor]:
         srt = torch.sort(a, dim=1).values
     return srt, torch.nn.functional.pad(torch.cumsum(srt, dim=1, dtype=torch.float64), (1, 0))
 
+
 def _levels(n: int, device: torch.device) -> tuple[Tensor, Tensor]:
     """(boundaries b (n,), magnitudes (0, 1, 2, ..., 2^(n-1)) (n + 1,)), float64."""
     j = torch.arange(n, dtype=torch.float64, device=device)
     bounds = torch.where(j == 0, 0.5, 0.75 * torch.exp2(j))
     return bounds, torch.cat([j.new_zeros(1), torch.exp2(j)])
+
 
 def _scores(table: tuple[Tensor, Tensor, Tensor, Tensor],
             alpha: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -96,6 +104,12 @@ def _scores(table: tuple[Tensor, Tensor, Tensor, Tensor],
     score = torch.where(s2 > 0, -s1.square() / s2.clamp_min(1.0), 0.0)
     return score, s1 / s2.clamp_min(1.0), cnt
 
+
+def octaves(n: int) -> int:
+    """The widest search range in octaves of alpha for n magnitude levels (module docstring)."""
+    return min(MAX_OCTAVES, n + 12)
+
+
 def _grid(srt: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """Log2 of the search range's top (C, 1) and its width in octaves (C, 1) (module docstring)."""
     tiny = torch.finfo(torch.float64).tiny
@@ -103,12 +117,14 @@ def _grid(srt: Tensor, n: int) -> tuple[Tensor, Tensor]:
     first_pos = torch.searchsorted(srt, torch.zeros_like(srt[:, :1]), right=True)
     low = torch.gather(srt, 1, first_pos.clamp_max(srt.shape[1] - 1)).double().clamp_min(tiny)
     t_hi = torch.log2(2 * top)
-    return t_hi, (t_hi - torch.log2(low / 0.75) + 1).clamp(1.0, min(MAX_OCTAVES, n + 12))
+    return t_hi, (t_hi - torch.log2(low / 0.75) + 1).clamp(1.0, octaves(n))
+
 
 def _best(score: Tensor, at: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """The `k` lowest scores per row and the candidates (same shape) that gave them."""
     best, pick = score.topk(min(k, score.shape[1]), dim=1, largest=False)
     return best, torch.gather(at, 1, pick)
+
 
 def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
     """(alpha, its refit) (C, 1) float64: Q(alpha) is the best Q found, the refit its best scale.
@@ -118,7 +134,7 @@ def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
     # One grid size for every tensor, eager or compiled: no host sync, and an exported or
     # compiled model picks exactly the levels eager does (a grid sized by the data found other,
     # equally good optima). The candidates cost n binary searches each, small beside the sort.
-    g = COARSE * min(MAX_OCTAVES, n + 12)
+    g = COARSE * octaves(n)
     step = span / g  # (C, 1) octaves between coarse candidates
     # ascending alpha, so that among equal fits (exact octave shifts of one Q) the first,
     # smallest alpha wins: the largest W sits near the top level, and the top cannot overflow
@@ -143,6 +159,7 @@ def _lbw_search(a: Tensor, n: int, iters: int) -> tuple[Tensor, Tensor]:
             break  # eager shortcut; compiled, the remaining steps change nothing
         cur = torch.where(refit > 0, refit, cur)
     return at, scale
+
 
 def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
             r: float = 0.5, per_channel: bool = False) -> tuple[Tensor, Tensor]:
@@ -179,6 +196,7 @@ def lbw_fit(w: Tensor, bits: int, method: str = "alternating", iters: int = 20,
     idx = idx.to(code_dtype(n))
     codes = torch.where(rr < 0, idx.neg(), idx).reshape(w.shape)
     return codes, row_scale(top, per_channel, w.dtype)
+
 
 def _top_at_largest(idx: Tensor, alpha: Tensor, n: int) -> tuple[Tensor, Tensor]:
     """The same values alpha*2^(idx-1) written with the scale at the largest level used.

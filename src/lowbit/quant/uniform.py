@@ -150,6 +150,7 @@ class Uniform(_ClipQuantizer):
             return torch.tensor(self.clip_value, dtype=x.dtype, device=x.device)
         if self.clip == "learned":  # abs: a clip driven negative by training acts as |clip|
             return self.learned_clip.abs().to(x.dtype)
+
         def batch_max() -> Tensor:
             return x.detach().abs().max() if self.signed else x.detach().max().clamp_min(0)
 

@@ -48,7 +48,7 @@ from lowbit.transform import LayerSpec, register_converter
 
 
 @dataclass
-class GroupNetConfig(QuantConfig, GroupNetOptions):
+class GroupNetConfig(GroupNetOptions, QuantConfig):
     """The `quant:` section for `method: groupnet`: the common quant fields plus the builder's
     options (`lowbit.groupnet.build.GroupNetOptions`; see the module docstring)."""
 
@@ -76,6 +76,7 @@ class GroupNetConfig(QuantConfig, GroupNetOptions):
             **self.options(), act_bits=act_bits, beta=beta,
             per_filter=bool((self.weight or {}).get("per_channel", True)),
             quantize_first_last=self.keep_float == "none")
+
 
 @register_recipe
 class GroupNetRecipe(Recipe):

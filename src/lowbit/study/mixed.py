@@ -33,7 +33,7 @@ from torch import nn
 
 from lowbit.data import BatchLoader, ImageData
 from lowbit.engine.device import autocast
-from lowbit.engine.trainer import evaluate
+from lowbit.engine.evaluate import evaluate
 from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer
 from lowbit.study.size import quant_rules, weight_spec

@@ -49,7 +49,6 @@ class SolvedWidth:
     target: float
     step: float
 
-
     @property
     def error(self) -> float:
         """(size - target) / target."""

@@ -20,7 +20,7 @@ from lowbit.quant.base import Quantizer
 from lowbit.quant.functional import channel_view
 
 
-def pyplot():  # noqa: ANN201 - matplotlib is optional
+def pyplot() -> Any:  # matplotlib is optional: no type to name here
     """matplotlib.pyplot on the Agg back end, or a one-line error naming the extra."""
     try:
         import matplotlib

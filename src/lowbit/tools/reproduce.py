@@ -20,6 +20,7 @@ deployment gets, which must equal the checkpoint's.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 import time
 from pathlib import Path
@@ -47,8 +48,14 @@ def describes_checkpoint(experiment: str | Path, checkpoint: str | Path) -> bool
     """Whether the experiment YAML, as it reads now, is the run that made `checkpoint` (same
     model, start, method, distillation, length and optimiser): False marks a recorded row as
     stale, i.e. the YAML changed since and the row must be re-run."""
-    recorded = load_run(base=load_checkpoint(checkpoint)[1]["config"]).cfg
-    return _budget(load_run(config_file=experiment).cfg) == _budget(recorded)
+    quiet = logging.getLogger("lowbit.recipes")  # old configs' migration notices: not news here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        recorded = load_run(base=load_checkpoint(checkpoint)[1]["config"]).cfg
+        return _budget(load_run(config_file=experiment).cfg) == _budget(recorded)
+    finally:
+        quiet.setLevel(level)
 
 
 def _reference(cfg: RunConfig, expected: dict[str, Any]) -> float:
