@@ -24,7 +24,7 @@ from lowbit.data import ENV_DATA_DIR, DatasetSplits, load_dataset
 from lowbit.data.user import user_splits
 from lowbit.engine import checkpoint as ckpt
 from lowbit.engine.device import bf16_native, resolve_device
-from lowbit.engine.distributed import DistInfo, cleanup, init_distributed
+from lowbit.engine.distributed import DistInfo, cleanup, finish_together, init_distributed
 from lowbit.engine.evaluate import evaluate
 from lowbit.engine.rundir import RunDir, RunDirError
 from lowbit.engine.trainer import Trainer
@@ -56,7 +56,9 @@ def _run(run: Run, resume: str | Path | None, run_path: str | Path | None,
          data: DatasetSplits | None, model: nn.Module | None) -> tuple[dict[str, Any], nn.Module]:
     dist = init_distributed()
     try:
-        return _train(run, dist, resume, run_path, data, model)
+        result = _train(run, dist, resume, run_path, data, model)
+        finish_together(dist)
+        return result
     finally:
         cleanup(dist)
 

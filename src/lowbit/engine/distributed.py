@@ -39,8 +39,7 @@ def init_distributed() -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="gloo")  # several processes train on CPU only
     return DistInfo(dist.get_rank(), dist.get_world_size())
 
 
@@ -112,6 +111,14 @@ def sync_batchnorm(model: nn.Module) -> nn.Module:
         else:
             sync_batchnorm(child)
     return model
+
+
+def finish_together(info: DistInfo) -> None:
+    """After a successful run, wait for every rank: a rank that tears its gloo connections down
+    while another still saves its files can abort at exit ("terminate called without an active
+    exception", seen under load). Not after a failure: the other ranks are stopped then."""
+    if info.enabled and dist.is_initialized():
+        dist.barrier()
 
 
 def cleanup(info: DistInfo) -> None:
