@@ -94,7 +94,7 @@ class Trainer:
     def _calibration_batches(self, n: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Up to `n` training batches in the current epoch's order (for calibration)."""
         self.loader.set_epoch(self.epoch)
-        return (to_device(b, self.device) for b in itertools.islice(iter(self.loader), n))
+        return itertools.islice(iter(self.loader), n)  # recalibrate_bn moves them to the model
 
     def _sync(self) -> LoopState:
         self.loop.epoch, self.loop.step = self.epoch, self.step
