@@ -11,7 +11,8 @@ from lowbit.kernels.xnor import HAVE_NUMBA, pack_signs, padding_correction, xnor
 
 BACKENDS = ["torch", *(["numba"] if HAVE_NUMBA else [])]
 SHAPES = [(16, 16, 8, 1, 1, 3), (16, 32, 8, 2, 1, 3), (32, 64, 6, 2, 0, 1), (64, 8, 5, 1, 1, 3),
-          (128, 4, 4, 1, 1, 3), (8, 4, 7, 2, 1, 3)]
+          (128, 4, 4, 1, 1, 3), (8, 4, 7, 2, 1, 3), (32, 8, 7, 2, 0, 1),
+          (128, 4, 5, 2, 0, 1)]
 
 
 def signs(t: torch.Tensor) -> torch.Tensor:

@@ -2,9 +2,11 @@
 
 Same bit layout as the PyTorch path: channel c of a pixel is bit c % 64 of word c // 64 (bit 1
 for x >= 0), padding pixels are all ones (+1), and a window's taps are concatenated tap after
-tap. `conv` packs the input pixels once, then for every output pixel builds its window's words
-and runs the popcount GEMM against the weights laid out (words, O), so the innermost loop runs
-over output channels (vectorisable, VPOPCNTQ on AVX-512).
+tap. `conv` packs the input pixels once (a 1 x 1 convolution without padding packs only the
+pixels its stride reads), then, one image per parallel task, lays the windows of all output
+pixels out as (words, pixels) and runs the popcount GEMM output channel by output channel with
+the pixels innermost: contiguous loads, contiguous writes of out[b, o], and a loop LLVM
+vectorises (VPOPCNTQ on AVX-512).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from numba.extending import intrinsic
 
 @intrinsic
 def _popcount64(typingctx: Any, x: Any) -> Any:
-    """LLVM's ctpop on a uint64 (one POPCNT instruction on x86-64)."""
+    """LLVM's ctpop on a uint64 (POPCNT, or VPOPCNTQ once vectorised)."""
     sig = types.uint64(types.uint64)
 
     def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
@@ -28,72 +30,110 @@ def _popcount64(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
-@numba.njit(parallel=True, cache=True)
-def _pack_pixels(x: np.ndarray, pad: int, cw: int) -> np.ndarray:
-    n, c, h, w = x.shape
-    hp, wp = h + 2 * pad, w + 2 * pad
-    out = np.zeros((n, hp, wp, cw), dtype=np.uint64)
+@numba.njit(cache=True)
+def _ones(c: int, cw: int) -> np.ndarray:
     ones = np.zeros(cw, dtype=np.uint64)
     for ch in range(c):
         ones[ch // 64] |= np.uint64(1) << np.uint64(ch % 64)
-    for r in numba.prange(n * hp):
-        b, i = r // hp, r % hp
-        if i < pad or i >= h + pad:
-            for j in range(wp):
-                out[b, i, j, :] = ones
-            continue
-        for j in range(pad):
-            out[b, i, j, :] = ones
-            out[b, i, wp - 1 - j, :] = ones
-        for ch in range(c):  # rows of x and of out are both read / written contiguously
-            word, bit = ch // 64, np.uint64(1) << np.uint64(ch % 64)
-            row = x[b, ch, i - pad]
-            for j in range(w):  # branch-free: bit if x >= 0
-                out[b, i, j + pad, word] |= bit * np.uint64(row[j] >= 0)
-    return out
+    return ones
+
+
+@numba.njit(cache=True)
+def _or_signs(acc: np.ndarray, row: np.ndarray, step: int, shift: Any) -> None:
+    """acc[j] |= (row[j * step] >= 0) << shift, branch-free; the contiguous case apart so that
+    LLVM vectorises it."""
+    if step == 1:
+        for j in range(acc.size):
+            acc[j] |= np.uint64(row[j] >= 0) << shift
+    else:
+        for j in range(acc.size):
+            acc[j] |= np.uint64(row[j * step] >= 0) << shift
 
 
 @numba.njit(parallel=True, cache=True)
-def _window_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int,
-                 k: int, corr: np.ndarray, out: np.ndarray) -> None:
-    n, oc, oh, ow = out.shape
+def _pack_pixels(x: np.ndarray, pad: int, cw: int, step: int) -> np.ndarray:
+    """(N, H', W', cw) words of the +1-padded input; `step` > 1 (only with pad 0) keeps every
+    step-th pixel. One image per parallel task."""
+    n, c, h, w = x.shape
+    hp, wp = (h + 2 * pad - 1) // step + 1, (w + 2 * pad - 1) // step + 1
+    out = np.empty((n, hp, wp, cw), dtype=np.uint64)
+    ones = _ones(c, cw)
+    for b in numba.prange(n):
+        acc = np.empty(wp - 2 * pad, dtype=np.uint64)
+        for i in range(hp):
+            if i < pad or i >= hp - pad:
+                for j in range(wp):
+                    out[b, i, j, :] = ones
+                continue
+            for j in range(pad):
+                out[b, i, j, :] = ones
+                out[b, i, wp - 1 - j, :] = ones
+            for word in range(cw):
+                acc[:] = 0
+                for ch in range(word * 64, min(c, word * 64 + 64)):  # rows read contiguously
+                    _or_signs(acc, x[b, ch, i * step - pad], step, np.uint64(ch % 64))
+                out[b, i, pad:pad + acc.size, word] = acc
+    return out
+
+
+@numba.njit(cache=True)
+def _windows(px: np.ndarray, b: int, c: int, kh: int, kw: int, stride: int, oh: int, ow: int,
+             nw: int) -> np.ndarray:
+    """(words, OH * OW) window bit strings of image b, taps concatenated."""
     cw = px.shape[3]
-    nw = wt.shape[0]
+    cols = np.zeros((nw, oh * ow), dtype=np.uint64)
     per = 64 // c if c < 64 else 1
-    for r in numba.prange(n * oh):
-        b, i = r // oh, r % oh
-        cols = np.zeros(nw, dtype=np.uint64)
-        acc = np.zeros(oc, dtype=np.int64)
-        for j in range(ow):
-            cols[:] = 0
-            for t in range(kh * kw):
-                pix = px[b, i * stride + t // kw, j * stride + t % kw]
-                if c < 64:
-                    cols[t // per] |= pix[0] << np.uint64((t % per) * c)
-                else:
-                    cols[t * cw:(t + 1) * cw] = pix
+    for t in range(kh * kw):
+        di, dj = t // kw, t % kw
+        for i in range(oh):
+            src = px[b, i * stride + di]
+            if c < 64:  # several taps share a word
+                word, shift = t // per, np.uint64((t % per) * c)
+                for j in range(ow):
+                    cols[word, i * ow + j] |= src[j * stride + dj, 0] << shift
+            else:
+                for q in range(cw):
+                    for j in range(ow):
+                        cols[t * cw + q, i * ow + j] = src[j * stride + dj, q]
+    return cols
+
+
+@numba.njit(parallel=True, cache=True)
+def _image_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int,
+                k: int, corr: np.ndarray, out: np.ndarray) -> None:
+    n, oc, oh, ow = out.shape
+    nw, pixels = wt.shape[1], oh * ow
+    for b in numba.prange(n):
+        cols = _windows(px, b, c, kh, kw, stride, oh, ow, nw)
+        acc = np.empty(pixels, dtype=np.int64)
+        ob = out[b].reshape(oc, pixels)
+        for o in range(oc):
             acc[:] = 0
             for t in range(nw):
-                v = cols[t]
-                for o in range(oc):
+                wv = wt[o, t]
+                for p in range(pixels):
                     # int64 + uint64 would be float64 in numba: cast the count
-                    acc[o] += np.int64(_popcount64(v ^ wt[t, o]))  # type: ignore[call-arg]
-            for o in range(oc):
-                out[b, o, i, j] = k - 2 * acc[o] - corr[o, i, j]
+                    acc[p] += np.int64(_popcount64(cols[t, p] ^ wv))  # type: ignore[call-arg]
+            co = corr[o].reshape(pixels)
+            for p in range(pixels):
+                ob[o, p] = k - 2 * acc[p] - co[p]
 
 
 def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
          k: int, corr: np.ndarray) -> np.ndarray:
     """(N, O, OH, OW) int32 XNOR-popcount products with +1 padding, minus `corr` (O, OH, OW),
-    the padding correction.
+    the padding correction (zeros without padding).
 
-    `wt`: the weights' window words, (words, O) uint64 (as int64 bits)."""
+    `wt`: the weights' window words, (O, words) uint64 (as int64 bits)."""
     n, _, h, w = x.shape
-    oh, ow = (h + 2 * pad - kh) // stride + 1, (w + 2 * pad - kw) // stride + 1
-    px = _pack_pixels(np.ascontiguousarray(x, dtype=np.float32), pad, -(-c // 64))
-    out = np.empty((n, wt.shape[1], oh, ow), dtype=np.int32)
-    _window_gemm(px, np.ascontiguousarray(wt).view(np.uint64), c, kh, kw, stride, k,
-                 np.ascontiguousarray(corr, dtype=np.int32), out)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    step = stride if (kh, kw, pad) == (1, 1, 0) else 1  # a 1x1 conv reads every stride-th pixel
+    px = _pack_pixels(x, pad, -(-c // 64), step)
+    stride //= step
+    oh, ow = (px.shape[1] - kh) // stride + 1, (px.shape[2] - kw) // stride + 1
+    out = np.empty((n, wt.shape[0], oh, ow), dtype=np.int32)
+    _image_gemm(px, np.ascontiguousarray(wt).view(np.uint64), c, kh, kw, stride, k,
+                np.ascontiguousarray(corr, dtype=np.int32), out)
     return out
 
 

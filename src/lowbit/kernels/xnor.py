@@ -106,7 +106,7 @@ class XnorConv:
         self.stride, self.padding = stride, padding
         self.sign = torch.where(w >= 0, 1, -1)
         self.wcols, self.k = pack_weights(w)
-        self.wt = self.wcols.t().contiguous().numpy()
+        self.wt = self.wcols.contiguous().numpy()
         self._corr: dict[tuple[int, int, int], Tensor] = {}
 
     def correction(self, h: int, w: int, stride: int) -> Tensor:
@@ -120,15 +120,15 @@ class XnorConv:
         return self._corr[h, w, stride]
 
     def __call__(self, x: Tensor) -> Tensor:
-        stride = self.stride
-        if (self.kh, self.kw, self.padding) == (1, 1, 0) and stride > 1:
-            x, stride = x[:, :, ::stride, ::stride], 1  # pack only the pixels a 1x1 conv reads
-        _, _, h, w = x.shape
+        stride, (_, _, h, w) = self.stride, x.shape
         if self.backend == "numba":  # the kernel subtracts the padding correction itself
             assert _xnor_numba is not None
             return torch.from_numpy(_xnor_numba.conv(
                 x.detach().numpy(), self.wt, self.channels, self.kh, self.kw, stride,
                 self.padding, self.k, self.correction(h, w, stride).numpy()))
+        if (self.kh, self.kw, self.padding) == (1, 1, 0) and stride > 1:
+            x, stride = x[:, :, ::stride, ::stride], 1  # pack only the pixels a 1x1 conv reads
+            h, w = x.shape[2:]
         xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
         cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, stride)
         # one image at a time bounds the (OH, OW, O, words) intermediate
