@@ -85,8 +85,17 @@ def _xnor_speed(r: Result) -> tuple[str, str]:
         cells), ">= 4x"
 
 
+def _eval_forward(r: Result) -> tuple[str, str]:
+    """(headline, target): eval-mode forward time of each form / the float model's."""
+    cells = [f"{x['checkpoint'].split('_resnet')[0]} " + ", ".join(
+        f"{f} {v:.2f}x" for f, v in x["ratio_vs_float"].items()) for x in r["rows"]]
+    return (f"eval forward / float (batch {r['batch']}, {r['threads']} threads): "
+            + "; ".join(cells), "weight-only <= 1.05x; integer < 1x")
+
+
 SPEED: dict[str, Callable[[Result], tuple[str, str]]] = {
     "qat_step": _qat_step, "ternary_speed": _ternary_speed,
     "loader_overhead": _loader_overhead, "brevitas": _brevitas,
     "compile_step": _compile_step, "onnx_speed": _onnx_speed, "xnor_speed": _xnor_speed,
+    "eval_forward": _eval_forward,
 }

@@ -159,3 +159,12 @@ def test_a_row_whose_yaml_changed_since_is_marked_stale(mt: ModuleType, tmp_path
     (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
     assert mt.stale(row)
     assert not mt.stale({"experiment": "elsewhere.yaml", "checkpoint": "gone.safetensors"})
+
+
+def test_eval_forward_headline(mt: ModuleType) -> None:
+    row = {"checkpoint": "lbw_w2_resnet20_cifar10",
+           "ratio_vs_float": {"fake-quant": 1.01, "packed": 1.02, "integer": 19.5}}
+    body = mt.render([("eval_forward", {"commit": "abc1234", "batch": 128, "threads": 2,
+                                        "rows": [row]})])
+    assert "lbw_w2 fake-quant 1.01x, packed 1.02x, integer 19.50x" in body
+    assert "weight-only <= 1.05x; integer < 1x" in body
