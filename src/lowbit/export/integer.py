@@ -13,7 +13,14 @@ The accumulation depends on the weight codes:
   XNOR scale K: `lowbit.export.integer_binary`);
 - "shift": power-of-two codes (INQ, LBW >= 3 bits): for each exponent e, the +-1 mask of the
   weights with |code| = 2^e is accumulated (adds and subtracts only) and shifted left by e;
-- "mac": anything else integer (ternary, uniform): integer multiply-accumulate.
+- "int8": input codes on a grid of at most 256 values and weight codes that fit int8
+  (ternary, binary on k-bit inputs, small pow2, <= 8-bit uniform): oneDNN's u8 x s8 -> s32
+  convolution (`torch.ops.onednn.qconv_pointwise`, VNNI on x86; the input shifted by its
+  grid's lowest code, which is the zero point, so padding stays a true zero), read out in
+  float32 -- exact because the layer is only given this kernel when max|x| * sum|w| < 2^24;
+- "mac": anything else integer (ternary, uniform on wide input codes): integer
+  multiply-accumulate in int64 (the reference, slow).
+"int8" needs a PyTorch built with oneDNN (every x86 / ARM wheel); without it "mac" runs.
 `accumulate(codes_in)` exposes the accumulator, which equals `conv2d(codes_in, codes_w)` exactly;
 the output equals the fake-quantized layer's within float rounding (1e-4 relative is checked).
 A packed `.lowbit` file runs on this path as `to_integer(lowbit.artifacts.load_packed(path)[0])`.
@@ -66,11 +73,15 @@ class ActGrid:
 
     def encode(self, x: Tensor) -> Tensor:
         """int64 codes of x, with the quantizer's own float ops (so they are its codes)."""
+        return self.rounded(x).to(torch.int64)
+
+    def rounded(self, x: Tensor) -> Tensor:
+        """The codes of x as integer-valued floats of x's dtype."""
         step = torch.tensor(self.step, dtype=x.dtype)
         div = step if self.step > 0 else torch.ones_like(step)
         if self.pre_clip is not None:
-            return torch.round(torch.clamp(x, *self.pre_clip) / div).to(torch.int64)
-        return torch.round(torch.clamp(x / div, self.lo, self.hi)).to(torch.int64)
+            return torch.round(torch.clamp(x, *self.pre_clip) / div)
+        return torch.round(torch.clamp(x / div, self.lo, self.hi))
 
 
 def act_grid(q: Quantizer) -> ActGrid | None:
@@ -126,10 +137,34 @@ def fold_foldable(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return model, folded
 
 
+_EXACT_F32 = 2**24
+HAVE_ONEDNN = hasattr(torch.ops.onednn, "qconv_pointwise")
+
+
+def _input_range(act: ActGrid | str | None) -> tuple[int, int] | None:
+    """(lowest, highest) input code, or None for float (fixed-point) inputs."""
+    if act == "sign":
+        return -1, 1
+    return (act.lo, act.hi) if isinstance(act, ActGrid) else None
+
+
+def _fits_int8(codes: Tensor, act: ActGrid | str | None) -> bool:
+    """oneDNN's int8 kernel applies and its float32 readout of the accumulators is exact."""
+    span = _input_range(act)
+    if not HAVE_ONEDNN or span is None or span[1] - span[0] > 255:
+        return False
+    if int(codes.min()) < -128 or int(codes.max()) > 127:
+        return False
+    worst = max(abs(span[0]), abs(span[1])) * int(codes.abs().flatten(1).sum(1).max())
+    return worst < _EXACT_F32
+
+
 def _kernel(codes: Tensor, act: ActGrid | str | None) -> str:
     values = set(codes.unique().tolist())
     if act == "sign" and values <= {-1, 1}:
         return "xnor"
+    if _fits_int8(codes, act):
+        return "int8"
     mags = {abs(v) for v in values} - {0}
     if len(mags) > 1 and all(m & (m - 1) == 0 for m in mags):
         return "shift"
@@ -172,6 +207,11 @@ class IntegerConv2d(nn.Module):
         """int64 accumulators conv2d(codes, weight codes); integer operations only."""
         if self.kernel == "xnor":
             return xnor_conv2d(codes, self.codes, self.stride, self.padding).to(torch.int64)
+        if self.kernel == "int8":
+            lo = _input_range(self.act)[0]  # type: ignore[index]
+            acc = int8_conv2d(codes, self.codes, self.stride, self.padding, lo,
+                              self._int8_weights())
+            return acc.to(torch.int64)
         if self.kernel == "mac":
             return int_conv2d(codes, self.codes, self.stride, self.padding)
         acc = torch.zeros((), dtype=torch.int64)
@@ -184,11 +224,30 @@ class IntegerConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.linear:
             x = x.view(*x.shape, 1, 1)
-        codes, unit = self.input_codes(x)
-        acc = self.accumulate(codes)
-        y = acc.double() * (self.scale * unit).view(1, -1, 1, 1) + self.offset.view(1, -1, 1, 1)
+        if self.kernel == "int8":
+            y = self._int8_forward(x)
+        else:
+            codes, unit = self.input_codes(x)
+            acc = self.accumulate(codes).double()
+            y = acc * (self.scale * unit).view(1, -1, 1, 1) + self.offset.view(1, -1, 1, 1)
         y = y.to(x.dtype)
         return y.flatten(1) if self.linear else y
+
+    def _int8_weights(self) -> Tensor:
+        if "_packed" not in self.__dict__:  # prepacked once; not state
+            lo = _input_range(self.act)[0]  # type: ignore[index]
+            self._packed = int8_weights(self.codes, self.stride, self.padding, lo)
+        return self._packed
+
+    def _int8_forward(self, x: Tensor) -> Tensor:
+        """The int8 kernel with the rescale and offset fused into its float32 output."""
+        codes = self.act.rounded(x) if isinstance(self.act, ActGrid) else torch.where(
+            x >= 0, 1.0, -1.0)
+        unit = self.act.step if isinstance(self.act, ActGrid) else 1.0
+        lo = _input_range(self.act)[0]  # type: ignore[index]
+        scale, offset = (self.scale * unit).float(), self.offset.float()
+        return int8_conv2d(codes, self.codes, self.stride, self.padding, lo,
+                           self._int8_weights(), scale, offset)
 
 
 def _single(v: Any) -> int:
@@ -205,6 +264,30 @@ def int_conv2d(x: Tensor, w: Tensor, stride: int, padding: int) -> Tensor:
         x = F.pad(x, (padding,) * 4)
     patches = x.unfold(2, kh, stride).unfold(3, kw, stride)  # (N, C, OH, OW, kh, kw)
     return torch.einsum("nchwij,ocij->nohw", patches, w)
+
+
+def int8_conv2d(x: Tensor, w: Tensor, stride: int, padding: int, lo: int,
+                packed: Tensor | None = None, scale: Tensor | None = None,
+                offset: Tensor | None = None) -> Tensor:
+    """conv2d(x, w) * scale_c + offset_c, float32, with x the input codes in [lo, lo + 255]
+    (an integer tensor or integer-valued floats) and w int8 weight codes (groups 1, dilation 1),
+    on oneDNN's u8 x s8 -> s32 kernel (see the module docstring). Without scale and offset the
+    output is the accumulators, exact below 2^24. `packed`: `int8_weights(w, ...)` (made here
+    when None)."""
+    if packed is None:
+        packed = int8_weights(w, stride, padding, lo)
+    xu = (x - lo if lo else x).to(dtype=torch.uint8, memory_format=torch.channels_last)
+    o = w.shape[0]
+    return torch.ops.onednn.qconv_pointwise(  # type: ignore[no-any-return]
+        xu, 1.0, -lo, packed, torch.ones(o) if scale is None else scale,
+        torch.zeros(o, dtype=torch.int64), offset, [stride] * 2, [padding] * 2, [1, 1], 1, 1.0,
+        0, torch.float32, "none", [], "")
+
+
+def int8_weights(w: Tensor, stride: int, padding: int, lo: int) -> Tensor:
+    """int8 weight codes in oneDNN's prepacked layout for `int8_conv2d`."""
+    return torch.ops.onednn.qconv_prepack(w.to(torch.int8), torch.ones(w.shape[0]), 1.0, -lo,
+                                          [stride] * 2, [padding] * 2, [1, 1], 1, None)
 
 
 def _input_kind(q: Quantizer | None) -> ActGrid | str | None:
