@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from benchmarks import bench_eval_forward as bench
 
 NAME = "lbw_w2_resnet20_cifar10"
