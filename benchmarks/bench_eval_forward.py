@@ -31,7 +31,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_eval_forward.py
 import torch
 from torch import nn
 
-from benchmarks.common import RESULTS, interleaved, median, provenance, write_json
+from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.artifacts import export_file, load_model, load_packed
 from lowbit.export.integer import to_integer
 
@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("checkpoints", nargs="*", default=DEFAULT,
                    help="names under benchmarks/checkpoints/ (without .safetensors)")
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--note", default="", help="e.g. 'smoke run on a shared, contended CPU'")
-    p.add_argument("--out", type=Path, default=RESULTS / "eval_forward.json")
+    add_timing_args(p, repeats=15, out_name="eval_forward.json")
     args = p.parse_args(argv)
     prov = provenance("bench_eval_forward.py", argv)
     torch.set_num_threads(args.threads)

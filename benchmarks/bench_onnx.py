@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_onnx.py`: find 
 
 import numpy as np
 
-from benchmarks.common import RESULTS, interleaved, median, provenance, write_json
+from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.api import load_model
 from lowbit.export.onnx import session, to_onnx
 
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, default=CHECKPOINT)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 128])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=21)
-    p.add_argument("--note", default="", help="e.g. 'smoke run on a shared, contended CPU'")
-    p.add_argument("--out", type=Path, default=RESULTS / "onnx_speed.json")
+    add_timing_args(p, repeats=21, out_name="onnx_speed.json")
     args = p.parse_args(argv)
     prov = provenance("bench_onnx.py", argv)
     rows = measure(args.checkpoint, args.batches, args.threads, args.repeats)

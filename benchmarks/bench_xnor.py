@@ -25,7 +25,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_xnor.py`: find 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import RESULTS, interleaved, median, provenance, write_json
+from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.kernels.xnor import HAVE_NUMBA, XnorConv, set_threads
 
 # (in channels, out channels, input size, stride, padding, kernel) of ResNet-20's binary convs
@@ -60,12 +60,9 @@ def measure(batch: int, repeats: int, backend: str) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--backend", choices=["numba", "torch"],
                    default="numba" if HAVE_NUMBA else "torch")
-    p.add_argument("--note", default="", help="e.g. 'smoke run on a shared, contended CPU'")
-    p.add_argument("--out", type=Path, default=RESULTS / "xnor_speed.json")
+    add_timing_args(p, repeats=11, out_name="xnor_speed.json")
     args = p.parse_args(argv)
     prov = provenance("bench_xnor.py", argv)
     torch.set_num_threads(args.threads)

@@ -12,6 +12,7 @@ The scripts run either way from the repository root:
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -89,6 +90,14 @@ def write_result(name: str, payload: dict[str, Any], out_dir: str | Path | None 
         The path written.
     """
     return write_json(result_path(name, out_dir), {**(prov or provenance()), **payload})
+
+
+def add_timing_args(p: argparse.ArgumentParser, repeats: int, out_name: str) -> None:
+    """--threads (2), --repeats, --note and --out (RESULTS / out_name) of a timing benchmark."""
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=repeats)
+    p.add_argument("--note", default="", help="e.g. 'smoke run on a shared, contended CPU'")
+    p.add_argument("--out", type=Path, default=RESULTS / out_name)
 
 
 def interleaved(fns: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
