@@ -12,7 +12,10 @@ integer graph is faster). Target: >= 2x.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/bench_onnx.py`: find 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+import onnxruntime as ort
 
 from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.api import load_model
@@ -27,6 +31,29 @@ from lowbit.export.onnx import session, to_onnx
 
 CHECKPOINT = (Path(__file__).resolve().parent / "checkpoints"
               / "gdrq_w2a4_resnet20_cifar10.safetensors")
+
+
+def op_times(graph: bytes, threads: int, x: np.ndarray, runs: int = 3) -> dict[str, Any]:
+    """Kernel milliseconds per run by op type (onnxruntime's profiler, optimized graph), with
+    how many nodes of each type the optimized graph runs: where the time goes."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "ort")
+        sess = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        for _ in range(runs + 1):  # the first run warms up
+            sess.run(None, {"input": x})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    kernels = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    total: Counter[str] = Counter()
+    names: dict[str, set[str]] = {}
+    for e in kernels[len(kernels) // (runs + 1):]:  # drop the warm-up run
+        op = e["args"]["op_name"]
+        total[op] += e["dur"] / 1e3 / runs
+        names.setdefault(op, set()).add(e["name"])
+    return {op: {"ms": round(ms, 2), "nodes": len(names[op])} for op, ms in total.most_common()}
 
 
 def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
@@ -42,7 +69,8 @@ def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
         for fn in fns.values():
             fn()  # warm-up: allocations, kernel selection
         times = interleaved(fns, repeats)
-        rows.append({"batch": batch, "threads": threads, "repeats": repeats,
+        ops = {f: op_times(g, threads, x) for f, g in graphs.items()}
+        rows.append({"batch": batch, "threads": threads, "repeats": repeats, "op_ms": ops,
                      "float_median_s": median(times["float"]), "int_median_s": median(times["int"]),
                      "speedup_float_over_int": median(times["float"]) / median(times["int"]),
                      "float_all_s": times["float"], "int_all_s": times["int"]})
