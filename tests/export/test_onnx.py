@@ -89,6 +89,19 @@ def test_int_flavour_stores_int8_and_runs_integer_kernels(tmp_path: Path) -> Non
     assert fused.count("QLinearConv") == 9  # every block's conv1: its output feeds conv2's grid
 
 
+def test_wide_codes_stay_out_of_fusion_and_match(tmp_path: Path) -> None:
+    """4-bit weight codes leave the bias rounding too coarse: those convs must not fuse."""
+    folded = fold_bn(resnet(method={"method": "gdrq", "weight": {"bits": 4}, "act": {"bits": 4}}))
+    proto = to_onnx(folded, "int")
+    dtypes = {i.name: i.data_type for i in proto.graph.initializer}
+    assert all(dtypes[n] == onnx.TensorProto.INT8 for n in dtypes if ".weight_codes" in n)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    assert "QLinearConv" not in [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    check_onnx(folded, "int", torch.randn(4, 3, 32, 32))
+
+
 def test_float_flavour_is_smaller_in_int() -> None:
     model = resnet(method=METHODS["gdrq"])
     sizes = {f: len(to_onnx(model, f).SerializeToString()) for f in ("float", "int")}
