@@ -10,8 +10,8 @@ same thread count, under `torch.inference_mode()`:
   one rescale per channel (XNOR + popcount for binary layers on 1-bit inputs).
 Every form's logits are checked against the fake-quant model's first (top-1 identical on the
 batch). The figure is median(form) / median(float): aim <= 1.05x for weight-only models, and the
-integer path below 1x. The integer path (int64 reference kernels) is timed in a separate round
-of 3 against float.
+integer path below 1x. The integer path (oneDNN int8 kernels where the activations have a grid,
+int64 reference kernels on float inputs) is timed in a separate round of 3 against float.
 
     python benchmarks/bench_eval_forward.py                     # batch 128, 2 threads
     python benchmarks/bench_eval_forward.py --repeats 3 --out smoke.json   # smoke run

@@ -2,6 +2,8 @@
 model within 1e-4 relative, the right kernel per codebook, and the packed file on this path
 (committed checkpoints, and Group-Net checkpoints trained here for one epoch)."""
 
+import copy
+import io
 import logging
 from pathlib import Path
 
@@ -15,7 +17,8 @@ from lowbit.artifacts import export_file, load_packed
 from lowbit.build import load_run
 from lowbit.errors import LowbitError
 from lowbit.export.fold import fold_bn
-from lowbit.export.integer import ActGrid, IntegerConv2d, int8_conv2d, int_conv2d, to_integer
+from lowbit.export.grid import ActGrid
+from lowbit.export.integer import IntegerConv2d, int_conv2d, to_integer
 from lowbit.export.integer_binary import IntegerBinaryConv2d
 from lowbit.models import create_model
 from lowbit.nn.multibranch import BinaryConv2d
@@ -88,8 +91,10 @@ def test_integer_layers_match_fake_quant(method: str) -> None:
     with torch.no_grad():
         want, got = model(x), integer(x)
     assert torch.equal(got.argmax(1), want.argmax(1))
-    # An 8-bit grid has 255 rounding boundaries: float32 rounding (fake-quant's own, ~1e-6)
-    # flips the odd activation code there, and one code moves the logits by more than 1e-4.
+    # The int8 kernel rescales in float32 (fused, for speed). On an 8-bit grid, whose 255
+    # boundaries are dense, that one rounding moved an activation code that fake-quant's own
+    # float32 arithmetic put on the other side: the logits moved by 4.7e-4 (with a float64
+    # rescale, by 2e-7). Each layer's output is checked to 1e-6 in test_int8_layer_outputs.
     tol = 1e-3 if method == "gdrq_a8" else 1e-4
     assert float((got - want).abs().max() / want.abs().max()) <= tol
 
@@ -116,26 +121,65 @@ def test_int_conv2d_is_exact() -> None:
     assert torch.equal(int_conv2d(x, w, 2, 1).double(), want)
 
 
-def test_int8_kernel_only_where_its_float32_readout_is_exact() -> None:
-    grid = ActGrid(0.1, 0, 255, (0.0, 25.5))
-    small = torch.full((4, 64, 3, 3), 100)  # 255 * 100 * 576 = 14.7M < 2^24
-    big = torch.full((4, 64, 3, 3), 127)  # 255 * 127 * 576 = 18.7M >= 2^24
-    wide = ActGrid(0.1, -200, 200, (-20.0, 20.0))  # 401 input codes: no uint8 form
-    assert IntegerConv2d(small, torch.ones(4), None, grid).kernel == "int8"
-    assert IntegerConv2d(big, torch.ones(4), None, grid).kernel == "mac"
-    assert IntegerConv2d(small, torch.ones(4), None, wide).kernel == "mac"
+GRID8 = ActGrid(0.1, 0, 255, (0.0, 25.5))
 
 
-@pytest.mark.parametrize(("lo", "stride", "padding", "k"),
-                         [(0, 1, 1, 3), (-8, 2, 1, 3), (-128, 2, 0, 1), (-1, 1, 0, 5)])
-def test_int8_conv2d_is_exact_at_its_extremes(lo: int, stride: int, padding: int, k: int) -> None:
-    gen = torch.Generator().manual_seed(k + stride)
-    x = torch.randint(lo, lo + 256, (3, 16, 9, 9), generator=gen)
-    w = torch.randint(-128, 128, (5, 16, k, k), generator=gen)
-    x[0], w[0] = lo, -128  # the largest products, padding with a non-zero zero point
-    want = F.conv2d(x.double(), w.double(), stride=stride, padding=padding)
-    got = int8_conv2d(x, w, stride, padding, lo)
-    assert torch.equal(got.double(), want)
+@pytest.mark.parametrize(("act", "w", "kernel"), [
+    (GRID8, 64, "int8"),  # pair sums 2 * 255 * 64 <= 2^15 - 1, sums 255 * 64 * 576 < 2^24
+    (GRID8, 65, "mac"),  # a pair of products would saturate int16 on pre-VNNI kernels
+    (ActGrid(0.1, -8, 7, (-0.8, 0.7)), 7, "int8"),  # a signed grid: zero point 8
+    (ActGrid(0.1, -200, 200, (-20.0, 20.0)), 1, "mac"),  # 401 input codes: no uint8 form
+    ("sign", 1, "int8"),  # ternary weights on sign inputs (codes -1, 0, 1)
+    (None, 1, "mac"),  # float inputs: fixed-point codes
+], ids=["a8-w64", "a8-w65", "signed", "wide", "sign-ternary", "float"])
+def test_kernel_choice(act: object, w: int, kernel: str) -> None:
+    codes = torch.full((4, 64, 3, 3), w)
+    codes[:, :, 0, 0] = torch.tensor([-1, 0, 1, 0])[:, None]  # not +-1 only: no XNOR
+    assert IntegerConv2d(codes, torch.ones(4), None, act).kernel == kernel
+
+
+def int8_layer(linear: bool = False) -> IntegerConv2d:
+    gen = torch.Generator().manual_seed(0)
+    shape = (6, 8, 1, 1) if linear else (6, 8, 3, 3)
+    codes = torch.randint(-1, 2, shape, generator=gen)
+    layer = IntegerConv2d(codes, torch.rand(6, generator=gen) + 0.5, torch.randn(6, generator=gen),
+                          ActGrid(0.25, 0, 15, (0.0, 3.75)), padding=0 if linear else 1,
+                          linear=linear)
+    assert layer.kernel == "int8"
+    return layer
+
+
+def exact_output(layer: IntegerConv2d, x: torch.Tensor) -> torch.Tensor:
+    codes, unit = layer.input_codes(x.view(*x.shape, 1, 1) if layer.linear else x)
+    acc = F.conv2d(codes.double(), layer.codes.double(), padding=layer.padding)
+    y = acc * (layer.scale * unit).view(1, -1, 1, 1) + layer.offset.view(1, -1, 1, 1)
+    return y.flatten(1) if layer.linear else y
+
+
+@pytest.mark.parametrize("linear", [False, True], ids=["conv", "linear"])
+def test_int8_layer_outputs(linear: bool) -> None:
+    layer = int8_layer(linear)
+    x = torch.rand(3, 8, *(() if linear else (7, 7))) * 4
+    want = exact_output(layer, x)
+    got = layer(x)  # float32: the rescale fused in the kernel, one float32 rounding
+    assert got.dtype == torch.float32 and got.is_contiguous()
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-6)
+    got64 = layer(x.double())  # float64: exact accumulators, float64 rescale
+    assert got64.dtype == torch.float64 and torch.allclose(got64, want, rtol=1e-12, atol=1e-12)
+
+
+def test_int8_layer_copies_pickles_and_follows_new_codes() -> None:
+    layer, x = int8_layer(), torch.rand(2, 8, 5, 5) * 4
+    first = layer(x)  # builds the prepacked weights
+    assert torch.equal(copy.deepcopy(layer)(x), first)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.load(buffer, weights_only=False)(x), first)
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["codes"] = -state["codes"]
+    layer.load_state_dict(state)  # in-place: the prepacked weights must follow
+    assert torch.allclose(layer(x).double(), exact_output(layer, x), rtol=1e-6, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["inq_w5", "lbw_w2", "gdrq_w2a4"])

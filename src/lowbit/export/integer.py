@@ -13,16 +13,19 @@ The accumulation depends on the weight codes:
   XNOR scale K: `lowbit.export.integer_binary`);
 - "shift": power-of-two codes (INQ, LBW >= 3 bits): for each exponent e, the +-1 mask of the
   weights with |code| = 2^e is accumulated (adds and subtracts only) and shifted left by e;
-- "int8": input codes on a grid of at most 256 values and weight codes that fit int8
-  (ternary, binary on k-bit inputs, small pow2, <= 8-bit uniform): oneDNN's u8 x s8 -> s32
-  convolution (`torch.ops.onednn.qconv_pointwise`, VNNI on x86; the input shifted by its
-  grid's lowest code, which is the zero point, so padding stays a true zero), read out in
-  float32 -- exact because the layer is only given this kernel when max|x| * sum|w| < 2^24;
+- "int8": input codes on a grid of at most 256 values (or signs) with int8 weight codes
+  (ternary, binary on k-bit inputs, small pow2, narrow uniform): oneDNN's u8 x s8 -> s32
+  convolution (`lowbit.kernels.int8`), given only where it is exact (every accumulator below
+  2^24, no int16 pair saturation on pre-VNNI CPUs); on float32 inputs the per-channel rescale
+  and offset are fused into the kernel's float32 output (one float32 rounding), on float64
+  inputs they run in float64 as for the other kernels;
 - "mac": anything else integer (ternary, uniform on wide input codes): integer
   multiply-accumulate in int64 (the reference, slow).
-"int8" needs a PyTorch built with oneDNN (every x86 / ARM wheel); without it "mac" runs.
+"int8" needs a PyTorch built with oneDNN (the x86 and ARM wheels); without it "mac" runs.
 `accumulate(codes_in)` exposes the accumulator, which equals `conv2d(codes_in, codes_w)` exactly;
-the output equals the fake-quantized layer's within float rounding (1e-4 relative is checked).
+each layer's output equals the exact rescale of its accumulators within float rounding (float32:
+1e-6 relative, checked), and the whole model the fake-quantized one within 1e-4 relative, except
+where a rounding difference at a dense (8-bit) grid moves an activation code.
 A packed `.lowbit` file runs on this path as `to_integer(lowbit.artifacts.load_packed(path)[0])`.
 """
 
@@ -31,7 +34,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,78 +43,20 @@ from torch import Tensor, nn
 from lowbit.errors import LowbitError
 from lowbit.export.fold import (
     FoldedConvBN,
-    act_clip,
     find_conv_bn_pairs,
     fold_pair,
     weight_codes,
 )
+from lowbit.export.grid import ActGrid, act_grid, folded_grid
 from lowbit.export.integer_binary import core_padding, wrap_binary
+from lowbit.kernels import int8
 from lowbit.kernels.xnor import xnor_conv2d
 from lowbit.nn.layers import QuantConv2d, QuantLinear
-from lowbit.quant import functional as QF
 from lowbit.quant.base import Quantizer
 from lowbit.quant.codebook import Sign
-from lowbit.quant.uniform import LSQ, ScaleClip, Uniform
 
 log = logging.getLogger(__name__)
 FIXED_POINT_BITS = 24
-
-
-@dataclass(frozen=True)
-class ActGrid:
-    """A constant activation grid: codes in [lo, hi], value = code * step.
-
-    `pre_clip` (uniform, Scale-Clip) clamps x to [lo*step, T] before dividing by the step; LSQ
-    divides first and clamps the codes (`pre_clip` None).
-    """
-
-    step: float
-    lo: int
-    hi: int
-    pre_clip: tuple[float, float] | None
-
-    def encode(self, x: Tensor) -> Tensor:
-        """int64 codes of x, with the quantizer's own float ops (so they are its codes)."""
-        return self.rounded(x).to(torch.int64)
-
-    def rounded(self, x: Tensor) -> Tensor:
-        """The codes of x as integer-valued floats of x's dtype."""
-        step = torch.tensor(self.step, dtype=x.dtype)
-        div = step if self.step > 0 else torch.ones_like(step)
-        if self.pre_clip is not None:
-            return torch.round(torch.clamp(x, *self.pre_clip) / div)
-        return torch.round(torch.clamp(x / div, self.lo, self.hi))
-
-
-def act_grid(q: Quantizer) -> ActGrid | None:
-    """The constant grid of an activation quantizer in eval mode, or None (per-batch / other)."""
-    if isinstance(q, LSQ):
-        if not bool(q.initialized):
-            return None
-        qn, qp = QF.lsq_bounds(q.bits, q.signed)
-        step = q.step.detach().abs().clamp_min(torch.finfo(torch.float32).tiny).float()
-        return ActGrid(float(step), -qn, qp, None)
-    if not isinstance(q, Uniform | ScaleClip):
-        return None
-    try:
-        t = act_clip(q, torch.float32)
-    except LowbitError:
-        return None
-    assert t is not None
-    big_l = QF.uniform_num_steps(q.bits, q.signed)
-    step = t.float() / big_l  # the same float32 division the quantizer runs
-    lo = -big_l if q.signed else 0
-    return ActGrid(float(step), lo, big_l, (-float(t) if q.signed else 0.0, float(t)))
-
-
-def folded_grid(m: FoldedConvBN) -> ActGrid | None:
-    """The input grid of a folded conv (None: float input)."""
-    if m.act_bits is None:
-        return None
-    big_l = QF.uniform_num_steps(m.act_bits, m.act_signed)
-    t = m.act_clip.detach().float()
-    return ActGrid(float(t / big_l), -big_l if m.act_signed else 0, big_l,
-                   (-float(t) if m.act_signed else 0.0, float(t)))
 
 
 def fold_foldable(model: nn.Module) -> tuple[nn.Module, list[str]]:
@@ -137,10 +81,6 @@ def fold_foldable(model: nn.Module) -> tuple[nn.Module, list[str]]:
     return model, folded
 
 
-_EXACT_F32 = 2**24
-HAVE_ONEDNN = hasattr(torch.ops.onednn, "qconv_pointwise")
-
-
 def _input_range(act: ActGrid | str | None) -> tuple[int, int] | None:
     """(lowest, highest) input code, or None for float (fixed-point) inputs."""
     if act == "sign":
@@ -148,22 +88,12 @@ def _input_range(act: ActGrid | str | None) -> tuple[int, int] | None:
     return (act.lo, act.hi) if isinstance(act, ActGrid) else None
 
 
-def _fits_int8(codes: Tensor, act: ActGrid | str | None) -> bool:
-    """oneDNN's int8 kernel applies and its float32 readout of the accumulators is exact."""
-    span = _input_range(act)
-    if not HAVE_ONEDNN or span is None or span[1] - span[0] > 255:
-        return False
-    if int(codes.min()) < -128 or int(codes.max()) > 127:
-        return False
-    worst = max(abs(span[0]), abs(span[1])) * int(codes.abs().flatten(1).sum(1).max())
-    return worst < _EXACT_F32
-
-
 def _kernel(codes: Tensor, act: ActGrid | str | None) -> str:
     values = set(codes.unique().tolist())
     if act == "sign" and values <= {-1, 1}:
         return "xnor"
-    if _fits_int8(codes, act):
+    span = _input_range(act)
+    if span is not None and int8.exact_bounds(*span, codes):
         return "int8"
     mags = {abs(v) for v in values} - {0}
     if len(mags) > 1 and all(m & (m - 1) == 0 for m in mags):
@@ -195,23 +125,28 @@ class IntegerConv2d(nn.Module):
 
     def input_codes(self, x: Tensor) -> tuple[Tensor, float]:
         """(int64 input codes, their value unit): the layer's input quantization."""
-        if isinstance(self.act, ActGrid):
-            return self.act.encode(x), self.act.step
-        if self.act == "sign":
-            return torch.where(x >= 0, 1, -1), 1.0
+        found = self._grid_inputs(x)
+        if found is not None:
+            return found[0].to(torch.int64), found[1]
         top = float(x.detach().abs().max())
         f = FIXED_POINT_BITS - 1 - (math.frexp(top)[1] if top > 0 else 0)
         return torch.round(torch.ldexp(x.double(), torch.tensor(f))).to(torch.int64), 2.0**-f
+
+    def _grid_inputs(self, x: Tensor) -> tuple[Tensor, float] | None:
+        """(input codes as integer-valued floats, their unit) on a grid or sign; else None."""
+        if isinstance(self.act, ActGrid):
+            return self.act.rounded(x), self.act.step
+        if self.act == "sign":
+            return torch.where(x >= 0, 1.0, -1.0).to(x.dtype), 1.0
+        return None
 
     def accumulate(self, codes: Tensor) -> Tensor:
         """int64 accumulators conv2d(codes, weight codes); integer operations only."""
         if self.kernel == "xnor":
             return xnor_conv2d(codes, self.codes, self.stride, self.padding).to(torch.int64)
         if self.kernel == "int8":
-            lo = _input_range(self.act)[0]  # type: ignore[index]
-            acc = int8_conv2d(codes, self.codes, self.stride, self.padding, lo,
-                              self._int8_weights())
-            return acc.to(torch.int64)
+            return int8.conv2d(codes, self.codes, self.stride, self.padding, self.lo,
+                               self._prepacked()).to(torch.int64)
         if self.kernel == "mac":
             return int_conv2d(codes, self.codes, self.stride, self.padding)
         acc = torch.zeros((), dtype=torch.int64)
@@ -224,8 +159,11 @@ class IntegerConv2d(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.linear:
             x = x.view(*x.shape, 1, 1)
-        if self.kernel == "int8":
-            y = self._int8_forward(x)
+        found = self._grid_inputs(x) if self.kernel == "int8" and x.dtype == torch.float32 else None
+        if found is not None:  # float32: the rescale fused into the kernel (one f32 rounding)
+            codes, unit = found
+            y = int8.conv2d(codes, self.codes, self.stride, self.padding, self.lo,
+                            self._prepacked(), (self.scale * unit).float(), self.offset.float())
         else:
             codes, unit = self.input_codes(x)
             acc = self.accumulate(codes).double()
@@ -233,21 +171,24 @@ class IntegerConv2d(nn.Module):
         y = y.to(x.dtype)
         return y.flatten(1) if self.linear else y
 
-    def _int8_weights(self) -> Tensor:
-        if "_packed" not in self.__dict__:  # prepacked once; not state
-            lo = _input_range(self.act)[0]  # type: ignore[index]
-            self._packed = int8_weights(self.codes, self.stride, self.padding, lo)
-        return self._packed
+    @property
+    def lo(self) -> int:
+        """The lowest input code (0 for float inputs)."""
+        span = _input_range(self.act)
+        return 0 if span is None else span[0]
 
-    def _int8_forward(self, x: Tensor) -> Tensor:
-        """The int8 kernel with the rescale and offset fused into its float32 output."""
-        codes = self.act.rounded(x) if isinstance(self.act, ActGrid) else torch.where(
-            x >= 0, 1.0, -1.0)
-        unit = self.act.step if isinstance(self.act, ActGrid) else 1.0
-        lo = _input_range(self.act)[0]  # type: ignore[index]
-        scale, offset = (self.scale * unit).float(), self.offset.float()
-        return int8_conv2d(codes, self.codes, self.stride, self.padding, lo,
-                           self._int8_weights(), scale, offset)
+    def _prepacked(self) -> Tensor:
+        """The weights in oneDNN's layout, made again whenever the codes change (not state)."""
+        key = (self.codes.data_ptr(), self.codes._version, self.stride, self.padding)
+        cached = self.__dict__.get("_packed")
+        if cached is None or cached[0] != key:
+            cached = (key, int8.prepack(self.codes, self.stride, self.padding, self.lo))
+            self.__dict__["_packed"] = cached
+        return cached[1]  # type: ignore[no-any-return]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the (opaque, unpicklable) prepacked weights behind."""
+        return {k: v for k, v in self.__dict__.items() if k != "_packed"}
 
 
 def _single(v: Any) -> int:
@@ -264,30 +205,6 @@ def int_conv2d(x: Tensor, w: Tensor, stride: int, padding: int) -> Tensor:
         x = F.pad(x, (padding,) * 4)
     patches = x.unfold(2, kh, stride).unfold(3, kw, stride)  # (N, C, OH, OW, kh, kw)
     return torch.einsum("nchwij,ocij->nohw", patches, w)
-
-
-def int8_conv2d(x: Tensor, w: Tensor, stride: int, padding: int, lo: int,
-                packed: Tensor | None = None, scale: Tensor | None = None,
-                offset: Tensor | None = None) -> Tensor:
-    """conv2d(x, w) * scale_c + offset_c, float32, with x the input codes in [lo, lo + 255]
-    (an integer tensor or integer-valued floats) and w int8 weight codes (groups 1, dilation 1),
-    on oneDNN's u8 x s8 -> s32 kernel (see the module docstring). Without scale and offset the
-    output is the accumulators, exact below 2^24. `packed`: `int8_weights(w, ...)` (made here
-    when None)."""
-    if packed is None:
-        packed = int8_weights(w, stride, padding, lo)
-    xu = (x - lo if lo else x).to(dtype=torch.uint8, memory_format=torch.channels_last)
-    o = w.shape[0]
-    return torch.ops.onednn.qconv_pointwise(  # type: ignore[no-any-return]
-        xu, 1.0, -lo, packed, torch.ones(o) if scale is None else scale,
-        torch.zeros(o, dtype=torch.int64), offset, [stride] * 2, [padding] * 2, [1, 1], 1, 1.0,
-        0, torch.float32, "none", [], "")
-
-
-def int8_weights(w: Tensor, stride: int, padding: int, lo: int) -> Tensor:
-    """int8 weight codes in oneDNN's prepacked layout for `int8_conv2d`."""
-    return torch.ops.onednn.qconv_prepack(w.to(torch.int8), torch.ones(w.shape[0]), 1.0, -lo,
-                                          [stride] * 2, [padding] * 2, [1, 1], 1, None)
 
 
 def _input_kind(q: Quantizer | None) -> ActGrid | str | None:

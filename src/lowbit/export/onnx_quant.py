@@ -27,8 +27,9 @@ pair sums of AVX2 kernels below 2^15) chosen so that B is (nearly) a multiple of
 fake-quant codes exactly in practice. Wider codes leave too little room (4-bit: g <= 18 changed
 2.6 % of test-set predictions), so below MIN_FUSED_GAIN the bias goes to a separate Add after
 the conv, which keeps onnxruntime from fusing that conv: it runs as a float conv on the
-dequantized int8 weights, exact, and its file still stores int8 codes. The requantization itself (round half to even of (acc + bias) * multiplier, float32)
-differs from the float path by float rounding only. Codebooks (codes and scales) and bits per
+dequantized int8 weights, exact, and its file still stores int8 codes. The requantization
+itself (round half to even of (acc + bias) * multiplier, float32) differs from the float path by
+float rounding only. Codebooks (codes and scales) and bits per
 layer go to `builder.layers`, which `export_onnx` writes to the metadata.
 """
 
@@ -43,9 +44,10 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.export.fold import FoldedConvBN, weight_codes
-from lowbit.export.integer import ActGrid, act_grid, folded_grid
+from lowbit.export.grid import ActGrid, act_grid, folded_grid
 from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering
 from lowbit.export.onnx_ops import clip, emit_conv, emit_linear
+from lowbit.kernels.int8 import pair_sum_ok
 from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
 from lowbit.quant.base import Quantizer
@@ -230,11 +232,12 @@ MIN_FUSED_GAIN = 64
 
 
 def _max_gain(max_code: int, max_act: int) -> int:
-    """Largest g with max_code * g <= 127 and 2 * max_act * max_code * g < 2^15 (the u8 x s8
-    pair sums of AVX2 kernels must not saturate int16)."""
+    """Largest g with max_code * g <= 127 whose u8 x s8 pair sums fit int16 (AVX2 kernels
+    saturate there: `lowbit.kernels.int8.pair_sum_ok`)."""
     if max_code == 0:
         return 1
-    return max(1, min(127 // max_code, (2**15 - 1) // (2 * max(max_act, 1) * max_code)))
+    fits = [g for g in range(1, 127 // max_code + 1) if pair_sum_ok(max(max_act, 1), max_code * g)]
+    return max(fits, default=1)
 
 
 def bias_gains(mult: torch.Tensor, offset: torch.Tensor, step: float, max_gain: int
