@@ -3,10 +3,10 @@
 Same bit layout as the PyTorch path: channel c of a pixel is bit c % 64 of word c // 64 (bit 1
 for x >= 0), padding pixels are all ones (+1), and a window's taps are concatenated tap after
 tap. `conv` packs the input pixels once (a 1 x 1 convolution without padding packs only the
-pixels its stride reads), then, one image per parallel task, lays the windows of all output
-pixels out as (words, pixels) and runs the popcount GEMM output channel by output channel with
-the pixels innermost: contiguous loads, contiguous writes of out[b, o], and a loop LLVM
-vectorises (VPOPCNTQ on AVX-512).
+pixels its stride reads), lays each image's windows out as (words, pixels), then runs the
+popcount GEMM one (image, output channel) per parallel task with the pixels innermost:
+contiguous loads, contiguous writes of out[b, o], and a loop LLVM vectorises (VPOPCNTQ on
+AVX-512).
 """
 
 from __future__ import annotations
@@ -76,47 +76,47 @@ def _pack_pixels(x: np.ndarray, pad: int, cw: int, step: int) -> np.ndarray:
     return out
 
 
-@numba.njit(cache=True)
-def _windows(px: np.ndarray, b: int, c: int, kh: int, kw: int, stride: int, oh: int, ow: int,
+@numba.njit(parallel=True, cache=True)
+def _windows(px: np.ndarray, c: int, kh: int, kw: int, stride: int, oh: int, ow: int,
              nw: int) -> np.ndarray:
-    """(words, OH * OW) window bit strings of image b, taps concatenated."""
-    cw = px.shape[3]
-    cols = np.zeros((nw, oh * ow), dtype=np.uint64)
+    """(N, words, OH * OW) window bit strings, taps concatenated; one image per task."""
+    n, cw = px.shape[0], px.shape[3]
+    cols = np.zeros((n, nw, oh * ow), dtype=np.uint64)
     per = 64 // c if c < 64 else 1
-    for t in range(kh * kw):
-        di, dj = t // kw, t % kw
-        for i in range(oh):
-            src = px[b, i * stride + di]
-            if c < 64:  # several taps share a word
-                word, shift = t // per, np.uint64((t % per) * c)
-                for j in range(ow):
-                    cols[word, i * ow + j] |= src[j * stride + dj, 0] << shift
-            else:
-                for q in range(cw):
+    for b in numba.prange(n):
+        for t in range(kh * kw):
+            di, dj = t // kw, t % kw
+            for i in range(oh):
+                src = px[b, i * stride + di]
+                if c < 64:  # several taps share a word
+                    word, shift = t // per, np.uint64((t % per) * c)
                     for j in range(ow):
-                        cols[t * cw + q, i * ow + j] = src[j * stride + dj, q]
+                        cols[b, word, i * ow + j] |= src[j * stride + dj, 0] << shift
+                else:
+                    for q in range(cw):
+                        for j in range(ow):
+                            cols[b, t * cw + q, i * ow + j] = src[j * stride + dj, q]
     return cols
 
 
 @numba.njit(parallel=True, cache=True)
-def _image_gemm(px: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int,
-                k: int, corr: np.ndarray, out: np.ndarray) -> None:
+def _popcount_gemm(cols: np.ndarray, wt: np.ndarray, k: int, corr: np.ndarray,
+                   out: np.ndarray) -> None:
+    """out[b, o] = k - 2 popcount(cols[b] ^ wt[o]) - corr[o]; one (image, output channel) per
+    task, so that a batch of one still uses every thread."""
     n, oc, oh, ow = out.shape
     nw, pixels = wt.shape[1], oh * ow
-    for b in numba.prange(n):
-        cols = _windows(px, b, c, kh, kw, stride, oh, ow, nw)
-        acc = np.empty(pixels, dtype=np.int64)
-        ob = out[b].reshape(oc, pixels)
-        for o in range(oc):
-            acc[:] = 0
-            for t in range(nw):
-                wv = wt[o, t]
-                for p in range(pixels):
-                    # int64 + uint64 would be float64 in numba: cast the count
-                    acc[p] += np.int64(_popcount64(cols[t, p] ^ wv))  # type: ignore[call-arg]
-            co = corr[o].reshape(pixels)
+    for r in numba.prange(n * oc):
+        b, o = r // oc, r % oc
+        acc = np.zeros(pixels, dtype=np.int64)
+        for t in range(nw):
+            wv = wt[o, t]
             for p in range(pixels):
-                ob[o, p] = k - 2 * acc[p] - co[p]
+                # int64 + uint64 would be float64 in numba: cast the count
+                acc[p] += np.int64(_popcount64(cols[b, t, p] ^ wv))  # type: ignore[call-arg]
+        ob, co = out[b, o].reshape(pixels), corr[o].reshape(pixels)
+        for p in range(pixels):
+            ob[p] = k - 2 * acc[p] - co[p]
 
 
 def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
@@ -131,9 +131,10 @@ def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, p
     px = _pack_pixels(x, pad, -(-c // 64), step)
     stride //= step
     oh, ow = (px.shape[1] - kh) // stride + 1, (px.shape[2] - kw) // stride + 1
+    wt = np.ascontiguousarray(wt).view(np.uint64)
     out = np.empty((n, wt.shape[0], oh, ow), dtype=np.int32)
-    _image_gemm(px, np.ascontiguousarray(wt).view(np.uint64), c, kh, kw, stride, k,
-                np.ascontiguousarray(corr, dtype=np.int32), out)
+    cols = _windows(px, c, kh, kw, stride, oh, ow, wt.shape[1])
+    _popcount_gemm(cols, wt, k, np.ascontiguousarray(corr, dtype=np.int32), out)
     return out
 
 

@@ -12,8 +12,9 @@ output (i, j)`, computed once per layer and input size. The result equals
 `conv2d(sign(x), sign(w), padding)` exactly, as int32.
 
 Two back ends with the same packing: a numba kernel (the `fast` extra; LLVM's ctpop on uint64,
-parallel over images and rows) and a pure-PyTorch fallback (XOR on int64 words, popcount by
-byte table) that needs nothing beyond torch. `xnor_conv2d` picks numba when it is installed.
+parallel over images and output channels) and a pure-PyTorch fallback (XOR on int64 words,
+popcount by byte table) that needs nothing beyond torch. `xnor_conv2d` picks numba when it is
+installed.
 """
 
 from __future__ import annotations
