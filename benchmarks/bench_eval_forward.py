@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
-from lowbit.artifacts import export_file, load_model, load_packed
+from lowbit.artifacts import load_model, load_packed, save_model
 from lowbit.export.integer import to_integer
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
@@ -44,9 +44,9 @@ DEFAULT = ["inq_w5_resnet20_cifar10", "lbw_w4_resnet20_cifar10", "lbw_w2_resnet2
 
 def forms(name: str, tmp: Path) -> dict[str, nn.Module]:
     """The checkpoint's eval-mode forms: fake-quant, packed, integer."""
-    model = load_model(CHECKPOINTS / f"{name}.safetensors")[0].eval()
-    packed = load_packed(export_file(CHECKPOINTS / f"{name}.safetensors",
-                                     tmp / f"{name}.lowbit"))[0].eval()
+    model, meta = load_model(CHECKPOINTS / f"{name}.safetensors")
+    packed = load_packed(save_model(model, meta, tmp / f"{name}.lowbit", "packed"))[0].eval()
+    model.eval()
     return {"fake-quant": model, "packed": packed, "integer": to_integer(packed).eval()}
 
 

@@ -47,7 +47,7 @@ from lowbit.export.fold import FoldedConvBN, weight_codes
 from lowbit.export.grid import ActGrid, act_grid, folded_grid
 from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering
 from lowbit.export.onnx_ops import clip, emit_conv, emit_linear
-from lowbit.kernels.int8 import pair_sum_ok
+from lowbit.kernels.int8 import PAIR_LIMIT
 from lowbit.nn.layers import QuantAct, QuantConv2d, QuantLinear
 from lowbit.quant import functional as F
 from lowbit.quant.base import Quantizer
@@ -233,11 +233,10 @@ MIN_FUSED_GAIN = 64
 
 def _max_gain(max_code: int, max_act: int) -> int:
     """Largest g with max_code * g <= 127 whose u8 x s8 pair sums fit int16 (AVX2 kernels
-    saturate there: `lowbit.kernels.int8.pair_sum_ok`)."""
+    saturate there: `lowbit.kernels.int8.PAIR_LIMIT`)."""
     if max_code == 0:
         return 1
-    fits = [g for g in range(1, 127 // max_code + 1) if pair_sum_ok(max(max_act, 1), max_code * g)]
-    return max(fits, default=1)
+    return max(1, min(127 // max_code, PAIR_LIMIT // (2 * max(max_act, 1) * max_code)))
 
 
 def bias_gains(mult: torch.Tensor, offset: torch.Tensor, step: float, max_gain: int
