@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from typing import IO
 
 ERROR_PREFIX = "lowbit: error:"
 
@@ -34,10 +36,15 @@ def launch(nproc: int, argv: list[str]) -> int:
         log = tempfile.TemporaryFile(mode="w+") if rank else None  # noqa: SIM115 - closed below
         logs.append(log)
         procs.append(subprocess.Popen([sys.executable, "-m", "lowbit.cli", *argv], env=env,
-                                      stdout=log, stderr=log))
+                                      stdout=log, stderr=log if rank else subprocess.PIPE,
+                                      text=True))
+    printed: list[str] = []  # rank 0's error lines, as it prints them
+    relay = threading.Thread(target=_relay, args=(procs[0].stderr, printed), daemon=True)
+    relay.start()
     code = _wait(procs)
-    if code:
-        _report(procs, logs)
+    relay.join()
+    if code and not printed:
+        _report(logs)
     for log in logs:
         if log is not None:
             log.close()
@@ -61,10 +68,17 @@ def _wait(procs: list[subprocess.Popen]) -> int:
         time.sleep(0.2)
 
 
-def _report(procs: list[subprocess.Popen], logs: list) -> None:
-    """Print a non-zero rank's error line once, unless rank 0 already printed one."""
-    if procs[0].returncode not in (0, None) and procs[0].returncode > 0:
-        return  # rank 0 failed itself and printed its line
+def _relay(stream: IO[str], printed: list[str]) -> None:
+    """Copy rank 0's stderr to ours as it comes, noting its error lines."""
+    for line in stream:
+        sys.stderr.write(line)
+        sys.stderr.flush()
+        if line.startswith(ERROR_PREFIX):
+            printed.append(line)
+
+
+def _report(logs: list) -> None:
+    """Print the first other rank's error line (rank 0 printed none)."""
     for log in logs[1:]:
         log.seek(0)
         line = next((x.strip() for x in log if x.startswith(ERROR_PREFIX)), None)
