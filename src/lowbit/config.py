@@ -114,6 +114,7 @@ class TrainConfig:
     init: str | None = None
     threads: int | None = None
     save_every: int = 1
+    save_every_steps: int | None = None  # also checkpoint inside an epoch, every N steps
     progress: bool = True
     metrics: list[Literal["csv", "tensorboard"]] = field(default_factory=list)  # + metrics.jsonl
     device: str = "cpu"  # cpu | cuda | cuda:N | auto (cuda when there is one, else cpu)
@@ -125,6 +126,8 @@ class TrainConfig:
         require(0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)")
         require(self.eval_every >= 1 and self.save_every >= 1, "eval_every/save_every must be >= 1")
         require(self.threads is None or self.threads >= 1, "threads must be >= 1")
+        require(self.save_every_steps is None or self.save_every_steps >= 1,
+                "save_every_steps must be >= 1 (or null: checkpoints at epoch ends only)")
         require(0 <= self.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {self.seed}")
 
 

@@ -11,6 +11,7 @@ from lowbit.api import train
 from lowbit.config import ScheduleConfig, build_config
 from lowbit.data import load_dataset
 from lowbit.engine import Callback, LoopState, Phase, Trainer, recalibrate_bn
+from lowbit.engine.checkpoint import CheckpointError
 from lowbit.engine.optim import build_optimizer, lr_at
 from lowbit.engine.rundir import RunDir, machine_info
 from lowbit.models import create_model
@@ -64,6 +65,61 @@ def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -
         for r in rows_a + rows_b
     ]
     assert len(strip) == 8 and strip[:4] == strip[4:]
+
+
+class CrashAtStep(Callback):
+    """Simulates a crash before optimizer step `step` (after backward)."""
+
+    def __init__(self, step: int) -> None:
+        self.at = step
+
+    def before_step(self, state: LoopState) -> None:
+        if state.step == self.at:
+            raise RuntimeError("simulated crash")
+
+
+def test_resume_inside_an_epoch_gives_identical_results(tmp_path: Path, tiny_config) -> None:
+    """save_every_steps: killed mid-epoch, the run resumes at the batch it stopped after (same
+    batches, same augmentation draws) and ends bit-identical, metrics rows included."""
+    cfg = build_config(base=tiny_config(tmp_path, epochs=3, save_every_steps=2))
+    full = _trainer(cfg, tmp_path / "a", [CrashAtStep(-1)])
+    full.fit()
+    steps = len(full.loader)
+    assert steps >= 4, "the synthetic epoch is too short to stop inside it"
+    crash = steps + 3  # in epoch 2, after the checkpoint of step steps + 2
+    crashed = _trainer(cfg, tmp_path / "b", [CrashAtStep(crash)])
+    with pytest.raises(RuntimeError, match="simulated"):
+        crashed.fit()
+    crashed.run_dir.close()
+    resumed = _trainer(cfg, tmp_path / "b", [CrashAtStep(-1)], resume=True)
+    resumed.resume(tmp_path / "b" / "last.safetensors")
+    expect_step = crash - crash % 2
+    assert (resumed.epoch, resumed.step, resumed.partial.batches) == (
+        1, expect_step, expect_step - steps)
+    resumed.fit()
+    for (name, p), q in zip(
+        full.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(p, q), name
+    strip = [
+        {k: v for k, v in json.loads(r).items() if "seconds" not in k and "per_s" not in k}
+        for d in ("a", "b") for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert len(strip) == 6 and strip[:3] == strip[3:]
+
+
+def test_a_mid_epoch_checkpoint_of_another_batch_size_is_refused(tmp_path: Path,
+                                                                  tiny_config) -> None:
+    cfg = build_config(base=tiny_config(tmp_path, epochs=2, save_every_steps=1))
+    crashed = _trainer(cfg, tmp_path / "b", [CrashAtStep(3)])
+    with pytest.raises(RuntimeError, match="simulated"):
+        crashed.fit()
+    crashed.run_dir.close()
+    bigger = build_config(base={**tiny_config(tmp_path, epochs=2),
+                                "data": {"name": "synthetic", "batch_size": 256}})
+    other = _trainer(bigger, tmp_path / "b", [], resume=True)
+    with pytest.raises(CheckpointError, match="stopped after batch 3 of epoch 1"):
+        other.resume(tmp_path / "b" / "last.safetensors")
 
 
 class Recorder(Callback):

@@ -1,4 +1,5 @@
-"""Checks on a checkpoint before a run resumes from it: everything resume will read, read once.
+"""Checks on a checkpoint before a run resumes from it: everything resume will read, read once;
+and `EpochSoFar`, the position inside an epoch that a mid-epoch checkpoint carries.
 
 A checkpoint that passed its integrity check can still not fit this run (another model, another
 schedule, an optimizer of other parameters) or have been written by hand; each problem is one
@@ -7,17 +8,19 @@ line naming the file and what is wrong, before any state is touched.
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from lowbit.engine.checkpoint import CheckpointError, split_prefix
+from lowbit.engine.distributed import DistInfo, all_reduce_sum
 
 
 def check_resumable(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
                     total_epochs: int, optimizer: torch.optim.Optimizer,
-                    callbacks: int) -> None:
+                    callbacks: int, batches_per_epoch: int) -> None:
     """Raise CheckpointError unless `path` can resume this run (see the module docstring)."""
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"cannot resume from {path}: {what}")
@@ -34,11 +37,29 @@ def check_resumable(path: Path, tensors: dict[str, torch.Tensor], meta: dict[str
         raise bad(f"epoch {epoch!r} is outside this run's schedule of {total_epochs} epochs")
     if not (isinstance(step, int) and step >= 0):
         raise bad(f"step {step!r} is not a count of steps")
+    _check_epoch_so_far(meta.get("epoch_so_far"), epoch, total_epochs, batches_per_epoch, bad)
     hooks = meta.get("hooks")
     if not (isinstance(hooks, list) and len(hooks) == callbacks):
         raise bad(f"it holds state for {len(hooks) if isinstance(hooks, list) else 'no'} "
                   f"methods, this run has {callbacks}")
     _check_optimizer(optimizer, split_prefix(tensors, "optim"), meta["optim"], bad)
+
+
+def _check_epoch_so_far(so_far: Any, epoch: int, total_epochs: int, batches_per_epoch: int,
+                        bad: Any) -> None:
+    """A mid-epoch position (absent in checkpoints written at an epoch's end)."""
+    if so_far is None:
+        return
+    keys = ("batches", "loss_sum", "correct", "count", "seconds")
+    if not (isinstance(so_far, dict) and set(so_far) == set(keys) and all(
+            isinstance(so_far[k], int | float) and not isinstance(so_far[k], bool)
+            and 0 <= so_far[k] < float("inf") for k in keys)):
+        raise bad("its position within the epoch (epoch_so_far) is malformed")
+    batches = so_far["batches"]
+    if batches and not (isinstance(batches, int) and batches < batches_per_epoch
+                        and epoch < total_epochs):
+        raise bad(f"it stopped after batch {batches} of epoch {epoch + 1}, but an epoch of this "
+                  f"run has {batches_per_epoch} batches (another batch size or dataset?)")
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
@@ -59,3 +80,41 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.
         if value.dim() > 0 and value.shape != params[int(index)].shape:
             raise bad(f"optimizer state {key} has shape {tuple(value.shape)}, its parameter "
                       f"{tuple(params[int(index)].shape)}")
+
+
+@dataclass
+class EpochSoFar:
+    """What the current epoch has done so far: batches, sums of loss, correct and images, and
+    seconds; zero between epochs. Saved with mid-epoch checkpoints."""
+
+    batches: int = 0
+    loss_sum: float = 0.0
+    correct: float = 0.0
+    count: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, loss_sum: float, correct: float, count: int, seconds: float) -> None:
+        self.batches += 1
+        self.loss_sum += loss_sum
+        self.correct += correct
+        self.count += count
+        self.seconds = seconds
+
+    def sums(self) -> list[float]:
+        return [self.loss_sum, self.correct, self.count]
+
+    def reduced(self, dist: DistInfo) -> EpochSoFar:
+        """The same position with the sums over every rank."""
+        loss_sum, correct, count = all_reduce_sum(self.sums(), dist)
+        return EpochSoFar(self.batches, loss_sum, correct, count, self.seconds)
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float] | None) -> EpochSoFar:
+        """From a checkpoint's `epoch_so_far` (checked by `check_resumable`); None: zero."""
+        if not d:
+            return cls()
+        return cls(int(d["batches"]), *(float(d[k]) for k in
+                                        ("loss_sum", "correct", "count", "seconds")))

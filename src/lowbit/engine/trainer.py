@@ -9,7 +9,10 @@ lay out the training as phases. The loop reads top to bottom:
             train_epoch(); evaluate(); save()  # callbacks around optimizer.step()
 
 `resume()` restores model, optimizer, RNG, epoch and callback state, so a run killed at any
-moment continues to the same result as an uninterrupted one.
+moment continues to the same result as an uninterrupted one. With `train.save_every_steps` a
+checkpoint is also written inside an epoch (long epochs lose at most that many steps); the
+resumed epoch replays the loader's seeded batches up to where it stopped, without training on
+them, so it sees the same batches as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from lowbit.engine.distributed import DistInfo, all_reduce_sum, sync_batchnorm
 from lowbit.engine.evaluate import evaluate
 from lowbit.engine.optim import build_optimizer, lr_at, set_lr
 from lowbit.engine.progress import progress_bar
-from lowbit.engine.resume import check_resumable
+from lowbit.engine.resume import EpochSoFar, check_resumable
 from lowbit.engine.rundir import RunDir
 from lowbit.schema import ConfigError
 
@@ -69,6 +72,7 @@ class Trainer:
                                          channels_last=tc.channels_last,
                                          augment=cfg.data.augment)
         self.epoch, self.step, self.history = 0, 0, []  # type: ignore[var-annotated]
+        self.partial = EpochSoFar()  # the current epoch's batches done (mid-epoch checkpoints)
         self.lr = cfg.optim.lr
         self.loop = LoopState(self.model, self.optimizer, self._calibration_batches,
                               autocast=lambda: autocast(tc.bf16, self.device),
@@ -109,6 +113,7 @@ class Trainer:
             "epoch": self.epoch,
             "step": self.step,
             "metrics": self.history[-1] if self.history else {},
+            "epoch_so_far": self.partial.to_dict(),
         }
         if full:
             opt_t, meta["optim"] = ckpt.optimizer_state(self.optimizer)
@@ -124,7 +129,8 @@ class Trainer:
     def resume(self, path: Any) -> None:
         """Continue from a full checkpoint written by `save()`."""
         tensors, meta = ckpt.load_checkpoint(path)
-        check_resumable(path, tensors, meta, self.total, self.optimizer, len(self.callbacks))
+        check_resumable(path, tensors, meta, self.total, self.optimizer, len(self.callbacks),
+                        len(self.loader))
         ckpt.load_model_state(self.model, ckpt.split_prefix(tensors, "model"), path)
         ckpt.load_optimizer_state(
             self.optimizer, ckpt.split_prefix(tensors, "optim"), meta["optim"]
@@ -133,10 +139,25 @@ class Trainer:
         for i, cb in enumerate(self.callbacks):
             cb.load_state_dict(ckpt.split_prefix(tensors, f"hook{i}"), meta["hooks"][i])
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
+        self.partial = EpochSoFar.from_dict(meta.get("epoch_so_far"))
+        if self.dist.rank:  # the saved sums are global: rank 0 carries them
+            self.partial = EpochSoFar(self.partial.batches, seconds=self.partial.seconds)
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.epoch)
             self.history = self.run_dir.read_metrics()
         log.info("resumed from %s at epoch %d", path, self.epoch)
+
+    def _save_mid_epoch(self) -> None:
+        """Every rank takes part: the checkpoint holds the epoch's sums over all ranks (which
+        rank 0 alone carries on after a resume)."""
+        local = self.partial
+        self.partial = local.reduced(self.dist)
+        self._save_last()
+        self.partial = local
+
+    def _save_last(self) -> None:
+        if self.run_dir is not None:
+            self.save(self.run_dir.last)
 
     def save(self, path: Any, full: bool = True) -> None:
         if self.dist.is_main:
@@ -149,7 +170,8 @@ class Trainer:
         self._call("on_fit_start")
         start = 0
         for phase in self.phases:
-            if self.epoch <= start:  # a resumed run re-entering a phase midway skips its start
+            # a resumed run re-entering a phase midway (or its first epoch midway) skips its start
+            if self.epoch < start or (self.epoch == start and not self.partial.batches):
                 self._call("on_phase_start", phase)
             while self.epoch < start + phase.epochs:
                 self._run_epoch(phase, start)
@@ -179,7 +201,7 @@ class Trainer:
         if self.run_dir is not None and self.dist.is_main:
             self.run_dir.log_metrics(row)
             if self.epoch % self.cfg.train.save_every == 0 or self.epoch == self.total:
-                self.save(self.run_dir.last)
+                self._save_last()
         log.info(
             "epoch %d/%d %s",
             self.epoch,
@@ -206,25 +228,29 @@ class Trainer:
         return lr_at(epoch, self.total, self.cfg.optim.lr, self.cfg.schedule)
 
     def train_epoch(self, epoch: int, phase: Phase, phase_start: int) -> dict[str, Any]:
-        tc, start = self.cfg.train, time.perf_counter()
-        self._call("on_epoch_start")
+        tc, so_far, n_batches = self.cfg.train, self.partial, len(self.loader)
+        if not so_far.batches:
+            self._call("on_epoch_start")
+        start = time.perf_counter() - so_far.seconds
         self.loader.set_epoch(epoch)
         self.net.train()
-        sums, n_batches = [0.0, 0.0, 0.0], len(self.loader)
-        bar = progress_bar(
-            n_batches, f"epoch {epoch + 1}/{self.total}", enabled=tc.progress and self.dist.is_main
-        )
-        for i, (x, y) in enumerate(self.loader):
+        desc = f"epoch {epoch + 1}/{self.total}" + (
+            f" from batch {so_far.batches + 1}" if so_far.batches else "")
+        bar = progress_bar(n_batches - so_far.batches, desc,
+                           enabled=tc.progress and self.dist.is_main)
+        # a resumed epoch draws (and skips) the batches it already trained on: same RNG stream
+        for i, (x, y) in itertools.islice(enumerate(self.loader), so_far.batches, None):
             self.lr = self._lr_for(epoch + i / n_batches, phase, phase_start)
             set_lr(self.optimizer, self.lr)
             loss, correct = self.train_step(x, y)
-            sums[0] += loss * len(y)
-            sums[1] += correct
-            sums[2] += len(y)
+            so_far.add(loss * len(y), correct, len(y), time.perf_counter() - start)
             bar.update(loss=loss)
+            if tc.save_every_steps and self.step % tc.save_every_steps == 0 and i + 1 < n_batches:
+                self._save_mid_epoch()
         bar.close()
-        loss, correct, count = all_reduce_sum(sums, self.dist)
+        loss, correct, count = all_reduce_sum(so_far.sums(), self.dist)
         seconds = time.perf_counter() - start
+        self.partial = EpochSoFar()
         return {
             "epoch": epoch,
             "phase": phase.name,
@@ -261,3 +287,4 @@ class Trainer:
         self._call("after_step")
         self.step += 1
         return loss.item(), (logits.argmax(1) == y).sum().item()
+
