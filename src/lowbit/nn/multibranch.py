@@ -114,7 +114,8 @@ def xnor_scale(x: torch.Tensor, kernel_size: tuple[int, ...], stride: tuple[int,
                padding: tuple[int, ...] | int) -> torch.Tensor:
     """XNOR-Net's activation scale K = avg_pool(mean_c |x|) over a conv's window, stride and
     zero padding (padded positions count, as `F.avg_pool2d` does by default)."""
-    a = x.abs().mean(dim=1, keepdim=True)
+    # mean over channels of |x| in one pass (abs() would first materialise |x|)
+    a = torch.linalg.vector_norm(x, 1, dim=1, keepdim=True) / x.shape[1]
     return F.avg_pool2d(a, kernel_size, stride, padding)  # type: ignore[arg-type]
 
 

@@ -258,8 +258,13 @@ def scale_clip_threshold(x: Tensor, k: float, stat: str = "mean",
     if group_size and c % group_size:
         raise ValueError(f"group_size {group_size} must divide the {c} output channels")
     if not group_size and stat != "std":  # activations: no reshape (it would copy channels_last)
-        a = x.detach().abs()  # mean in x's dtype: float32 accumulation, no float32 copy
-        return (k * (a.mean() if stat == "mean" else a.amax()).double()).to(x.dtype)
+        # one pass in x's dtype with float32 accumulation: no |x| temporary, no float32 copy
+        xd = x.detach()
+        if stat == "mean":
+            s = torch.linalg.vector_norm(xd, 1).double() / max(xd.numel(), 1)
+        else:
+            s = torch.linalg.vector_norm(xd, math.inf).double()
+        return (k * s).to(x.dtype)
     g = x.detach().reshape(c // group_size if group_size else 1, -1)
     if stat == "mean":  # float32 accumulation: a float64 copy of an activation costs 8x more
         s = g.abs().mean(dim=1, keepdim=True, dtype=torch.float32).double()

@@ -152,7 +152,9 @@ class Uniform(_ClipQuantizer):
             return self.learned_clip.abs().to(x.dtype)
 
         def batch_max() -> Tensor:
-            return x.detach().abs().max() if self.signed else x.detach().max().clamp_min(0)
+            if self.signed:  # max |x| without materialising |x|
+                return torch.linalg.vector_norm(x.detach(), math.inf)
+            return x.detach().max().clamp_min(0)
 
         if self.clip == "max":
             return batch_max()
