@@ -27,14 +27,33 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[nn.Module, Datase
 SEARCHED = ["features.3", "features.6"]
 
 
-def _greedy(trained: tuple[nn.Module, DatasetSplits], tolerance: float) -> dict[str, int]:
+def _search(trained: tuple[nn.Module, DatasetSplits], tolerance: float,
+            reference: str = "start") -> tuple[dict[str, int], list[dict]]:
     model, data = trained
     assert data.val is not None
-    settings = GreedySettings(tolerance=tolerance, finetune_steps=2, batch_size=32)
-    bits, steps = greedy_bits(model, full_table(model, 8), SEARCHED, data.train, data.val,
-                              settings)
+    settings = GreedySettings(tolerance=tolerance, finetune_steps=2, batch_size=32,
+                              reference=reference)
+    return greedy_bits(model, full_table(model, 8), SEARCHED, data.train, data.val, settings)
+
+
+def _greedy(trained: tuple[nn.Module, DatasetSplits], tolerance: float) -> dict[str, int]:
+    bits, steps = _search(trained, tolerance)
     assert steps[0]["layer"] is None and "float_top1" in steps[0]
     return bits
+
+
+@pytest.mark.parametrize("reference, key", [("start", "top1"), ("float", "float_top1")])
+def test_greedy_measures_against_its_reference(trained, reference: str, key: str) -> None:  # noqa: ANN001
+    """Every step is kept or undone against the 8-bit start (default) or the float model."""
+    _, steps = _search(trained, tolerance=0.0, reference=reference)
+    ref = steps[0]["reference_top1"]
+    assert ref == steps[0][key]
+    assert all(s["kept"] == (s["top1"] >= ref) for s in steps[1:])
+
+
+def test_greedy_reference_is_checked() -> None:
+    with pytest.raises(ValueError, match="reference must be 'start' or 'float'"):
+        GreedySettings(reference="best")
 
 
 def test_greedy_lowers_everything_when_anything_goes(trained) -> None:  # noqa: ANN001

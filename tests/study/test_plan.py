@@ -41,7 +41,10 @@ def test_seeds_per_budget(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"bogus": 1}, "unknown plan key"), ({"baselines": {"haq": {}}}, "unknown baseline"),
-    ({"budgets": [{"name": "x"}]}, "give bytes")])
+    ({"budgets": [{"name": "x"}]}, "give bytes"),
+    ({"baselines": {"greedy": {"tolerence": 1}}}, r"unknown greedy setting\(s\) \['tolerence'\]"),
+    ({"baselines": {"knapsack": {"anchor": 4}}}, "unknown knapsack setting"),
+    ({"baselines": {"greedy": {"reference": "best"}}}, "reference must be 'start' or 'float'")])
 def test_bad_plans(tmp_path: Path, change: dict, message: str) -> None:
     import yaml
 

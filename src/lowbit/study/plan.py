@@ -9,7 +9,7 @@
       - {name: b1, like: {width: 1.0, bits: 1}, seeds: [0, 1]}
     seeds: [0]                                  # default seeds of every budget
     baselines:                                  # mixed precision (lowbit.study.mixed)
-      greedy: {tolerance: 0.5, finetune_steps: 50}
+      greedy: {tolerance: 0.5, finetune_steps: 50, reference: start}   # or reference: float
       knapsack: {anchor_bits: 4}
     search_width: 1.0                           # width of the float model the searches use
     schedule: {data: {...}, train: {...}, optim: {...}, schedule: {...}}   # shared by all
@@ -22,17 +22,20 @@ a mixed run is known once its search has run (`lowbit.study.mixed`).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from lowbit.config import load_yaml
 from lowbit.data import DATASET_INFO, input_shape_for
 from lowbit.schema import ConfigError
+from lowbit.study.mixed import GreedySettings
 from lowbit.study.size import Bits, build_meta, full_table, layer_macs, model_size, table_size
 from lowbit.study.solver import SolvedWidth, ZooFactory, solve_width
 
 BASELINES = ("greedy", "knapsack")
+BASELINE_KEYS = {"greedy": {f.name for f in fields(GreedySettings)},
+                 "knapsack": {"anchor_bits", "eval_images", "bf16"}}
 _KEYS = {"name", "family", "first_last_bits", "bits", "budgets", "seeds", "baselines",
          "search_width", "schedule", "runs_dir", "results_dir"}
 
@@ -110,9 +113,18 @@ def parse_plan(raw: dict[str, Any]) -> Plan:
     for key in ("name", "family", "bits", "budgets", "schedule"):
         if key not in raw:
             raise ConfigError(f"the plan needs a '{key}:' entry")
-    for kind in raw.get("baselines") or {}:
+    for kind, settings in (raw.get("baselines") or {}).items():
         if kind not in BASELINES:
             raise ConfigError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+        extra = set(settings or {}) - BASELINE_KEYS[kind]
+        if extra:
+            raise ConfigError(f"unknown {kind} setting(s) {sorted(extra)}; known: "
+                              f"{sorted(BASELINE_KEYS[kind])}")
+        if kind == "greedy":
+            try:
+                GreedySettings(**(settings or {}))
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"baselines.greedy: {exc}") from exc
     dataset = str(raw["schedule"].get("data", {}).get("name", "cifar10"))
     in_ch, _, classes = DATASET_INFO.get(dataset, (3, 32, 10))
     family = raw["family"]
