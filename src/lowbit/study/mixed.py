@@ -10,7 +10,7 @@
     top-1 by about as much as the tolerance, so measured against the untouched float model
     ("float", the literal reading of the paper's rule) no layer may ever leave 8 bits
     (ResNet-20, 6 epochs: every 8 -> 4 step of the first seven layers landed 0.5-1.7 points
-    under float, the first step included). Both top-1s are in the search's step log.
+    under float). Both top-1s are in the search's step log.
 (b) `sensitivity`: per layer and bit-width, the increase of held-out loss when only that layer
     is quantized (no fine-tuning); `lowbit.study.knapsack` then picks the bits that minimise
     the summed increase under a size budget.
@@ -80,6 +80,8 @@ def greedy_bits(float_model: nn.Module, table: Mapping[str, int], searched: Sequ
     tuner.run()
     start_top1 = _top1(model, val, settings)
     ref = start_top1 if settings.reference == "start" else float_top1
+    log.info("greedy start: all at %d bits, top1 %.2f after the fine-tune (float %.2f)",
+             LEVELS[0], start_top1, float_top1)
     start = {"layer": None, "bits": LEVELS[0], "top1": start_top1, "float_top1": float_top1,
              "reference_top1": ref}
     steps: list[dict[str, Any]] = [start]
