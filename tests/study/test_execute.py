@@ -104,6 +104,23 @@ def test_changed_settings_are_not_skipped(sequential: tuple[Path, list[dict]],
         run_task(train_task(plan, expand(plan)[1]))
 
 
+def test_a_result_from_before_a_new_option_still_counts(sequential: tuple[Path, list[dict]]
+                                                       ) -> None:
+    """A result whose stored config lacks an option added since (at its default) is kept."""
+    tmp, _ = sequential
+    plan = load_plan(tmp / "plan.yaml")
+    task = train_task(plan, expand(plan)[1])
+    path = Path(task["result"])
+    original = path.read_text()
+    try:
+        done = json.loads(original)
+        del done["config"]["train"]["save_every_steps"]
+        path.write_text(json.dumps(done))
+        assert run_task(task)["top1"] == done["top1"]
+    finally:
+        path.write_text(original)
+
+
 def test_dispatch_keeps_remote_results_here(tmp_path: Path) -> None:
     tasks = [{"kind": "search", "settings": {"k": i}, "result": str(tmp_path / f"{i}.json")}
              for i in range(3)]

@@ -22,6 +22,7 @@ from lowbit.config import RunConfig, build_config
 from lowbit.data import load_dataset
 from lowbit.engine.checkpoint import atomic_write_bytes
 from lowbit.engine.rundir import cpu_bf16_native, git_commit, machine_info
+from lowbit.schema import ConfigError
 from lowbit.study.mixed import GreedySettings, greedy_bits, sensitivity
 
 log = logging.getLogger(__name__)
@@ -54,13 +55,21 @@ def write_result(task: dict[str, Any], result: dict[str, Any]) -> None:
 
 def _check_same(task: dict[str, Any], done: dict[str, Any], path: Path) -> None:
     """A finished result counts only for the settings it was made with."""
-    if task["kind"] == "train":
-        same = done.get("config") == build_config(base=task["config"]).to_dict()
+    if task["kind"] == "train":  # both through today's schema: a new option at its default
+        same = _normalized(done.get("config")) == build_config(base=task["config"]).to_dict()
     else:
         same = done.get("settings") == task["settings"]
     if not same:
         raise ValueError(f"{path} was made with other settings than the plan now asks for; "
                          "delete it (and its run folder) to redo it, or rename the plan")
+
+
+def _normalized(config: Any) -> dict[str, Any] | None:
+    """A stored run config as today's schema reads it (None if it no longer parses)."""
+    try:
+        return build_config(base=config).to_dict()
+    except (ConfigError, TypeError, ValueError):
+        return None
 
 
 def _train(task: dict[str, Any]) -> dict[str, Any]:
