@@ -10,7 +10,10 @@ model's `state_dict` order), so the safetensors header lists five tensors, not h
 names and shapes come back from the model the stored config rebuilds, and a digest of them
 (`state_digest`) refuses a file whose model does not match. The JSON header (run config, model,
 dataset, one `[name, bits, scale shape]` entry per packed layer) is stored
-zlib-compressed in the uint8 tensor `header`; the safetensors metadata keeps the format tag and
+zlib-compressed; of the run config it keeps what rebuilds and evaluates the model
+(`DEPLOY_SECTIONS`: model, quantization, dataset), not how it was trained (optimizer, schedule,
+training loop: they stay in the checkpoint and the result files, and cost a header 1.5 times as
+large), in the uint8 tensor `header`; the safetensors metadata keeps the format tag and
 the integrity digest (see `lowbit.engine.checkpoint`). A weight's codes are stored as
 their indices in its quantizer's `code_range()` (binary's {-1, +1} packs at 1 bit). Optionally
 (`entropy=True`, header `codec: "lzma"`) the indices are entropy-coded instead: one LZMA2
@@ -41,6 +44,7 @@ from lowbit.nn.layers import QuantLayer
 from lowbit.quant.base import Quantizer
 
 FORMAT = "lowbit-packed/2"
+DEPLOY_SECTIONS = ("model", "quant", "data")  # of the run config, kept in a packed file
 
 
 def _packable(layer: nn.Module) -> bool:
@@ -129,6 +133,7 @@ def write_packed(model: nn.Module, meta: dict[str, Any], path: str | Path,
     """
     tensors, layout = pack_model(model, entropy)
     header = {**{k: meta[k] for k in RUN_KEYS}, **layout}
+    header["config"] = {k: v for k, v in meta["config"].items() if k in DEPLOY_SECTIONS}
     text = json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
     tensors["header"] = torch.frombuffer(bytearray(zlib.compress(text, 9)), dtype=torch.uint8)
     return write_lowbit_file(path, tensors, json.dumps({"format": FORMAT}))
