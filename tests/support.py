@@ -48,11 +48,16 @@ class SymUniform(Quantizer):
 
 
 class CrashAt(Callback):
-    """Simulates a crash at the start of `epoch` (after the previous epoch's checkpoint)."""
+    """Simulates a crash at the start of `epoch` (after the previous epoch's checkpoint), or,
+    given `step`, before that optimizer step (after backward, inside an epoch)."""
 
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
+    def __init__(self, epoch: int = -1, step: int = -1) -> None:
+        self.epoch, self.step = epoch, step
 
     def on_epoch_start(self, state: LoopState) -> None:
         if state.epoch == self.epoch:
+            raise RuntimeError("simulated crash")
+
+    def before_step(self, state: LoopState) -> None:
+        if state.step == self.step:
             raise RuntimeError("simulated crash")

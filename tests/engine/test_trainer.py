@@ -67,31 +67,21 @@ def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -
     assert len(strip) == 8 and strip[:4] == strip[4:]
 
 
-class CrashAtStep(Callback):
-    """Simulates a crash before optimizer step `step` (after backward)."""
-
-    def __init__(self, step: int) -> None:
-        self.at = step
-
-    def before_step(self, state: LoopState) -> None:
-        if state.step == self.at:
-            raise RuntimeError("simulated crash")
-
-
-def test_resume_inside_an_epoch_gives_identical_results(tmp_path: Path, tiny_config) -> None:
+def test_resume_inside_an_epoch_gives_identical_results(tmp_path: Path, tiny_config,
+                                                        crash_at) -> None:
     """save_every_steps: killed mid-epoch, the run resumes at the batch it stopped after (same
     batches, same augmentation draws) and ends bit-identical, metrics rows included."""
     cfg = build_config(base=tiny_config(tmp_path, epochs=3, save_every_steps=2))
-    full = _trainer(cfg, tmp_path / "a", [CrashAtStep(-1)])
+    full = _trainer(cfg, tmp_path / "a", [crash_at()])
     full.fit()
     steps = len(full.loader)
     assert steps >= 4, "the synthetic epoch is too short to stop inside it"
     crash = steps + 3  # in epoch 2, after the checkpoint of step steps + 2
-    crashed = _trainer(cfg, tmp_path / "b", [CrashAtStep(crash)])
+    crashed = _trainer(cfg, tmp_path / "b", [crash_at(step=crash)])
     with pytest.raises(RuntimeError, match="simulated"):
         crashed.fit()
     crashed.run_dir.close()
-    resumed = _trainer(cfg, tmp_path / "b", [CrashAtStep(-1)], resume=True)
+    resumed = _trainer(cfg, tmp_path / "b", [crash_at()], resume=True)
     resumed.resume(tmp_path / "b" / "last.safetensors")
     expect_step = crash - crash % 2
     assert (resumed.epoch, resumed.step, resumed.partial.batches) == (
@@ -108,10 +98,10 @@ def test_resume_inside_an_epoch_gives_identical_results(tmp_path: Path, tiny_con
     assert len(strip) == 6 and strip[:3] == strip[3:]
 
 
-def test_a_mid_epoch_checkpoint_of_another_batch_size_is_refused(tmp_path: Path,
-                                                                  tiny_config) -> None:
+def test_a_mid_epoch_checkpoint_of_another_batch_size_is_refused(tmp_path: Path, tiny_config,
+                                                                  crash_at) -> None:
     cfg = build_config(base=tiny_config(tmp_path, epochs=2, save_every_steps=1))
-    crashed = _trainer(cfg, tmp_path / "b", [CrashAtStep(3)])
+    crashed = _trainer(cfg, tmp_path / "b", [crash_at(step=3)])
     with pytest.raises(RuntimeError, match="simulated"):
         crashed.fit()
     crashed.run_dir.close()
