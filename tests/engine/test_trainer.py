@@ -67,21 +67,38 @@ def test_resume_gives_identical_results(tmp_path: Path, tiny_config, crash_at) -
     assert len(strip) == 8 and strip[:4] == strip[4:]
 
 
+class StartRecorder(Callback):
+    """Records the hooks that set a phase or an epoch up (and changes nothing)."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def on_fit_start(self, state: LoopState) -> None:
+        self.calls.append("fit_start")
+
+    def on_phase_start(self, state: LoopState, phase: Phase) -> None:
+        self.calls.append(f"phase_start {state.epoch}")
+
+    def on_epoch_start(self, state: LoopState) -> None:
+        self.calls.append(f"epoch_start {state.epoch}")
+
+
 def test_resume_inside_an_epoch_gives_identical_results(tmp_path: Path, tiny_config,
                                                         crash_at) -> None:
     """save_every_steps: killed mid-epoch, the run resumes at the batch it stopped after (same
     batches, same augmentation draws) and ends bit-identical, metrics rows included."""
     cfg = build_config(base=tiny_config(tmp_path, epochs=3, save_every_steps=2))
-    full = _trainer(cfg, tmp_path / "a", [crash_at()])
+    full = _trainer(cfg, tmp_path / "a", [crash_at(), StartRecorder()])
     full.fit()
     steps = len(full.loader)
     assert steps >= 4, "the synthetic epoch is too short to stop inside it"
     crash = steps + 3  # in epoch 2, after the checkpoint of step steps + 2
-    crashed = _trainer(cfg, tmp_path / "b", [crash_at(step=crash)])
+    crashed = _trainer(cfg, tmp_path / "b", [crash_at(step=crash), StartRecorder()])
     with pytest.raises(RuntimeError, match="simulated"):
         crashed.fit()
     crashed.run_dir.close()
-    resumed = _trainer(cfg, tmp_path / "b", [crash_at()], resume=True)
+    recorder = StartRecorder()
+    resumed = _trainer(cfg, tmp_path / "b", [crash_at(), recorder], resume=True)
     resumed.resume(tmp_path / "b" / "last.safetensors")
     expect_step = crash - crash % 2
     assert (resumed.epoch, resumed.step, resumed.partial.batches) == (
@@ -96,6 +113,8 @@ def test_resume_inside_an_epoch_gives_identical_results(tmp_path: Path, tiny_con
         for d in ("a", "b") for r in (tmp_path / d / "metrics.jsonl").read_text().splitlines()
     ]
     assert len(strip) == 6 and strip[:3] == strip[3:]
+    # the resumed epoch neither restarts its phase nor calls on_epoch_start again
+    assert recorder.calls == ["fit_start", "epoch_start 2"]
 
 
 def test_a_mid_epoch_checkpoint_of_another_batch_size_is_refused(tmp_path: Path, tiny_config,
@@ -105,11 +124,13 @@ def test_a_mid_epoch_checkpoint_of_another_batch_size_is_refused(tmp_path: Path,
     with pytest.raises(RuntimeError, match="simulated"):
         crashed.fit()
     crashed.run_dir.close()
-    bigger = build_config(base={**tiny_config(tmp_path, epochs=2),
-                                "data": {"name": "synthetic", "batch_size": 256}})
-    other = _trainer(bigger, tmp_path / "b", [], resume=True)
-    with pytest.raises(CheckpointError, match="stopped after batch 3 of epoch 1"):
-        other.resume(tmp_path / "b" / "last.safetensors")
+    for batch_size in (256, 32):  # fewer batches per epoch, and more
+        other_cfg = build_config(base={**tiny_config(tmp_path, epochs=2),
+                                       "data": {"name": "synthetic", "batch_size": batch_size}})
+        other = _trainer(other_cfg, tmp_path / "b", [crash_at()], resume=True)
+        with pytest.raises(CheckpointError, match="stopped after batch 3 of .* in epoch 1"):
+            other.resume(tmp_path / "b" / "last.safetensors")
+        other.run_dir.close()
 
 
 class Recorder(Callback):

@@ -20,6 +20,7 @@ from lowbit.engine.checkpoint import META_KEY, SUM_KEY, digest
 from lowbit.errors import CheckpointError, LowbitError
 from lowbit.export.bitpack import entropy_decode, entropy_encode, pack_bits, unpack_bits
 from lowbit.export.frozen import Decoded
+from lowbit.export.packed import read_header
 from lowbit.quant import list_quantizers
 from lowbit.recipes import list_recipes
 
@@ -147,6 +148,14 @@ def test_size_is_codes_at_their_bits_plus_float_tensors(ternary: tuple[Path, Pat
     # the tiny model has ~1 KB of content: the header (config included) stays under 1 KB
     assert content < path.stat().st_size <= content + 1024
     assert path.stat().st_size < ckpt.stat().st_size / 3
+
+
+def test_header_keeps_what_rebuilds_the_model_not_how_it_was_trained(
+        ternary: tuple[Path, Path]) -> None:
+    ckpt, path = ternary
+    header = read_header(load_file(path), path)
+    assert set(header["config"]) == {"model", "quant", "data"}
+    assert header["config"]["quant"] == load_model(ckpt)[1]["config"]["quant"]
 
 
 def test_files_are_shareable(ternary: tuple[Path, Path]) -> None:

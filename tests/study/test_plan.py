@@ -44,7 +44,8 @@ def test_seeds_per_budget(tmp_path: Path) -> None:
     ({"budgets": [{"name": "x"}]}, "give bytes"),
     ({"baselines": {"greedy": {"tolerence": 1}}}, r"unknown greedy setting\(s\) \['tolerence'\]"),
     ({"baselines": {"knapsack": {"anchor": 4}}}, "unknown knapsack setting"),
-    ({"baselines": {"greedy": {"reference": "best"}}}, "reference must be 'start' or 'float'")])
+    ({"baselines": {"greedy": {"reference": "best"}}}, "reference must be 'start' or 'float'"),
+    ({"baselines": {"greedy": 5}}, "baselines.greedy: give a mapping of settings")])
 def test_bad_plans(tmp_path: Path, change: dict, message: str) -> None:
     import yaml
 

@@ -50,16 +50,21 @@ def _check_epoch_so_far(so_far: Any, epoch: int, total_epochs: int, batches_per_
     """A mid-epoch position (absent in checkpoints written at an epoch's end)."""
     if so_far is None:
         return
-    keys = ("batches", "loss_sum", "correct", "count", "seconds")
+    keys = ("batches", "of", "loss_sum", "correct", "count", "seconds")
     if not (isinstance(so_far, dict) and set(so_far) == set(keys) and all(
             isinstance(so_far[k], int | float) and not isinstance(so_far[k], bool)
             and 0 <= so_far[k] < float("inf") for k in keys)):
         raise bad("its position within the epoch (epoch_so_far) is malformed")
-    batches = so_far["batches"]
-    if batches and not (isinstance(batches, int) and batches < batches_per_epoch
-                        and epoch < total_epochs):
-        raise bad(f"it stopped after batch {batches} of epoch {epoch + 1}, but an epoch of this "
-                  f"run has {batches_per_epoch} batches (another batch size or dataset?)")
+    batches, of = so_far["batches"], so_far["of"]
+    if not batches:
+        if any(so_far[k] for k in ("loss_sum", "correct", "count")):
+            raise bad("its position within the epoch (epoch_so_far) is malformed")
+        return
+    if not (isinstance(batches, int) and batches < of == batches_per_epoch
+            and epoch < total_epochs):
+        raise bad(f"it stopped after batch {batches} of {of} in epoch {epoch + 1}, but an "
+                  f"epoch of this run has {batches_per_epoch} batches (another batch size or "
+                  "dataset?)")
 
 
 def _check_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
@@ -84,10 +89,11 @@ def _check_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.
 
 @dataclass
 class EpochSoFar:
-    """What the current epoch has done so far: batches, sums of loss, correct and images, and
-    seconds; zero between epochs. Saved with mid-epoch checkpoints."""
+    """What the current epoch (of `of` batches) has done so far: batches, sums of loss, correct
+    and images, and seconds; zero between epochs. Saved with mid-epoch checkpoints."""
 
     batches: int = 0
+    of: int = 0
     loss_sum: float = 0.0
     correct: float = 0.0
     count: float = 0.0
@@ -106,7 +112,12 @@ class EpochSoFar:
     def reduced(self, dist: DistInfo) -> EpochSoFar:
         """The same position with the sums over every rank."""
         loss_sum, correct, count = all_reduce_sum(self.sums(), dist)
-        return EpochSoFar(self.batches, loss_sum, correct, count, self.seconds)
+        return EpochSoFar(self.batches, self.of, loss_sum, correct, count, self.seconds)
+
+    def position_only(self) -> EpochSoFar:
+        """The same position without sums (ranks other than 0 after a resume: rank 0 carries
+        the global sums)."""
+        return EpochSoFar(self.batches, self.of, seconds=self.seconds)
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -116,5 +127,5 @@ class EpochSoFar:
         """From a checkpoint's `epoch_so_far` (checked by `check_resumable`); None: zero."""
         if not d:
             return cls()
-        return cls(int(d["batches"]), *(float(d[k]) for k in
-                                        ("loss_sum", "correct", "count", "seconds")))
+        return cls(int(d["batches"]), int(d["of"]), *(float(d[k]) for k in
+                                                      ("loss_sum", "correct", "count", "seconds")))

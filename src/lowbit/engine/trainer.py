@@ -10,9 +10,10 @@ lay out the training as phases. The loop reads top to bottom:
 
 `resume()` restores model, optimizer, RNG, epoch and callback state, so a run killed at any
 moment continues to the same result as an uninterrupted one. With `train.save_every_steps` a
-checkpoint is also written inside an epoch (long epochs lose at most that many steps); the
-resumed epoch replays the loader's seeded batches up to where it stopped, without training on
-them, so it sees the same batches as an uninterrupted run.
+checkpoint is also written inside an epoch, every N steps; the resumed epoch replays the
+loader's batches up to where it stopped, without training on them. lowbit's loaders seed each
+epoch's order and augmentation themselves, so the replay gives the same batches; a loader that
+draws from the global random state would not (resume such runs from epoch ends).
 """
 
 from __future__ import annotations
@@ -141,7 +142,7 @@ class Trainer:
         self.epoch, self.step = int(meta["epoch"]), int(meta["step"])
         self.partial = EpochSoFar.from_dict(meta.get("epoch_so_far"))
         if self.dist.rank:  # the saved sums are global: rank 0 carries them
-            self.partial = EpochSoFar(self.partial.batches, seconds=self.partial.seconds)
+            self.partial = self.partial.position_only()
         if self.run_dir is not None:
             self.run_dir.truncate_metrics(self.epoch)
             self.history = self.run_dir.read_metrics()
@@ -228,38 +229,38 @@ class Trainer:
         return lr_at(epoch, self.total, self.cfg.optim.lr, self.cfg.schedule)
 
     def train_epoch(self, epoch: int, phase: Phase, phase_start: int) -> dict[str, Any]:
-        tc, so_far, n_batches = self.cfg.train, self.partial, len(self.loader)
+        so_far, n_batches = self.partial, len(self.loader)
         if not so_far.batches:
             self._call("on_epoch_start")
-        start = time.perf_counter() - so_far.seconds
+        so_far.of, start = n_batches, time.perf_counter() - so_far.seconds
         self.loader.set_epoch(epoch)
         self.net.train()
-        desc = f"epoch {epoch + 1}/{self.total}" + (
-            f" from batch {so_far.batches + 1}" if so_far.batches else "")
-        bar = progress_bar(n_batches - so_far.batches, desc,
-                           enabled=tc.progress and self.dist.is_main)
-        # a resumed epoch draws (and skips) the batches it already trained on: same RNG stream
+        bar = self._epoch_bar(epoch, so_far.batches, n_batches)
+        # a resumed epoch draws (and skips) the batches it already trained on: lowbit's loader
+        # seeds each epoch's order and augmentation itself, so the rest comes out the same
         for i, (x, y) in itertools.islice(enumerate(self.loader), so_far.batches, None):
             self.lr = self._lr_for(epoch + i / n_batches, phase, phase_start)
             set_lr(self.optimizer, self.lr)
             loss, correct = self.train_step(x, y)
             so_far.add(loss * len(y), correct, len(y), time.perf_counter() - start)
             bar.update(loss=loss)
-            if tc.save_every_steps and self.step % tc.save_every_steps == 0 and i + 1 < n_batches:
+            if self._step_save_due() and i + 1 < n_batches:
                 self._save_mid_epoch()
         bar.close()
         loss, correct, count = all_reduce_sum(so_far.sums(), self.dist)
-        seconds = time.perf_counter() - start
-        self.partial = EpochSoFar()
-        return {
-            "epoch": epoch,
-            "phase": phase.name,
-            "lr": self.lr,
-            "train_loss": loss / max(count, 1),
-            "train_top1": 100 * correct / max(count, 1),
-            "epoch_seconds": seconds,
-            "images_per_s": count / max(seconds, 1e-9),
-        }
+        seconds, self.partial = time.perf_counter() - start, EpochSoFar()
+        return {"epoch": epoch, "phase": phase.name, "lr": self.lr,
+                "train_loss": loss / max(count, 1), "train_top1": 100 * correct / max(count, 1),
+                "epoch_seconds": seconds, "images_per_s": count / max(seconds, 1e-9)}
+
+    def _epoch_bar(self, epoch: int, done: int, n_batches: int) -> Any:
+        desc = f"epoch {epoch + 1}/{self.total}" + (f" from batch {done + 1}" if done else "")
+        return progress_bar(n_batches - done, desc,
+                            enabled=self.cfg.train.progress and self.dist.is_main)
+
+    def _step_save_due(self) -> bool:
+        every = self.cfg.train.save_every_steps
+        return every is not None and self.step % every == 0
 
     @torch.no_grad()
     def _teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -287,4 +288,3 @@ class Trainer:
         self._call("after_step")
         self.step += 1
         return loss.item(), (logits.argmax(1) == y).sum().item()
-

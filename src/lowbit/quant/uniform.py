@@ -152,8 +152,8 @@ class Uniform(_ClipQuantizer):
             return self.learned_clip.abs().to(x.dtype)
 
         def batch_max() -> Tensor:
-            if self.signed:  # max |x| without materialising |x|
-                return torch.linalg.vector_norm(x.detach(), math.inf)
+            if self.signed:  # max |x| without materialising |x|, in x's dtype
+                return torch.linalg.vector_norm(x.detach(), math.inf).to(x.dtype)
             return x.detach().max().clamp_min(0)
 
         if self.clip == "max":

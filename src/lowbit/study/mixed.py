@@ -82,27 +82,31 @@ def greedy_bits(float_model: nn.Module, table: Mapping[str, int], searched: Sequ
     ref = start_top1 if settings.reference == "start" else float_top1
     log.info("greedy start: all at %d bits, top1 %.2f after the fine-tune (float %.2f)",
              LEVELS[0], start_top1, float_top1)
-    start = {"layer": None, "bits": LEVELS[0], "top1": start_top1, "float_top1": float_top1,
-             "reference_top1": ref}
-    steps: list[dict[str, Any]] = [start]
+    steps: list[dict[str, Any]] = [{"layer": None, "bits": LEVELS[0], "top1": start_top1,
+                                    "float_top1": float_top1, "reference_top1": ref}]
     for level, lower in zip(LEVELS, LEVELS[1:], strict=False):
-        for name in searched:
-            if bits[name] != level:
-                continue
-            saved = copy.deepcopy(model.state_dict())
-            _set_bits(model, name, lower)
-            tuner.run()
-            top1 = _top1(model, val, settings)
-            kept = top1 >= ref - settings.tolerance
-            steps.append({"layer": name, "bits": lower, "top1": top1, "kept": kept})
-            log.info("greedy %s -> %d bits: top1 %.2f (%s %.2f) %s", name, lower, top1,
-                     settings.reference, ref, "kept" if kept else "undone")
-            if kept:
-                bits[name] = lower
-            else:
-                _set_bits(model, name, level)
-                model.load_state_dict(saved)
+        for name in [n for n in searched if bits[n] == level]:
+            step = _try_lower(model, tuner, name, level, lower, val, settings, ref)
+            steps.append(step)
+            bits[name] = lower if step["kept"] else level
     return bits, steps
+
+
+def _try_lower(model: nn.Module, tuner: _Tuner, name: str, level: int, lower: int,
+               val: ImageData, settings: GreedySettings, ref: float) -> dict[str, Any]:
+    """Lower layer `name` to `lower` bits and fine-tune; undo (weights, BN, bits) unless held-out
+    top-1 stays within the tolerance of `ref`. Returns the step's log row."""
+    saved = copy.deepcopy(model.state_dict())
+    _set_bits(model, name, lower)
+    tuner.run()
+    top1 = _top1(model, val, settings)
+    kept = top1 >= ref - settings.tolerance
+    log.info("greedy %s -> %d bits: top1 %.2f (%s %.2f) %s", name, lower, top1,
+             settings.reference, ref, "kept" if kept else "undone")
+    if not kept:
+        _set_bits(model, name, level)
+        model.load_state_dict(saved)
+    return {"layer": name, "bits": lower, "top1": top1, "kept": kept}
 
 
 @torch.no_grad()

@@ -22,7 +22,7 @@ a mixed run is known once its search has run (`lowbit.study.mixed`).
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,12 @@ class Plan:
         return Path(self.raw.get("results_dir") or f"benchmarks/results/study/{self.name}")
 
     def baseline(self, kind: str) -> dict[str, Any] | None:
+        """The settings of baseline `kind` (None if the plan has none); the greedy search's
+        with every default filled in, so a result made under other defaults is not reused."""
         value = (self.raw.get("baselines") or {}).get(kind)
-        return None if value is None else dict(value)
+        if value is None:
+            return None
+        return asdict(GreedySettings(**value)) if kind == "greedy" else dict(value)
 
     def seeds(self, budget: str | None = None) -> list[int]:
         for spec in self.raw["budgets"]:
@@ -116,6 +120,8 @@ def parse_plan(raw: dict[str, Any]) -> Plan:
     for kind, settings in (raw.get("baselines") or {}).items():
         if kind not in BASELINES:
             raise ConfigError(f"unknown baseline {kind!r}; choose from {', '.join(BASELINES)}")
+        if not isinstance(settings, dict | None):
+            raise ConfigError(f"baselines.{kind}: give a mapping of settings, got {settings!r}")
         extra = set(settings or {}) - BASELINE_KEYS[kind]
         if extra:
             raise ConfigError(f"unknown {kind} setting(s) {sorted(extra)}; known: "

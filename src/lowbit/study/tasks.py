@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -107,8 +106,7 @@ def _search(task: dict[str, Any]) -> dict[str, Any]:
     settings = dict(task["settings"])
     searched, table = list(task["searched"]), dict(task["table"])
     if task["method"] == "greedy":
-        greedy = GreedySettings(**{f.name: settings[f.name] for f in fields(GreedySettings)
-                                   if f.name in settings})
+        greedy = GreedySettings(**settings)
         greedy.bf16 = greedy.bf16 and cpu_bf16_native()  # emulated bf16 is slower than fp32
         bits, steps = greedy_bits(model, table, searched, data.train, data.val, greedy,
                                   cfg.train.seed)
