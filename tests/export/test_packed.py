@@ -10,7 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
+from torch import nn
 
+from lowbit import quantize_model
 from lowbit.accounting import check_compliance
 from lowbit.api import evaluate_checkpoint, train
 from lowbit.artifacts import export_file, load_model, load_packed, save_model
@@ -20,7 +22,7 @@ from lowbit.engine.checkpoint import META_KEY, SUM_KEY, digest
 from lowbit.errors import CheckpointError, LowbitError
 from lowbit.export.bitpack import entropy_decode, entropy_encode, pack_bits, unpack_bits
 from lowbit.export.frozen import Decoded
-from lowbit.export.packed import read_header
+from lowbit.export.packed import pack_model, read_header
 from lowbit.quant import list_quantizers
 from lowbit.recipes import list_recipes
 
@@ -116,6 +118,22 @@ def test_every_method_reloads_exactly(label: str, quant: dict, tmp_path: Path) -
     coded = save_model(loaded, header, tmp_path / "e.lowbit", "packed-entropy")
     with torch.no_grad():
         assert torch.equal(load_model(coded)[0](x), model(x)), label
+    # entropy coding is used only where it is smaller (its header adds a few bytes)
+    assert coded.stat().st_size <= path.stat().st_size + 16, label
+
+
+def test_entropy_coding_falls_back_to_fixed_bits_when_it_would_not_shrink() -> None:
+    torch.manual_seed(0)
+    model = quantize_model(nn.Sequential(nn.Conv2d(3, 64, 3), nn.Conv2d(64, 64, 3)),
+                           {nn.Conv2d: {"weight": {"name": "binary"}}}).model
+    fixed, _ = pack_model(model)
+    coded, layout = pack_model(model, entropy=True)
+    assert "codec" not in layout and torch.equal(coded["codes"], fixed["codes"])
+    skewed = quantize_model(nn.Sequential(nn.Conv2d(3, 64, 3), nn.Conv2d(64, 64, 3)),
+                            {nn.Conv2d: {"weight": {"name": "lbw", "bits": 4}}}).model
+    coded, layout = pack_model(skewed, entropy=True)
+    assert layout["codec"] == "lzma" and coded["codes"].numel() < pack_model(skewed)[0][
+        "codes"].numel()
 
 
 def test_gdrq_packed_file_scores_like_its_checkpoint(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import zlib
 from pathlib import Path
@@ -44,6 +45,7 @@ from lowbit.nn.layers import QuantLayer
 from lowbit.quant.base import Quantizer
 
 FORMAT = "lowbit-packed/2"
+log = logging.getLogger(__name__)
 DEPLOY_SECTIONS = ("model", "quant", "data")  # of the run config, kept in a packed file
 
 
@@ -79,18 +81,20 @@ def pack_model(model: nn.Module, entropy: bool = False
     """(tensors, layout header) of a quantized model; see the module docstring.
 
     `entropy`: store the codes entropy-coded (`codec` "lzma": one LZMA2 stream over one byte
-    per code index, all layers) instead of at their fixed bits.
+    per code index, all layers) instead of at their fixed bits, where that is smaller (codes
+    near their full entropy, e.g. binary ones, code to slightly more than their bits).
     """
     blobs: dict[str, list[torch.Tensor]] = {"codes": []}
     layers: list[list[Any]] = []
+    indices: list[torch.Tensor] = []
     for name, layer in model.named_modules():
         if not _packable(layer):
             continue
         q: Any = layer.weight_quant
         codes, scale = _encode(name, q, layer.weight)
         table = q.code_range().to(torch.int64)
-        idx = _indices(name, codes, table)
-        blobs["codes"].append(idx.to(torch.uint8) if entropy else pack_bits(idx, _bits(table)))
+        indices.append(_indices(name, codes, table).to(torch.uint8))
+        blobs["codes"].append(pack_bits(indices[-1], _bits(table)))
         _append(blobs, scale.detach().to(layer.weight.dtype))
         layers.append([name, _bits(table), list(scale.shape)])
     items = _state_items(model, [entry[0] for entry in layers])
@@ -99,8 +103,14 @@ def pack_model(model: nn.Module, entropy: bool = False
     tensors = {k: torch.cat(v) if v else torch.zeros(0, dtype=torch.uint8)
                for k, v in blobs.items()}
     layout: dict[str, Any] = {"layers": layers, "state_digest": state_digest(items)}
-    if entropy:
-        tensors["codes"], layout["codec"] = entropy_encode(tensors["codes"]), "lzma"
+    if entropy and indices:
+        coded = entropy_encode(torch.cat(indices))
+        if coded.numel() < tensors["codes"].numel():
+            tensors["codes"], layout["codec"] = coded, "lzma"
+        else:
+            log.info("entropy coding would not make the codes smaller (%d vs %d bytes at their "
+                     "fixed bits): stored at their fixed bits", coded.numel(),
+                     tensors["codes"].numel())
     return tensors, layout
 
 
