@@ -16,6 +16,7 @@ from lowbit.models import create_model
 from lowbit.study.configs import run_config
 from lowbit.study.size import (
     build_meta,
+    depthwise_names,
     full_table,
     layer_macs,
     model_size,
@@ -33,7 +34,7 @@ from lowbit.transform import quantize_model
 def test_meta_count_equals_cost_report(name: str, width: float, bits: int) -> None:
     model = create_model(name, width=width)
     table = full_table(model, bits)
-    quantized = quantize_model(model, quant_rules(table)).model
+    quantized = quantize_model(model, quant_rules(table, depthwise_names(model))).model
     report = cost_report(quantized, (1, 3, 32, 32))
     counted = model_size(ZooFactory(name), width, bits)
     assert counted.total == report.bytes
@@ -55,6 +56,32 @@ def test_mixed_table_and_float_layers() -> None:
     assert size.scales == 4 * (len(table) - 2)  # one per-tensor scale per quantized layer
 
 
+def test_ternary_is_per_channel_on_depthwise_convs_only() -> None:
+    """A per-tensor ternary scale zeroes whole depthwise channels and BN then blows their
+    gradient up (the MobileNetV2 2-bit study run trained at 10 %): depthwise convs get one
+    scale per channel, counted in the size; every other layer keeps one per tensor."""
+    model = create_model("mobilenet_v2", width=0.35)
+    depthwise = depthwise_names(model)
+    assert len(depthwise) == 17 and "features.3.conv.0" in depthwise
+    assert not depthwise_names(create_model("resnet20"))
+    table = full_table(model, 2)
+    rules = quant_rules(table, depthwise)
+    assert rules[r"features\.5\.conv\.3"]["weight"] == {"name": "ternary", "per_channel": True}
+    assert rules[r"features\.5\.conv\.0"]["weight"] == {"name": "ternary"}
+    channels = sum(model.get_submodule(n).out_channels for n in depthwise)
+    per_tensor = 4 * (len(table) - len(depthwise))
+    assert table_size(model, table).scales == per_tensor + 4 * channels
+    for bits in (1, 4, 8):  # only ternary changes
+        assert table_size(model, full_table(model, bits)).scales == 4 * len(table)
+    quantized = quantize_model(model, rules).model
+    with torch.no_grad():  # a depthwise layer whose channels differ 30x in scale
+        dw = quantized.get_submodule("features.5.conv.3")
+        dw.weight.copy_(torch.randn_like(dw.weight) * torch.logspace(-1.5, 0, dw.out_channels)
+                        .view(-1, 1, 1, 1))
+        kept = dw.weight_quant(dw.weight).flatten(1).ne(0).any(1)
+    assert bool(kept.all())  # no channel zeroed
+
+
 def test_full_table_rejects_bad_tables() -> None:
     model = create_model("small_cnn", in_channels=3)
     with pytest.raises(ValueError, match="unknown layers"):
@@ -66,8 +93,9 @@ def test_full_table_rejects_bad_tables() -> None:
 
 
 def _packed_file(tmp: Path, name: str, width: float, bits: int) -> tuple[Path, float]:
+    meta_model = build_meta(ZooFactory(name), width)
     config = run_config({"model": name}, {"data": {"name": "cifar10"}}, width, 0,
-                        full_table(build_meta(ZooFactory(name), width), bits), "x")
+                        full_table(meta_model, bits), "x", depthwise_names(meta_model))
     cfg = build_config(base=config)
     model = quantize_model(create_model(name, width=width), config["quant"]["rules"]).model
     with torch.no_grad():  # trained-looking BN statistics; values do not change sizes

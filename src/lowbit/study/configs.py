@@ -2,7 +2,8 @@
 
 Every run of a study shares the plan's `schedule:` block (train / optim / schedule / data
 settings) and differs only in model width, seed and the per-layer weight bits. Weights use
-1 -> `binary`, 2 -> `ternary`, 3..8 -> signed `uniform` (`lowbit.study.size.weight_spec`);
+1 -> `binary`, 2 -> `ternary` (per channel on depthwise convs), 3..8 -> signed `uniform`
+(`lowbit.study.size.weight_spec`);
 activations stay float, as in the paper ("weight bitwidth", storage is the target), so every
 difference between runs is the weight storage. Quantization is plain QAT (`method: qat`) with
 exact-name rules, so first/last layers and mixed tables all use the same mechanism.
@@ -11,7 +12,7 @@ exact-name rules, so first/last layers and mixed tables all use the same mechani
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from lowbit.study.size import quant_rules
@@ -24,6 +25,7 @@ def run_config(
     seed: int,
     table: Mapping[str, int] | None,
     name: str,
+    depthwise: Collection[str] = (),
 ) -> dict[str, Any]:
     """The plain-data run config of one study run.
 
@@ -35,6 +37,7 @@ def run_config(
         seed: `train.seed`.
         table: bits per conv/linear layer (32 = float), or None for the float model.
         name: the run's name (also its folder name).
+        depthwise: the names of the model's depthwise convs (`lowbit.study.size.depthwise_names`).
 
     Returns:
         A dict for `lowbit.config.build_config(base=...)`.
@@ -45,5 +48,5 @@ def run_config(
     cfg.setdefault("train", {})["seed"] = int(seed)
     cfg["name"] = name
     if table is not None:
-        cfg["quant"] = {"method": "qat", "rules": quant_rules(table)}
+        cfg["quant"] = {"method": "qat", "rules": quant_rules(table, depthwise)}
     return cfg

@@ -22,7 +22,13 @@ from typing import Any
 from lowbit.study.configs import run_config
 from lowbit.study.knapsack import monotone_in_bits, solve_knapsack
 from lowbit.study.plan import Plan, Run, describe, expand
-from lowbit.study.size import build_meta, compute_layers, full_table, table_size
+from lowbit.study.size import (
+    build_meta,
+    compute_layers,
+    depthwise_names,
+    full_table,
+    table_size,
+)
 from lowbit.study.solver import solve_width
 from lowbit.study.tasks import run_task, write_result
 
@@ -83,8 +89,9 @@ def dispatch(executor: Executor, tasks: list[dict[str, Any]]) -> list[dict[str, 
 def train_task(plan: Plan, run: Run) -> dict[str, Any]:
     """The task that trains `run` (width and table resolved)."""
     assert run.width is not None
+    depthwise = depthwise_names(build_meta(plan.factory, run.width))
     config = run_config(plan.raw["family"], plan.raw["schedule"], run.width, run.seed,
-                        run.table, run.id)
+                        run.table, run.id, depthwise)
     info = {"id": run.id, "kind": run.kind, "budget": run.budget, "target_bytes": run.target,
             "bits": run.bits, "width": run.width, "seed": run.seed, "planned_bytes": run.size,
             "table": run.table, **run.extra}

@@ -42,7 +42,7 @@ from lowbit.engine.device import autocast
 from lowbit.engine.evaluate import evaluate
 from lowbit.quant.base import Quantizer
 from lowbit.quant.registry import get_quantizer
-from lowbit.study.size import quant_rules, weight_spec
+from lowbit.study.size import depthwise_names, is_depthwise, quant_rules, weight_spec
 from lowbit.transform import quantize_model
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def greedy_bits(float_model: nn.Module, table: Mapping[str, int], searched: Sequ
     val = _head(val, settings.eval_images)
     float_top1 = evaluate(float_model, val, 500, settings.bf16)["top1"]
     bits = {**table, **dict.fromkeys(searched, LEVELS[0])}
-    model = quantize_model(float_model, quant_rules(bits)).model
+    model = quantize_model(float_model, quant_rules(bits, depthwise_names(float_model))).model
     tuner = _Tuner(model, train, settings, seed)
     tuner.run()
     start_top1 = _top1(model, val, settings)
@@ -123,7 +123,7 @@ def sensitivity(float_model: nn.Module, searched: Sequence[str], val: ImageData,
         weight = param.detach().clone()
         out[name] = {}
         for bits in choices:
-            param.copy_(_quantizer(bits)(weight))
+            param.copy_(_quantizer(bits, is_depthwise(model.get_submodule(name)))(weight))
             out[name][bits] = evaluate(model, val, 500, bf16)["loss"] - ref
         param.copy_(weight)
     return out
@@ -158,15 +158,16 @@ class _Tuner:
             opt.step()
 
 
-def _quantizer(bits: int) -> Quantizer:
-    spec = weight_spec(bits)
+def _quantizer(bits: int, depthwise: bool) -> Quantizer:
+    spec = weight_spec(bits, depthwise)
     if spec is None:
         raise ValueError("the searches choose among quantized bit-widths (1..8), not float")
     return get_quantizer(spec)
 
 
 def _set_bits(model: nn.Module, name: str, bits: int) -> None:
-    model.get_submodule(name).weight_quant = _quantizer(bits)
+    module = model.get_submodule(name)
+    module.weight_quant = _quantizer(bits, is_depthwise(module))
 
 
 def _top1(model: nn.Module, val: ImageData, settings: GreedySettings) -> float:

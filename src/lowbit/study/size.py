@@ -6,7 +6,8 @@ be computed on a model built on the meta device, in milliseconds, at any width:
 - quantized conv/linear weights: elements x bits / 8 bytes;
 - float conv/linear weights (bits 32): elements x 4 bytes;
 - one float32 scale per quantized layer (the per-tensor scale of `binary`, `ternary` and
-  `uniform`; a per-channel quantizer stores one per output channel);
+  `uniform`); a per-channel quantizer stores one per output channel (the study's ternary on
+  depthwise convs, see `weight_spec`);
 - biases: 4 bytes each;
 - everything else with stored float state (BatchNorm weight, bias, running mean and variance):
   4 bytes per element; integer counters (`num_batches_tracked`) are not counted.
@@ -19,7 +20,7 @@ header, the BN counters and at most one byte of padding per packed tensor.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -35,12 +36,14 @@ ModelFactory = Callable[[float], nn.Module]
 
 @dataclass(frozen=True)
 class ComputeLayer:
-    """One conv/linear layer: its qualified name, weight and bias elements, output channels."""
+    """One conv/linear layer: its qualified name, weight and bias elements, output channels,
+    and whether it is a depthwise conv (one input channel per group)."""
 
     name: str
     weight: int
     bias: int
     out_channels: int
+    depthwise: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,14 +66,22 @@ class SizeBreakdown:
         return {**asdict(self), "total": self.total}
 
 
-def weight_spec(bits: int) -> dict[str, Any] | None:
-    """The weight quantizer for `bits`: 1 binary, 2 ternary, 3..8 signed uniform, 32 float."""
+def weight_spec(bits: int, depthwise: bool = False) -> dict[str, Any] | None:
+    """The weight quantizer for `bits`: 1 binary, 2 ternary, 3..8 signed uniform, 32 float.
+
+    Every scale is per tensor except ternary on a depthwise conv, which gets one scale per
+    channel: a per-tensor ternary scale zeroes whole depthwise channels (9 weights each), BN
+    then divides their constant output by sqrt(eps), and the ~300x gradient that reaches their
+    latent weights through the STE diverges within a few steps (MobileNetV2 trained at 10 %).
+    Binary cannot zero a channel; 4- and 8-bit uniform keep every channel whose largest weight
+    exceeds half a step (1/14 and 1/254 of the layer's largest).
+    """
     if bits == FLOAT_BITS:
         return None
     if bits == 1:
         return {"name": "binary"}
     if bits == 2:
-        return {"name": "ternary"}
+        return {"name": "ternary", "per_channel": True} if depthwise else {"name": "ternary"}
     if 3 <= bits <= 8:
         return {"name": "uniform", "bits": bits, "signed": True, "clip": "max"}
     raise ValueError(f"weight bits must be 1..8 or 32 (float), got {bits}")
@@ -83,8 +94,20 @@ def compute_layers(model: nn.Module) -> list[ComputeLayer]:
         if isinstance(module, nn.Conv2d | nn.Linear) and id(module) not in seen:
             seen.add(id(module))
             bias = module.bias.numel() if module.bias is not None else 0
-            out.append(ComputeLayer(name, module.weight.numel(), bias, module.weight.shape[0]))
+            out.append(ComputeLayer(name, module.weight.numel(), bias, module.weight.shape[0],
+                                    is_depthwise(module)))
     return out
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    """A conv whose every group sees one input channel (and there is more than one group)."""
+    return isinstance(module, nn.Conv2d) and module.groups > 1 \
+        and module.groups == module.in_channels
+
+
+def depthwise_names(model: nn.Module) -> frozenset[str]:
+    """The qualified names of `model`'s depthwise convs (works on the meta device)."""
+    return frozenset(layer.name for layer in compute_layers(model) if layer.depthwise)
 
 
 def full_table(model: nn.Module, bits: Bits, first_last_bits: int = 8) -> BitsTable:
@@ -123,7 +146,7 @@ def table_size(model: nn.Module, table: Mapping[str, int]) -> SizeBreakdown:
             flt += layer.weight * 4
         else:
             quant += layer.weight * bits / 8
-            spec = weight_spec(bits) or {}
+            spec = weight_spec(bits, layer.depthwise) or {}
             scales += 4 * (layer.out_channels if spec.get("per_channel") else 1)
     other = 0
     for module in model.modules():
@@ -173,9 +196,11 @@ def layer_macs(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]
     return counts
 
 
-def quant_rules(table: Mapping[str, int]) -> dict[str, Any]:
-    """`quantize_model` rules (exact-name regexes) that give every layer its bits in `table`."""
-    return {_exact(name): (None if (spec := weight_spec(bits)) is None else {"weight": spec})
+def quant_rules(table: Mapping[str, int], depthwise: Collection[str] = ()) -> dict[str, Any]:
+    """`quantize_model` rules (exact-name regexes) that give every layer its bits in `table`
+    (`depthwise`: the names of the depthwise convs, see `weight_spec`)."""
+    return {_exact(name): (None if (spec := weight_spec(bits, name in depthwise)) is None
+                           else {"weight": spec})
             for name, bits in table.items()}
 
 
