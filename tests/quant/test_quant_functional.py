@@ -202,3 +202,30 @@ def test_ternary_support_chunked_scan_matches_the_vectorised_one(shape: tuple[in
     k_chunk, s_chunk = F._support_chunked(srt.numpy())
     assert torch.equal(k_vec, k_chunk)
     torch.testing.assert_close(s_vec, s_chunk, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["positive", "negative", "mixed"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
+def test_whole_tensor_abs_stats_equal_float64(dtype: torch.dtype, kind: str, layout: str) -> None:
+    """abs_sum / abs_max (the activation statistics' fast path) give sum |x| and max |x| of
+    every layout: one-sign tensors by a plain sum, mixed signs through vector_norm."""
+    x = torch.randn(4, 6, 5, 7, generator=torch.Generator().manual_seed(3))
+    x = {"positive": x.abs(), "negative": -x.abs(), "mixed": x}[kind].to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "transposed":
+        x = x.transpose(1, 3)
+    ref = x.double().abs()
+    assert F.abs_sum(x).dtype == torch.float32
+    tol = 1e-6 if dtype == torch.float32 else 2**-8  # the sum is rounded to x's dtype
+    assert F.abs_sum(x).item() == pytest.approx(ref.sum().item(), rel=tol)
+    assert F.abs_max(x).item() == ref.max().item() and F.abs_max(x).dtype == dtype
+
+
+def test_whole_tensor_abs_stats_edge_cases() -> None:
+    assert F.abs_sum(torch.empty(0)).item() == 0 and F.abs_max(torch.empty(0)).item() == 0
+    nan = torch.tensor([1.0, float("nan"), -2.0])
+    assert F.abs_sum(nan).isnan() and F.abs_max(nan).isnan()
+    x = torch.ones(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    assert F.flat(x).data_ptr() == x.data_ptr()  # a view, no copy

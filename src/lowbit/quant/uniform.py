@@ -153,8 +153,8 @@ class Uniform(_ClipQuantizer):
 
         def batch_max() -> Tensor:
             if self.signed:  # max |x| without materialising |x|, in x's dtype
-                return torch.linalg.vector_norm(x.detach(), math.inf).to(x.dtype)
-            return x.detach().max().clamp_min(0)
+                return F.abs_max(x)
+            return F.flat(x.detach()).amax().clamp_min(0)
 
         if self.clip == "max":
             return batch_max()
