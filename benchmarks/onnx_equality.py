@@ -1,8 +1,9 @@
 """onnxruntime vs PyTorch on a full test set: top-1 of both, per-sample agreement, logit gaps.
 
-For each checkpoint: the fake-quantized PyTorch model, its float ONNX graph and its integer
-(QDQ) ONNX graph run through onnxruntime with graph optimizations (integer kernels) and, for the
-integer graph, without them (the file's exact ONNX semantics). Reports top-1 of each, how many
+For each checkpoint: the fake-quantized PyTorch model, its float ONNX graph, its integer (QDQ)
+ONNX graph and its "int-exact" graph (the same codes, no conv fused) run through onnxruntime with
+graph optimizations (integer kernels where convs fuse) and, for the integer graph, without them
+(the file's exact ONNX semantics). Reports top-1 of each, how many
 test images get a different top-1 class, the largest |logit difference| and the largest
 activation step of the model's quantized layers.
 
@@ -58,7 +59,7 @@ def check(path: Path, data_dir: str | None, batch: int) -> dict[str, Any]:
     ref = logits(model, data, batch)
     out: dict[str, Any] = {"checkpoint": str(path), "num_test": len(labels),
                            "pytorch_top1": float((ref.argmax(1) == labels).float().mean() * 100)}
-    for flavour in ("float", "int"):
+    for flavour in ("float", "int", "int-exact"):
         proto = to_onnx(model, flavour, meta)
         out[f"{flavour}_max_act_step"] = max_step(read_metadata(proto))
         for optimize in ((True, False) if flavour == "int" else (True,)):

@@ -310,8 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--format", choices=["lowbit", "onnx"], default="lowbit",
                    help="onnx: an ONNX graph for onnxruntime (needs the lowbit[onnx] extra)")
-    p.add_argument("--flavour", choices=["float", "int"], default="int",
-                   help="ONNX flavour: float weights, or int8 codes with QDQ activations")
+    p.add_argument("--flavour", choices=["float", "int", "int-exact"], default="int",
+                   help="ONNX flavour: float weights; int8 codes with QDQ activations (convs "
+                   "fuse into integer kernels); int-exact: the same codes, no conv fused, "
+                   "biases exact")
     p.add_argument("--json", action="store_true", help="print the output path and size as JSON")
     p.set_defaults(fn=cmd_export)
 

@@ -19,7 +19,7 @@ from onnx import numpy_helper  # noqa: E402
 from lowbit.api import train  # noqa: E402
 from lowbit.build import load_run  # noqa: E402
 from lowbit.cli import main  # noqa: E402
-from lowbit.export.onnx import read_metadata, to_onnx  # noqa: E402
+from lowbit.export.onnx import OnnxModule, read_metadata, session, to_onnx  # noqa: E402
 from lowbit.models import create_model  # noqa: E402
 from lowbit.nn.multibranch import BinaryConv2d, BranchSum  # noqa: E402
 from lowbit.recipes import parse_quant_section  # noqa: E402
@@ -89,6 +89,26 @@ def test_kbit_groupnet_int_graph_runs_integer_kernels(tmp_path: Path) -> None:
     assert fused["QLinearConv"] >= sums * 2  # each base's first conv, in every block
 
 
+def test_int_exact_graph_fuses_no_conv_and_keeps_the_file_semantics(tmp_path: Path) -> None:
+    """"int-exact": the same int8 codes and QDQ activations, no QLinearConv after onnxruntime's
+    optimizations, and optimized outputs equal to the unoptimized graph's (no bias rounding)."""
+    model = groupnet(GROUPNETS["v1_a4"])
+    proto = to_onnx(model, "int-exact")
+    assert read_metadata(proto)["flavour"] == "int-exact"
+    int_ops = Counter(n.op_type for n in to_onnx(model, "int").graph.node)
+    ops = Counter(n.op_type for n in proto.graph.node)
+    assert ops["QuantizeLinear"] == int_ops["QuantizeLinear"] > 0
+    assert ops["DequantizeLinear"] == int_ops["DequantizeLinear"]
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    optimized = onnx.load(str(tmp_path / "opt.onnx")).graph.node
+    assert "QLinearConv" not in {n.op_type for n in optimized}
+    x, raw = torch.randn(4, 3, 32, 32), proto.SerializeToString()
+    fast, plain = (OnnxModule(session(raw, optimize=o))(x) for o in (True, False))
+    assert torch.allclose(fast, plain, atol=1e-5)
+
+
 def test_gates_are_lowered_where_pytorch_uses_them() -> None:
     model = groupnet(GROUPNETS["v1_a4_gated"])
     layers = read_metadata(to_onnx(model, "float"))["layers"]
@@ -109,7 +129,7 @@ def test_cli_exports_and_evaluates_a_trained_groupnet(act: dict[str, Any], tmp_p
     ckpt = tmp_path / "run" / "final.safetensors"
     assert main(["eval", str(ckpt), "--json"]) == 0
     want = json.loads(capsys.readouterr().out)
-    for flavour in ("float", "int"):
+    for flavour in ("float", "int", "int-exact"):
         out = tmp_path / f"gn.{flavour}.onnx"
         assert main(["export", str(ckpt), "--format", "onnx", "--flavour", flavour,
                      "-o", str(out)]) == 0

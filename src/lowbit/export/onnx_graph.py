@@ -34,7 +34,7 @@ from torch import fx, nn
 from lowbit.errors import LowbitError
 
 OPSET = 17
-FLAVOURS = ("float", "int")
+FLAVOURS = ("float", "int", "int-exact")
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class GraphBuilder:
     """Accumulates ONNX nodes, initializers and per-layer metadata while lowering a model."""
 
     flavour: str = "float"
+    fuse: bool = True  # "int": let onnxruntime fuse folded convs (biases rounded, see onnx_quant)
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)

@@ -25,7 +25,8 @@ are therefore multiplied by a per-channel integer gain g (codes * g stays in int
 pair sums of AVX2 kernels below 2^15) chosen so that B is (nearly) a multiple of the unit
 |M| / g: with ternary or binary codes (g up to 127) the fused integer graph reproduces the
 fake-quant codes exactly in practice. Wider codes leave too little room (4-bit: g <= 18 changed
-2.6 % of test-set predictions), so below MIN_FUSED_GAIN the bias goes to a separate Add after
+2.6 % of test-set predictions), so below MIN_FUSED_GAIN (and always in the "int-exact" flavour,
+`builder.fuse` False) the bias goes to a separate Add after
 the conv, which keeps onnxruntime from fusing that conv: it runs as a float conv on the
 dequantized int8 weights, exact, and its file still stores int8 codes. The requantization
 itself (round half to even of (acc + bias) * multiplier, float32) differs from the float path by
@@ -269,7 +270,7 @@ def _folded_int(b: GraphBuilder, m: FoldedConvBN, grid: ActGrid | None, x: str, 
     top = _max_gain(int(codes.abs().max()), max(abs(grid.lo), abs(grid.hi)))
     xq = emit_qdq(b, x, grid, np.uint8 if grid.lo >= 0 else np.int8, name)
     info.update(storage="int8", codes=sorted(int(c) for c in codes.unique()))
-    if top < MIN_FUSED_GAIN:  # the bias would round coarsely: keep the conv out of fusion
+    if top < MIN_FUSED_GAIN or not b.fuse:  # keep the conv out of fusion: its bias stays exact
         unit = torch.where(live, mult.abs() / step, 1.0)
         info.update(fused=False, accumulator_unit=[float(u) for u in unit * step])
         y = emit_conv(b, xq, emit_dq_weight(b, codes, unit, name), None, m, name)
