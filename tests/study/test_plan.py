@@ -97,3 +97,40 @@ def test_mixed_runs_resolve_within_budget() -> None:
     bits = {n: (1 if i % 2 else 4) for i, n in enumerate(searched)}
     resolve_mixed(plan, greedy, {"greedy-s0": {"bits": {**knap.table, **bits}}})
     assert abs(greedy.size_error) <= greedy.extra["solver_step"] / 2 + 1e-12
+
+
+def test_knapsack_counts_per_channel_scales_of_depthwise_ternary() -> None:
+    """On MobileNetV2, 2-bit depthwise weights store a scale per channel (more than 4-bit with
+    one scale): the knapsack must cost them so, or its table overshoots the budget."""
+    from lowbit.study.execute import resolve_mixed, search_tasks
+
+    plan = load_plan(REPO / "experiments" / "study" / "mobilenetv2.yaml")
+    knap = {r.id: r for r in expand(plan)}["b2-knapsack-s0"]
+    searched = search_tasks(plan, [knap])["sensitivity-s0"]["searched"]
+    depthwise = [n for n in searched if ".conv.3" in n or n == "features.3.conv.0"]
+    sens = {n: {b: (i + 1) / b for b in (1, 2, 4, 8)} for i, n in enumerate(searched)}
+    sens.update({n: {1: 100.0, 2: 0.0, 4: 0.0, 8: 0.0} for n in depthwise})  # 1 bit hurts
+    resolve_mixed(plan, knap, {"sensitivity-s0": {"sensitivity": sens}})
+    assert knap.table is not None and knap.size is not None
+    assert knap.size <= plan.budgets["b2"]
+    assert knap.size > 0.99 * plan.budgets["b2"]  # and it uses the budget
+
+
+def test_depthwise_ternary_reaches_every_quantizer_the_study_builds() -> None:
+    """The per-channel rule reaches a training run's config and the searches' layer swaps."""
+    from lowbit.models import create_model
+    from lowbit.study.execute import train_task
+    from lowbit.study.mixed import _set_bits
+    from lowbit.study.size import depthwise_names, full_table, quant_rules
+    from lowbit.transform import quantize_model
+
+    plan = load_plan(REPO / "experiments" / "study" / "mobilenetv2.yaml")
+    run = {r.id: r for r in expand(plan)}["b2-w2-s0"]
+    rules = train_task(plan, run)["config"]["quant"]["rules"]
+    assert rules[r"features\.4\.conv\.3"]["weight"] == {"name": "ternary", "per_channel": True}
+    assert rules[r"features\.4\.conv\.0"]["weight"] == {"name": "ternary"}
+    model = create_model("mobilenet_v2", width=0.35)
+    model = quantize_model(model, quant_rules(full_table(model, 8), depthwise_names(model))).model
+    for name, per_channel in (("features.4.conv.3", True), ("features.4.conv.0", False)):
+        _set_bits(model, name, 2)
+        assert model.get_submodule(name).weight_quant.per_channel is per_channel

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from lowbit.quant.stats import abs_max, abs_sum
+
 
 def code_dtype(max_code: int) -> torch.dtype:
     """Smallest signed integer type holding codes in [-max_code, max_code]."""
@@ -242,40 +244,6 @@ def uniform_encode(x: Tensor, clip: Tensor, bits: int, signed: bool) -> tuple[Te
     xc = torch.minimum(torch.maximum(x.detach(), -t if signed else torch.zeros_like(t)), t)
     codes = torch.round(xc / torch.where(step > 0, step, 1.0)).to(code_dtype(big_l))
     return codes, step.reshape(clip.shape)
-
-
-# ----------------------------------------------------------------------------- whole-tensor stats
-def flat(x: Tensor) -> Tensor:
-    """`x` as 1-d: a view of its memory when it is dense (contiguous or channels_last, whose
-    full reductions then run as plain vector loops), else a copy."""
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-    if channels_last and not x.is_contiguous():
-        return x.permute(0, 2, 3, 1).reshape(-1)
-    return x.reshape(-1)
-
-
-def abs_max(x: Tensor) -> Tensor:
-    """max |x| (0-d, x's dtype) from one min/max pass: on CPU 10-15x faster than
-    `vector_norm(x, inf)` on activation-sized tensors, with the same value (NaN propagates)."""
-    if x.numel() == 0:
-        return torch.zeros((), dtype=x.dtype, device=x.device)
-    lo, hi = torch.aminmax(flat(x.detach()))
-    return torch.maximum(-lo, hi)
-
-
-def abs_sum(x: Tensor) -> Tensor:
-    """sum |x| (0-d float32), accumulated in float32 and rounded to x's dtype, as
-    `vector_norm(x, 1)` does. A tensor of one sign (activations after a ReLU) is summed directly,
-    5-15x faster on CPU (`sum(dtype=float32)` would first copy a bf16 tensor to float32); a
-    mixed-sign one, or any under `torch.compile`, goes through `vector_norm`."""
-    f = flat(x.detach())
-    if f.numel() == 0:
-        return torch.zeros((), dtype=torch.float32, device=x.device)
-    if not torch.compiler.is_compiling():  # no data-dependent branch in a compiled graph
-        lo, hi = torch.aminmax(f)
-        if bool(lo >= 0) or bool(hi <= 0):
-            return f.sum().abs().float()
-    return torch.linalg.vector_norm(f, 1).float()
 
 
 # ----------------------------------------------------------------------------- GDRQ scale-clip

@@ -20,6 +20,7 @@ from lowbit.quant import functional as F
 from lowbit.quant.base import check_bits, check_input, check_levels_fit
 from lowbit.quant.codebook import CodebookQuantizer
 from lowbit.quant.registry import register_quantizer
+from lowbit.quant.stats import abs_max, flat
 from lowbit.quant.ste import (
     fused_uniform_ste,
     grad_scale,
@@ -153,8 +154,8 @@ class Uniform(_ClipQuantizer):
 
         def batch_max() -> Tensor:
             if self.signed:  # max |x| without materialising |x|, in x's dtype
-                return F.abs_max(x)
-            return F.flat(x.detach()).amax().clamp_min(0)
+                return abs_max(x)
+            return flat(x.detach()).amax().clamp_min(0)
 
         if self.clip == "max":
             return batch_max()

@@ -27,6 +27,7 @@ from lowbit.study.size import (
     compute_layers,
     depthwise_names,
     full_table,
+    layer_bits,
     table_size,
 )
 from lowbit.study.solver import solve_width
@@ -140,10 +141,11 @@ def resolve_mixed(plan: Plan, run: Run, found: dict[str, dict[str, Any]]) -> Run
     model = build_meta(plan.factory, run.width)
     sens = monotone_in_bits({name: {int(b): float(v) for b, v in per.items()}
                              for name, per in result["sensitivity"].items()})
-    elements = {c.name: c.weight for c in compute_layers(model) if c.name in sens}
+    layers = [c for c in compute_layers(model) if c.name in sens]
+    costs = {c.name: {b: layer_bits(c, b) for b in sens[c.name]} for c in layers}
     table = full_table(model, anchor, plan.first_last_bits)
-    fixed = table_size(model, table).total - sum(n * anchor / 8 for n in elements.values())
-    picked = solve_knapsack(elements, sens, int((target - fixed) * 8))
+    fixed = table_size(model, table).total * 8 - sum(layer_bits(c, anchor) for c in layers)
+    picked = solve_knapsack(costs, sens, int(target * 8 - fixed))
     run.extra = {"anchor_bits": anchor, "knapsack_exact": picked.exact,
                  "knapsack_cost": picked.cost}
     return describe(plan, run, {**table, **picked.bits})

@@ -1,6 +1,10 @@
 """Multiple-choice knapsack: one bit-width per layer, least total sensitivity under a size budget.
 
-minimise  sum_l s[l][b_l]   subject to   sum_l n_l * b_l <= capacity (bits),  b_l in choices
+minimise  sum_l s[l][b_l]   subject to   sum_l c[l][b_l] <= capacity (bits),  b_l in choices
+
+c[l][b] is the stored bits of layer l at b bits: n_l * b plus its scales (`lowbit.study.size.
+layer_bits`), which need not grow with b (per-channel ternary on a depthwise conv stores more
+than one-scale 4-bit weights).
 
 Solved exactly by dynamic programming over the capacity, in units of the greatest common
 divisor of all item costs (no rounding). When that grid would exceed `max_cells`, costs are
@@ -43,7 +47,7 @@ class KnapsackResult:
 
 
 def solve_knapsack(
-    elements: Mapping[str, int],
+    costs: Mapping[str, Mapping[int, int]],
     sensitivity: Mapping[str, Mapping[int, float]],
     capacity_bits: int,
     max_cells: int = 4_000_000,
@@ -51,7 +55,7 @@ def solve_knapsack(
     """Choose bits per layer (keys of `sensitivity[layer]`) minimising summed sensitivity.
 
     Args:
-        elements: weight elements per layer.
+        costs: per layer, {bits: stored bits at that bit-width}.
         sensitivity: per layer, {bits: loss increase}; the layer's choices are its keys.
         capacity_bits: the budget for these layers' weights, in bits.
         max_cells: largest DP grid (capacity in units) before coarsening.
@@ -59,8 +63,7 @@ def solve_knapsack(
     Raises:
         ValueError: not even the smallest bits of every layer fit the capacity.
     """
-    names = list(elements)
-    costs = {n: {b: elements[n] * b for b in sensitivity[n]} for n in names}
+    costs = {n: {b: int(costs[n][b]) for b in sensitivity[n]} for n in costs}
     smallest = sum(min(c.values()) for c in costs.values())
     if smallest > capacity_bits:
         raise ValueError(f"the budget ({capacity_bits:,} bits) cannot hold even the smallest "

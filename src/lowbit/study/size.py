@@ -131,6 +131,20 @@ def full_table(model: nn.Module, bits: Bits, first_last_bits: int = 8) -> BitsTa
     return table
 
 
+def stored_scales(layer: ComputeLayer, bits: int) -> int:
+    """float32 scales `layer` stores at `bits`: none in float, one per output channel for a
+    per-channel quantizer (`weight_spec`), else one."""
+    spec = weight_spec(bits, layer.depthwise)
+    if spec is None:
+        return 0
+    return layer.out_channels if spec.get("per_channel") else 1
+
+
+def layer_bits(layer: ComputeLayer, bits: int) -> int:
+    """Stored bits of `layer`'s weight at `bits`: its codes (float: 32 per element) and scales."""
+    return layer.weight * bits + 32 * stored_scales(layer, bits)
+
+
 def table_size(model: nn.Module, table: Mapping[str, int]) -> SizeBreakdown:
     """Stored bytes of `model` (float, any device) once its layers take the bits of `table`."""
     quant = flt = scales = biases = 0.0
@@ -146,8 +160,7 @@ def table_size(model: nn.Module, table: Mapping[str, int]) -> SizeBreakdown:
             flt += layer.weight * 4
         else:
             quant += layer.weight * bits / 8
-            spec = weight_spec(bits, layer.depthwise) or {}
-            scales += 4 * (layer.out_channels if spec.get("per_channel") else 1)
+            scales += 4 * stored_scales(layer, bits)
     other = 0
     for module in model.modules():
         if id(module) in compute_ids:
