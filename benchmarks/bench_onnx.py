@@ -1,9 +1,9 @@
 """ResNet-20 inference in onnxruntime: the integer (QDQ) graph vs the float graph of one checkpoint.
 
-Both graphs come from the same checkpoint (`lowbit.export.onnx`, flavours "int" and "float"),
-run in one process with the same intra-op thread count, timed interleaved (the order alternates
-every round), at each batch size; the figure is the ratio of medians float / int (> 1: the
-integer graph is faster). Target: >= 2x.
+The graphs come from the same checkpoint (`lowbit.export.onnx`, flavours "float", "int" and
+"int-exact", the int graph with no conv fused), run in one process with the same intra-op thread
+count, timed interleaved (the order alternates every round), at each batch size; the figure is
+the ratio of medians float / int (> 1: the integer graph is faster). Target: >= 2x.
 
     python benchmarks/bench_onnx.py                       # GDRQ W2A4, batch 1 and 128, 2 threads
     python benchmarks/bench_onnx.py --repeats 5 --out smoke.json   # smoke run
@@ -60,7 +60,8 @@ def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
             ) -> list[dict[str, Any]]:
     """Interleaved timings of both graphs at every batch size."""
     model, meta = load_model(checkpoint)
-    graphs = {f: to_onnx(model, f, meta).SerializeToString() for f in ("float", "int")}
+    graphs = {f: to_onnx(model, f, meta).SerializeToString()
+              for f in ("float", "int", "int-exact")}
     sessions = {f: session(g, threads) for f, g in graphs.items()}
     rows = []
     for batch in batches:
@@ -73,10 +74,14 @@ def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
         rows.append({"batch": batch, "threads": threads, "repeats": repeats, "op_ms": ops,
                      "float_median_s": median(times["float"]), "int_median_s": median(times["int"]),
                      "speedup_float_over_int": median(times["float"]) / median(times["int"]),
+                     "int_exact_median_s": median(times["int-exact"]),
+                     "speedup_float_over_int_exact": median(times["float"])
+                     / median(times["int-exact"]),
                      "float_all_s": times["float"], "int_all_s": times["int"]})
         print(f"batch {batch}: float {rows[-1]['float_median_s'] * 1e3:.2f} ms, int "
               f"{rows[-1]['int_median_s'] * 1e3:.2f} ms, float/int "
-              f"{rows[-1]['speedup_float_over_int']:.2f}x")
+              f"{rows[-1]['speedup_float_over_int']:.2f}x, float/int-exact "
+              f"{rows[-1]['speedup_float_over_int_exact']:.2f}x")
     return rows
 
 

@@ -72,7 +72,9 @@ def _compile_step(r: Result) -> tuple[str, str]:
 
 def _onnx_speed(r: Result) -> tuple[str, str]:
     """(headline, target): onnxruntime float graph / int graph time, per batch size."""
-    cells = [f"batch {x['batch']}: {x['speedup_float_over_int']:.2f}x" for x in r["rows"]]
+    cells = [f"batch {x['batch']}: {x['speedup_float_over_int']:.2f}x"
+             + (f" (int-exact {x['speedup_float_over_int_exact']:.2f}x)"
+                if "speedup_float_over_int_exact" in x else "") for x in r["rows"]]
     return f"ORT float / int graph ({r['checkpoint'].split('_resnet')[0]}): " + ", ".join(
         cells), ">= 2x"
 
