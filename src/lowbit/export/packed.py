@@ -93,8 +93,10 @@ def pack_model(model: nn.Module, entropy: bool = False
         q: Any = layer.weight_quant
         codes, scale = _encode(name, q, layer.weight)
         table = q.code_range().to(torch.int64)
-        indices.append(_indices(name, codes, table).to(torch.uint8))
-        blobs["codes"].append(pack_bits(indices[-1], _bits(table)))
+        idx = _indices(name, codes, table).to(torch.uint8)
+        blobs["codes"].append(pack_bits(idx, _bits(table)))
+        if entropy:  # kept only to entropy-code them below
+            indices.append(idx)
         _append(blobs, scale.detach().to(layer.weight.dtype))
         layers.append([name, _bits(table), list(scale.shape)])
     items = _state_items(model, [entry[0] for entry in layers])
