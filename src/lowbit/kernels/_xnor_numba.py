@@ -2,11 +2,13 @@
 
 Same bit layout as the PyTorch path: channel c of a pixel is bit c % 64 of word c // 64 (bit 1
 for x >= 0), padding pixels are all ones (+1), and a window's taps are concatenated tap after
-tap. `conv` packs the input pixels once (a 1 x 1 convolution without padding packs only the
-pixels its stride reads), lays each image's windows out as (words, pixels), then runs the
-popcount GEMM one (image, output channel) per parallel task with the pixels innermost:
-contiguous loads, contiguous writes of out[b, o], and a loop LLVM vectorises (VPOPCNTQ on
-AVX-512).
+tap. `conv` runs one parallel task per (image, group of output channels). A task packs its
+image's pixels (a 1 x 1 convolution without padding packs only the pixels its stride reads), lays
+the windows out as (words, pixels), both in buffers small enough to stay in cache, then runs the
+popcount GEMM for its output channels: two channels at a time sharing each word's load, up to
+three words summed before the output is touched, pixels innermost, so that LLVM vectorises the
+loop (VPOPCNTQ on AVX-512). With fewer images than threads the output channels are split into
+groups, and each group's task packs its image again (cheap next to the GEMM).
 """
 
 from __future__ import annotations
@@ -30,6 +32,12 @@ def _popcount64(typingctx: Any, x: Any) -> Any:
     return sig, codegen
 
 
+@numba.njit(inline="always")
+def _pc(x: Any) -> Any:
+    # int32 + uint64 would be float64 in numba: cast the count
+    return np.int32(_popcount64(x))  # type: ignore[call-arg]
+
+
 @numba.njit(cache=True)
 def _ones(c: int, cw: int) -> np.ndarray:
     ones = np.zeros(cw, dtype=np.uint64)
@@ -39,84 +47,111 @@ def _ones(c: int, cw: int) -> np.ndarray:
 
 
 @numba.njit(cache=True)
-def _or_signs(acc: np.ndarray, row: np.ndarray, step: int, shift: Any) -> None:
-    """acc[j] |= (row[j * step] >= 0) << shift, branch-free; the contiguous case apart so that
-    LLVM vectorises it."""
-    if step == 1:
-        for j in range(acc.size):
-            acc[j] |= np.uint64(row[j] >= 0) << shift
-    else:
-        for j in range(acc.size):
-            acc[j] |= np.uint64(row[j * step] >= 0) << shift
-
-
-@numba.njit(parallel=True, cache=True)
-def _pack_pixels(x: np.ndarray, pad: int, cw: int, step: int) -> np.ndarray:
-    """(N, H', W', cw) words of the +1-padded input; `step` > 1 (only with pad 0) keeps every
-    step-th pixel. One image per parallel task."""
-    n, c, h, w = x.shape
-    hp, wp = (h + 2 * pad - 1) // step + 1, (w + 2 * pad - 1) // step + 1
-    out = np.empty((n, hp, wp, cw), dtype=np.uint64)
-    ones = _ones(c, cw)
-    for b in numba.prange(n):
-        acc = np.empty(wp - 2 * pad, dtype=np.uint64)
+def _pack_image(x: np.ndarray, pad: int, step: int, ones: np.ndarray, out: np.ndarray) -> None:
+    """out (cw, H', W'): the words of one +1-padded image (C, H, W), a plane per word; `step`
+    > 1 (only with pad 0) keeps every step-th pixel. Channel after channel, each ORs its sign
+    bits into the plane (indexed directly, no views: LLVM vectorises the contiguous case)."""
+    cw, hp, wp = out.shape
+    hi, wi = hp - 2 * pad, wp - 2 * pad
+    if pad < 0 or step < 1:  # never true; it tells LLVM the indices below are >= 0, so that
+        return  # it drops numba's negative-index wraparound and vectorises the loops
+    for q in range(cw):
         for i in range(hp):
-            if i < pad or i >= hp - pad:
-                for j in range(wp):
-                    out[b, i, j, :] = ones
-                continue
-            for j in range(pad):
-                out[b, i, j, :] = ones
-                out[b, i, wp - 1 - j, :] = ones
-            for word in range(cw):
-                acc[:] = 0
-                for ch in range(word * 64, min(c, word * 64 + 64)):  # rows read contiguously
-                    _or_signs(acc, x[b, ch, i * step - pad], step, np.uint64(ch % 64))
-                out[b, i, pad:pad + acc.size, word] = acc
-    return out
+            for j in range(wp):
+                inside = pad <= i < hp - pad and pad <= j < wp - pad
+                out[q, i, j] = 0 if inside else ones[q]
+    for ch in range(x.shape[0]):
+        q, bit = ch // 64, np.uint64(ch % 64)
+        if step == 1:
+            for i in range(hi):
+                for j in range(wi):
+                    out[q, i + pad, j + pad] |= np.uint64(x[ch, i, j] >= 0) << bit
+        else:
+            for i in range(hi):
+                for j in range(wi):
+                    out[q, i, j] |= np.uint64(x[ch, i * step, j * step] >= 0) << bit
 
 
-@numba.njit(parallel=True, cache=True)
-def _windows(px: np.ndarray, c: int, kh: int, kw: int, stride: int, oh: int, ow: int,
-             nw: int) -> np.ndarray:
-    """(N, words, OH * OW) window bit strings, taps concatenated; one image per task."""
-    n, cw = px.shape[0], px.shape[3]
-    cols = np.zeros((n, nw, oh * ow), dtype=np.uint64)
+@numba.njit(cache=True)
+def _window_image(px: np.ndarray, c: int, kh: int, kw: int, stride: int, ow: int,
+                  cols: np.ndarray) -> None:
+    """cols (words, OH * OW): one image's window bit strings, taps concatenated; fewer than 64
+    channels share a word between taps."""
+    cw, oh = px.shape[0], cols.shape[1] // ow
     per = 64 // c if c < 64 else 1
-    for b in numba.prange(n):
-        for t in range(kh * kw):
-            di, dj = t // kw, t % kw
-            for i in range(oh):
-                src = px[b, i * stride + di]
-                if c < 64:  # several taps share a word
-                    word, shift = t // per, np.uint64((t % per) * c)
+    if kw < 1 or stride < 1 or ow < 1 or c < 1:  # never true: lets LLVM vectorise (as above)
+        return
+    cols[:] = 0
+    for t in range(kh * kw):
+        di, dj = t // kw, t % kw
+        for q in range(cw):
+            word = t // per if c < 64 else t * cw + q
+            shift = np.uint64((t % per) * c if c < 64 else 0)
+            if stride == 1:
+                for i in range(oh):
                     for j in range(ow):
-                        cols[b, word, i * ow + j] |= src[j * stride + dj, 0] << shift
-                else:
-                    for q in range(cw):
-                        for j in range(ow):
-                            cols[b, t * cw + q, i * ow + j] = src[j * stride + dj, q]
-    return cols
+                        cols[word, i * ow + j] |= px[q, i + di, j + dj] << shift
+            else:
+                for i in range(oh):
+                    for j in range(ow):
+                        cols[word, i * ow + j] |= px[q, i * stride + di, j * stride + dj] << shift
+
+
+@numba.njit(cache=True)
+def _gemm_pair(cols: np.ndarray, wa: np.ndarray, wb: np.ndarray, oa: np.ndarray,
+               ob: np.ndarray) -> None:
+    """oa -= 2 popcount(cols ^ wa), ob likewise with wb (summed over the words), sharing each
+    word's load; three words at a time before the outputs are touched."""
+    nw, pixels = cols.shape
+    t = 0
+    while t < nw:
+        if nw - t >= 3:
+            r0, r1, r2 = cols[t], cols[t + 1], cols[t + 2]
+            a0, a1, a2, b0, b1, b2 = wa[t], wa[t + 1], wa[t + 2], wb[t], wb[t + 1], wb[t + 2]
+            for p in range(pixels):
+                x0, x1, x2 = r0[p], r1[p], r2[p]
+                oa[p] -= 2 * (_pc(x0 ^ a0) + _pc(x1 ^ a1) + _pc(x2 ^ a2))
+                ob[p] -= 2 * (_pc(x0 ^ b0) + _pc(x1 ^ b1) + _pc(x2 ^ b2))
+            t += 3
+        else:
+            r0, a0, b0 = cols[t], wa[t], wb[t]
+            for p in range(pixels):
+                x0 = r0[p]
+                oa[p] -= 2 * _pc(x0 ^ a0)
+                ob[p] -= 2 * _pc(x0 ^ b0)
+            t += 1
 
 
 @numba.njit(parallel=True, cache=True)
-def _popcount_gemm(cols: np.ndarray, wt: np.ndarray, k: int, corr: np.ndarray,
-                   out: np.ndarray) -> None:
-    """out[b, o] = k - 2 popcount(cols[b] ^ wt[o]) - corr[o]; one (image, output channel) per
-    task, so that a batch of one still uses every thread."""
+def _conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
+          step: int, k: int, corr: np.ndarray, groups: int, out: np.ndarray) -> None:
+    """out[b, o] = k - 2 popcount(windows(b) ^ wt[o]) - corr[o]; one task per (image, group of
+    output channels)."""
     n, oc, oh, ow = out.shape
-    nw, pixels = wt.shape[1], oh * ow
-    for r in numba.prange(n * oc):
-        b, o = r // oc, r % oc
-        acc = np.zeros(pixels, dtype=np.int64)
-        for t in range(nw):
-            wv = wt[o, t]
-            for p in range(pixels):
-                # int64 + uint64 would be float64 in numba: cast the count
-                acc[p] += np.int64(_popcount64(cols[b, t, p] ^ wv))  # type: ignore[call-arg]
-        ob, co = out[b, o].reshape(pixels), corr[o].reshape(pixels)
-        for p in range(pixels):
-            ob[p] = k - 2 * acc[p] - co[p]
+    h, w = x.shape[2], x.shape[3]
+    cw, nw, pixels = -(-c // 64), wt.shape[1], oh * ow
+    hp, wp = (h + 2 * pad - 1) // step + 1, (w + 2 * pad - 1) // step + 1
+    ones = _ones(c, cw)
+    size = -(-oc // groups)
+    size += size % 2  # channels go in pairs
+    for r in numba.prange(n * groups):
+        b, lo = r // groups, (r % groups) * size
+        hi = min(oc, lo + size)
+        if lo >= hi:
+            continue
+        px = np.empty((cw, hp, wp), dtype=np.uint64)
+        _pack_image(x[b], pad, step, ones, px)
+        cols = np.empty((nw, pixels), dtype=np.uint64)
+        _window_image(px, c, kh, kw, stride, ow, cols)
+        spare = np.empty(pixels, dtype=np.int32)  # the partner of an odd last channel
+        for o in range(lo, hi, 2):
+            p = o + 1 if o + 1 < hi else o
+            oa, ca, cb = out[b, o].reshape(pixels), corr[o].reshape(pixels), corr[p].reshape(pixels)
+            ob = out[b, p].reshape(pixels) if p > o else spare
+            for q in range(pixels):
+                oa[q] = k - ca[q]
+                ob[q] = k - cb[q]
+            _gemm_pair(cols, wt[o], wt[p], oa, ob)
 
 
 def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
@@ -128,13 +163,14 @@ def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, p
     n, _, h, w = x.shape
     x = np.ascontiguousarray(x, dtype=np.float32)
     step = stride if (kh, kw, pad) == (1, 1, 0) else 1  # a 1x1 conv reads every stride-th pixel
-    px = _pack_pixels(x, pad, -(-c // 64), step)
     stride //= step
-    oh, ow = (px.shape[1] - kh) // stride + 1, (px.shape[2] - kw) // stride + 1
+    hp, wp = (h + 2 * pad - 1) // step + 1, (w + 2 * pad - 1) // step + 1
+    oh, ow = (hp - kh) // stride + 1, (wp - kw) // stride + 1
     wt = np.ascontiguousarray(wt).view(np.uint64)
     out = np.empty((n, wt.shape[0], oh, ow), dtype=np.int32)
-    cols = _windows(px, c, kh, kw, stride, oh, ow, wt.shape[1])
-    _popcount_gemm(cols, wt, k, np.ascontiguousarray(corr, dtype=np.int32), out)
+    groups = max(1, -(-numba.get_num_threads() // n))
+    _conv(x, wt, c, kh, kw, stride, pad, step, k,
+          np.ascontiguousarray(corr, dtype=np.int32), groups, out)
     return out
 
 
