@@ -2,12 +2,16 @@
 Import after `pytest.importorskip("onnxruntime")` (the `lowbit[onnx]` extra)."""
 
 import json
+from typing import Any
 
 import onnx
 import torch
 from torch import nn
 
 from lowbit.export.onnx import session, to_onnx
+from lowbit.models import create_model
+from lowbit.recipes import parse_quant_section
+from lowbit.transform import quantize_model
 
 
 def calibrated(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -18,6 +22,22 @@ def calibrated(model: nn.Module, seed: int = 0) -> nn.Module:
         for scale in (1.0, 1.5, 0.8):
             model(torch.randn(16, 3, 32, 32) * scale)
     return model.eval()
+
+
+METHODS = {"inq": {"method": "inq", "weight": {"bits": 4}},
+           "lbw": {"method": "lbw", "weight": {"bits": 3}},
+           "gdrq": {"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}}
+
+
+def resnet(spec: dict[str, Any] | None = None, method: dict[str, Any] | None = None) -> nn.Module:
+    """A calibrated quarter-width ResNet-20, quantized by `spec` (QAT) or `method` (a recipe)."""
+    torch.manual_seed(0)
+    model = create_model("resnet20", width=0.25)
+    if method is not None:
+        model = parse_quant_section(method).prepare(model)
+    elif spec is not None:
+        model = quantize_model(model, **spec).model
+    return calibrated(model)
 
 
 def max_step(proto: onnx.ModelProto) -> float:

@@ -24,25 +24,14 @@ from lowbit.models import create_model  # noqa: E402
 from lowbit.nn.layers import QuantAct  # noqa: E402
 from lowbit.quant.inq import INQWeight  # noqa: E402
 from lowbit.quant.uniform import Uniform  # noqa: E402
-from lowbit.recipes import parse_quant_section  # noqa: E402
 from lowbit.transform import quantize_model  # noqa: E402
-from onnx_support import calibrated, check_onnx  # noqa: E402
+from onnx_support import METHODS, calibrated, check_onnx, resnet  # noqa: E402
 
 ACT4 = {"name": "uniform", "bits": 4, "signed": False, "clip": "ema"}
 WEIGHTS = [{"name": "pow2", "bits": 4}, {"name": "ternary"}, {"name": "twn"}, {"name": "binary"},
            {"name": "lbw", "bits": 3}, {"name": "dorefa", "bits": 2},
            {"name": "uniform", "bits": 4}, {"name": "scaleclip", "bits": 2, "group_size": 4},
            {"name": "lsq", "bits": 4}]
-
-
-def resnet(spec: dict[str, Any] | None = None, method: dict[str, Any] | None = None) -> nn.Module:
-    torch.manual_seed(0)
-    model = create_model("resnet20", width=0.25)
-    if method is not None:
-        model = parse_quant_section(method).prepare(model)
-    elif spec is not None:
-        model = quantize_model(model, **spec).model
-    return calibrated(model)
 
 
 @pytest.mark.parametrize("flavour", ["float", "int"])
@@ -52,11 +41,6 @@ def test_qat_models_match_pytorch(weight: dict[str, Any], act: dict[str, Any] | 
                                   flavour: str) -> None:
     model = resnet({"weight": weight, "act": act})
     check_onnx(model, flavour, torch.randn(4, 3, 32, 32))
-
-
-METHODS = {"inq": {"method": "inq", "weight": {"bits": 4}},
-           "lbw": {"method": "lbw", "weight": {"bits": 3}},
-           "gdrq": {"method": "gdrq", "weight": {"bits": 2}, "act": {"bits": 4}}}
 
 
 @pytest.mark.parametrize("flavour", ["float", "int"])

@@ -55,6 +55,7 @@ from lowbit.errors import CheckpointError, LowbitError
 from lowbit.export.fold import FoldedConvBN
 from lowbit.export.integer import fold_foldable
 from lowbit.export.onnx_graph import FLAVOURS, GraphBuilder, build_model, lower_graph, trace
+from lowbit.export.onnx_prepare import dequantize_unfused
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,11 @@ def session(model: str | Path | bytes, threads: int | None = None,
     rounding. With them on (default), it fuses `DequantizeLinear -> Conv -> QuantizeLinear` into
     QLinearConv, whose integer requantization rounds the float bias to one accumulator unit
     (scale_x * scale_w); `lowbit.export.onnx_quant` picks per-channel code gains that make that
-    rounding as small as int8 allows (exact for ternary/binary codes in practice).
+    rounding as small as int8 allows (exact for ternary/binary codes in practice). With them on,
+    the weights of convs that cannot fuse are dequantized once, at load
+    (`lowbit.export.onnx_prepare.dequantize_unfused`; the values are the same), so that those
+    convs run onnxruntime's fast float kernels instead of dequantizing on every run; not in the
+    "int-exact" flavour, whose convs keep the unoptimized graph's summation order.
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -141,6 +146,10 @@ def session(model: str | Path | bytes, threads: int | None = None,
     if threads:
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     source = str(model) if isinstance(model, Path) else model
+    if optimize:  # "int-exact" keeps the DQs: its convs then sum as in the unoptimized graph
+        proto = onnx.load(source) if isinstance(source, str) else onnx.load_from_string(source)
+        if read_metadata(proto)["flavour"] != "int-exact":
+            source = dequantize_unfused(proto)[0].SerializeToString()
     return ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
 
