@@ -1,9 +1,13 @@
 """ResNet-20 inference in onnxruntime: the integer (QDQ) graph vs the float graph of one checkpoint.
 
 The graphs come from the same checkpoint (`lowbit.export.onnx`, flavours "float", "int" and
-"int-exact", the int graph with no conv fused), run in one process with the same intra-op thread
-count, timed interleaved (the order alternates every round), at each batch size; the figure is
-the ratio of medians float / int (> 1: the integer graph is faster). Target: >= 2x.
+"int-exact", the last with no conv fused) and are loaded as `lowbit.export.onnx.session` loads
+them (the weights of convs that cannot fuse dequantized at load). They run in one process with
+the same intra-op thread count, timed interleaved (the order alternates every round), at each
+batch size; the figure is the ratio of medians float / int (> 1: the integer graph is faster).
+Target: >= 2x. Thread spinning is off: with three sessions in one process, the idle sessions'
+spinning threads took the cores from the one being timed (float / int read 1.0x with spinning,
+1.4x without, and each graph alone gives 1.3x).
 
     python benchmarks/bench_onnx.py                       # GDRQ W2A4, batch 1 and 128, 2 threads
     python benchmarks/bench_onnx.py --repeats 5 --out smoke.json   # smoke run
@@ -27,22 +31,25 @@ import onnxruntime as ort
 
 from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.api import load_model
-from lowbit.export.onnx import session, to_onnx
+from lowbit.export.onnx import runtime_graph, session, to_onnx
 
 CHECKPOINT = (Path(__file__).resolve().parent / "checkpoints"
               / "gdrq_w2a4_resnet20_cifar10.safetensors")
 
 
 def op_times(graph: bytes, threads: int, x: np.ndarray, runs: int = 3) -> dict[str, Any]:
-    """Kernel milliseconds per run by op type (onnxruntime's profiler, optimized graph), with
-    how many nodes of each type the optimized graph runs: where the time goes."""
+    """Kernel milliseconds per run by op type (onnxruntime's profiler, on the graph an optimized
+    `session` runs), with how many nodes of each type the optimized graph runs: where the time
+    goes."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.enable_profiling = True
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
-        sess = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(runtime_graph(graph), opts,
+                                    providers=["CPUExecutionProvider"])
         for _ in range(runs + 1):  # the first run warms up
             sess.run(None, {"input": x})
         events = json.loads(Path(sess.end_profiling()).read_text())
@@ -62,7 +69,8 @@ def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
     model, meta = load_model(checkpoint)
     graphs = {f: to_onnx(model, f, meta).SerializeToString()
               for f in ("float", "int", "int-exact")}
-    sessions = {f: session(g, threads) for f, g in graphs.items()}
+    # no spinning: an idle session's spinning threads would slow the one being timed
+    sessions = {f: session(g, threads, spinning=False) for f, g in graphs.items()}
     rows = []
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)

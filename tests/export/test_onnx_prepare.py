@@ -60,3 +60,10 @@ def test_session_prepares_int_graphs_but_not_int_exact() -> None:
     exact = to_onnx(model, "int-exact").SerializeToString()
     fast, plain = (OnnxModule(session(exact, optimize=o))(x) for o in (True, False))
     assert torch.allclose(fast, plain, atol=1e-5)
+
+
+def test_session_without_spinning_gives_the_same_outputs() -> None:
+    raw = to_onnx(resnet(method=METHODS["gdrq"]), "int").SerializeToString()
+    x = torch.randn(2, 3, 32, 32)
+    spin, calm = (OnnxModule(session(raw, 2, spinning=s))(x) for s in (True, False))
+    assert torch.equal(spin, calm)
