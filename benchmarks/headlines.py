@@ -87,6 +87,16 @@ def _xnor_speed(r: Result) -> tuple[str, str]:
         cells), ">= 4x"
 
 
+def _ort_conv_speed(r: Result) -> tuple[str, str]:
+    """(headline, target): onnxruntime float Conv / QLinearConv time, range over the shapes."""
+    cells = []
+    for batch in sorted({x["batch"] for x in r["rows"]}):
+        ratios = [x["speedup_float_over_int"] for x in r["rows"] if x["batch"] == batch]
+        cells.append(f"batch {batch}: {min(ratios):.2f}-{max(ratios):.2f}x")
+    return ("ORT float Conv / QLinearConv, one op per ResNet-20 3x3 shape (the int graph's "
+            "ceiling): " + ", ".join(cells), "context for onnx_speed")
+
+
 def _eval_forward(r: Result) -> tuple[str, str]:
     """(headline, target): eval-mode forward time of each form / the float model's."""
     cells = [f"{x['checkpoint'].split('_resnet')[0]} " + ", ".join(
@@ -99,5 +109,5 @@ SPEED: dict[str, Callable[[Result], tuple[str, str]]] = {
     "qat_step": _qat_step, "ternary_speed": _ternary_speed,
     "loader_overhead": _loader_overhead, "brevitas": _brevitas,
     "compile_step": _compile_step, "onnx_speed": _onnx_speed, "xnor_speed": _xnor_speed,
-    "eval_forward": _eval_forward,
+    "eval_forward": _eval_forward, "ort_conv_speed": _ort_conv_speed,
 }
