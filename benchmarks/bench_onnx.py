@@ -2,7 +2,8 @@
 
 The graphs come from the same checkpoint (`lowbit.export.onnx`, flavours "float", "int" and
 "int-exact", the last with no conv fused) and are loaded as `lowbit.export.onnx.session` loads
-them (the weights of convs that cannot fuse dequantized at load). They run in one process with
+them (the weights of convs that cannot fuse dequantized at load); the int graph also runs as
+plain onnxruntime loads the file ("int-unprepared"). They run in one process with
 the same intra-op thread count, timed interleaved (the order alternates every round), at each
 batch size; the figure is the ratio of medians float / int (> 1: the integer graph is faster).
 Target: >= 2x. Thread spinning is off: with three sessions in one process, the idle sessions'
@@ -41,11 +42,8 @@ def op_times(graph: bytes, threads: int, x: np.ndarray, runs: int = 3) -> dict[s
     """Kernel milliseconds per run by op type (onnxruntime's profiler, on the graph an optimized
     `session` runs), with how many nodes of each type the optimized graph runs: where the time
     goes."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts = _options(threads)
     opts.enable_profiling = True
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
         sess = ort.InferenceSession(runtime_graph(graph), opts,
@@ -63,6 +61,20 @@ def op_times(graph: bytes, threads: int, x: np.ndarray, runs: int = 3) -> dict[s
     return {op: {"ms": round(ms, 2), "nodes": len(names[op])} for op, ms in total.most_common()}
 
 
+def _options(threads: int) -> ort.SessionOptions:
+    """`session`'s options here: `threads` intra-op threads, no spinning, quiet."""
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
+def _unprepared(graph: bytes, threads: int) -> ort.InferenceSession:
+    """The int graph as plain onnxruntime loads the file: no load-time dequantization."""
+    return ort.InferenceSession(graph, _options(threads), providers=["CPUExecutionProvider"])
+
+
 def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
             ) -> list[dict[str, Any]]:
     """Interleaved timings of both graphs at every batch size."""
@@ -71,6 +83,7 @@ def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
               for f in ("float", "int", "int-exact")}
     # no spinning: an idle session's spinning threads would slow the one being timed
     sessions = {f: session(g, threads, spinning=False) for f, g in graphs.items()}
+    sessions["int-unprepared"] = _unprepared(graphs["int"], threads)
     rows = []
     for batch in batches:
         x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32), dtype=np.float32)
@@ -85,11 +98,15 @@ def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int
                      "int_exact_median_s": median(times["int-exact"]),
                      "speedup_float_over_int_exact": median(times["float"])
                      / median(times["int-exact"]),
+                     "int_unprepared_median_s": median(times["int-unprepared"]),
+                     "speedup_float_over_int_unprepared": median(times["float"])
+                     / median(times["int-unprepared"]),
                      "float_all_s": times["float"], "int_all_s": times["int"]})
         print(f"batch {batch}: float {rows[-1]['float_median_s'] * 1e3:.2f} ms, int "
               f"{rows[-1]['int_median_s'] * 1e3:.2f} ms, float/int "
               f"{rows[-1]['speedup_float_over_int']:.2f}x, float/int-exact "
-              f"{rows[-1]['speedup_float_over_int_exact']:.2f}x")
+              f"{rows[-1]['speedup_float_over_int_exact']:.2f}x, float/int without the "
+              f"load-time step {rows[-1]['speedup_float_over_int_unprepared']:.2f}x")
     return rows
 
 

@@ -2,9 +2,12 @@
 
 The ceiling of what an integer ONNX graph can gain over the float graph in onnxruntime on this
 machine: a QLinearConv (uint8 activations x int8 ternary weights, per-channel weight scales,
-uint8 output) against a float Conv of the same shape, each the only node of its graph, both
-sessions with the same intra-op thread count and no thread spinning, timed interleaved. The
-figure is the ratio of medians float / int (> 1: the integer conv is faster).
+uint8 output) against a float Conv of the same shape, each the only node of its graph (so each
+time includes the layout conversions onnxruntime wraps around the op: NHWC transposes for
+QLinearConv, NCHWc reorders for Conv), both sessions with the same intra-op thread count and no
+thread spinning, timed interleaved. The figure is the ratio of medians float / int (> 1: the
+integer conv is faster), per shape and over ResNet-20's 3x3 convs (each shape's medians
+weighted by how many convs of ResNet-20 have it).
 
     python benchmarks/bench_ort_conv.py                 # batch 1 and 128, 2 threads
     python benchmarks/bench_ort_conv.py --repeats 5 --out smoke.json
@@ -26,8 +29,9 @@ from onnx import TensorProto, helper, numpy_helper
 from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.export.onnx import session
 
-# (in channels, out channels, input size, stride) of ResNet-20's 3x3 convs
+# (in channels, out channels, input size, stride) of ResNet-20's 3x3 convs, and how many it has
 SHAPES = [(16, 16, 32, 1), (16, 32, 32, 2), (32, 32, 16, 1), (32, 64, 16, 2), (64, 64, 8, 1)]
+COUNTS = [6, 1, 5, 1, 5]
 
 
 def _graph(node: Any, x_type: int, shape: list[int], inits: list[Any]) -> bytes:
@@ -68,12 +72,21 @@ def measure(batches: list[int], threads: int, repeats: int) -> list[dict[str, An
             times = interleaved(fns, repeats)
             ratio = median(times["float"]) / median(times["int"])
             rows.append({"batch": batch, "cin": c, "cout": o, "size": hw, "stride": stride,
+                         "count_in_resnet20": COUNTS[SHAPES.index((c, o, hw, stride))],
                          "float_median_s": median(times["float"]),
                          "int_median_s": median(times["int"]), "speedup_float_over_int": ratio})
             print(f"batch {batch} {c}->{o} {hw}x{hw} s{stride}: float "
                   f"{rows[-1]['float_median_s'] * 1e3:.3f} ms, QLinearConv "
                   f"{rows[-1]['int_median_s'] * 1e3:.3f} ms, float/int {ratio:.2f}x")
     return rows
+
+
+def resnet20_total(rows: list[dict[str, Any]]) -> float:
+    """float / int time summed over ResNet-20's 3x3 convs (each shape counted as often as the
+    network has it)."""
+    def total(key: str) -> float:
+        return sum(r[key] * r["count_in_resnet20"] for r in rows)
+    return total("float_median_s") / total("int_median_s")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -83,7 +96,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     prov = provenance("bench_ort_conv.py", argv)
     rows = measure(args.batches, args.threads, args.repeats)
-    result = {**prov, "threads": args.threads, "note": args.note, "rows": rows}
+    totals = {str(b): resnet20_total([r for r in rows if r["batch"] == b]) for b in args.batches}
+    print("over ResNet-20's 3x3 convs, float/int: "
+          + ", ".join(f"batch {b} {v:.2f}x" for b, v in totals.items()))
+    result = {**prov, "threads": args.threads, "note": args.note, "rows": rows,
+              "resnet20_speedup_float_over_int": totals}
     write_json(args.out, result)
     return result
 

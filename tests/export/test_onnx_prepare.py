@@ -8,10 +8,12 @@ import pytest
 import torch
 
 pytest.importorskip("onnxruntime")
+import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from lowbit.export.onnx import OnnxModule, session, to_onnx  # noqa: E402
+from lowbit.export.onnx import OnnxModule, runtime_graph, session, to_onnx  # noqa: E402
 from lowbit.export.onnx_prepare import dequantize_unfused  # noqa: E402
 from onnx_support import METHODS, resnet  # noqa: E402
 
@@ -49,21 +51,82 @@ def test_unfused_weights_are_dequantized_with_the_same_values(tmp_path: Path) ->
     assert stored > sum(len(i.raw_data) for i in proto.graph.initializer)  # float in memory only
 
 
-def test_session_prepares_int_graphs_but_not_int_exact() -> None:
-    """Optimized int sessions run the prepared graph (the same outputs within float rounding);
-    "int-exact" keeps its DQs, so its convs sum as in the unoptimized graph."""
+def test_runtime_graph_prepares_int_graphs_but_not_int_exact(tmp_path: Path) -> None:
     model = resnet(method=METHODS["gdrq"])
-    x = torch.randn(4, 3, 32, 32)
     raw = to_onnx(model, "int").SerializeToString()
-    fast, plain = (OnnxModule(session(raw, optimize=o))(x) for o in (True, False))
-    assert fast.argmax(1).tolist() == plain.argmax(1).tolist()
+    prepared = onnx.load_from_string(runtime_graph(raw))
+    assert weight_dqs(prepared) == weight_dqs(onnx.load_from_string(raw)) - 11
+    path = tmp_path / "m.onnx"
+    path.write_bytes(raw)
+    for source in (path, str(path), onnx.load(str(path))):
+        assert runtime_graph(source) == prepared.SerializeToString()
     exact = to_onnx(model, "int-exact").SerializeToString()
-    fast, plain = (OnnxModule(session(exact, optimize=o))(x) for o in (True, False))
-    assert torch.allclose(fast, plain, atol=1e-5)
+    assert runtime_graph(exact) is exact  # its DQs stay: the convs sum as unoptimized
 
 
-def test_session_without_spinning_gives_the_same_outputs() -> None:
+def test_session_without_spinning_sets_the_option() -> None:
     raw = to_onnx(resnet(method=METHODS["gdrq"]), "int").SerializeToString()
-    x = torch.randn(2, 3, 32, 32)
-    spin, calm = (OnnxModule(session(raw, 2, spinning=s))(x) for s in (True, False))
-    assert torch.equal(spin, calm)
+    entry = "session.intra_op.allow_spinning"
+    calm = session(raw, 2, spinning=False).get_session_options()
+    assert calm.get_session_config_entry(entry) == "0"
+    with pytest.raises(RuntimeError, match=entry):  # unset: onnxruntime's default, spinning
+        session(raw, 2).get_session_options().get_session_config_entry(entry)
+
+
+def tiny(nodes: list[onnx.NodeProto], inits: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """A hand-made graph on input x (1, 2, 4, 4) with these nodes and initializers."""
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])],
+        [numpy_helper.from_array(np.asarray(v), k) for k, v in inits.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+CODES = {"wq": np.ones((2, 2, 1, 1), np.int8), "ws": np.array([0.5, 0.25], np.float32),
+         "wz": np.zeros(2, np.int8), "s": np.float32(0.1), "z": np.uint8(0)}
+
+
+def test_a_shared_weight_is_dequantized_once() -> None:
+    proto = tiny([helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+                  helper.make_node("Conv", ["x", "w"], ["a"]),
+                  helper.make_node("Conv", ["x", "w"], ["b"]),
+                  helper.make_node("Add", ["a", "b"], ["y"])], CODES)
+    prepared, changed = dequantize_unfused(proto)
+    onnx.checker.check_model(prepared)  # initializer names stay unique
+    assert changed == 2 and [n.op_type for n in prepared.graph.node] == ["Conv", "Conv", "Add"]
+    assert "wq" not in {i.name for i in prepared.graph.initializer}  # the codes went with the DQ
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 4)).astype(np.float32)
+    run = [ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0] for p in (proto, prepared)]
+    assert np.array_equal(run[0], run[1])
+
+
+@pytest.mark.parametrize(("zero", "kept"), [(np.uint8(0), True), (np.int8(0), False)])
+def test_conv_relu_quantize_fuses_only_at_the_zero_point_minimum(zero: np.generic,
+                                                                 kept: bool) -> None:
+    """onnxruntime drops a Relu before QuantizeLinear only when the zero point is the type's
+    minimum; otherwise the conv does not fuse and its weight is dequantized."""
+    proto = tiny([helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+                  helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+                  helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["w"], axis=0),
+                  helper.make_node("Conv", ["xd", "w"], ["c"]),
+                  helper.make_node("Relu", ["c"], ["r"]),
+                  helper.make_node("QuantizeLinear", ["r", "s", "zq"], ["q"]),
+                  helper.make_node("DequantizeLinear", ["q", "s", "zq"], ["y"])],
+                 {**CODES, "zq": zero})
+    assert dequantize_unfused(proto)[1] == (0 if kept else 1)
+
+
+def test_gemm_weights_keep_their_dq() -> None:
+    """A DQ-fed Gemm fuses even without a QuantizeLinear after it (QGemm): left alone."""
+    proto = tiny([helper.make_node("Flatten", ["x"], ["f"]),
+                  helper.make_node("DequantizeLinear", ["gq", "s", "gz"], ["g"]),
+                  helper.make_node("Gemm", ["f", "g"], ["y"])],
+                 {"gq": np.ones((32, 3), np.int8), "s": np.float32(0.1), "gz": np.int8(0)})
+    assert dequantize_unfused(proto)[1] == 0
+
+
+def test_foreign_files_pass_through() -> None:
+    """A graph without lowbit metadata and nothing to dequantize is handed over as it is."""
+    raw = tiny([helper.make_node("Relu", ["x"], ["y"])], {}).SerializeToString()
+    assert runtime_graph(raw) is raw

@@ -1,13 +1,21 @@
 """XNOR-popcount binary convolution equals the float convolution of the signs, exactly, for both
 back ends, with padding, strides and 1x1 kernels; packing keeps the bits it should."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lowbit.kernels.xnor import HAVE_NUMBA, pack_signs, padding_correction, xnor_conv2d
+from lowbit.kernels.xnor import (
+    HAVE_NUMBA,
+    XnorConv,
+    _xnor_numba,
+    pack_signs,
+    padding_correction,
+    xnor_conv2d,
+)
 
 BACKENDS = ["torch", *(["numba"] if HAVE_NUMBA else [])]
 SHAPES = [(16, 16, 8, 1, 1, 3), (16, 32, 8, 2, 1, 3), (32, 64, 6, 2, 0, 1), (64, 8, 5, 1, 1, 3),
@@ -54,14 +62,37 @@ def test_unsupported_channel_count_is_refused() -> None:
 
 @settings(max_examples=25, deadline=None)
 @given(c=st.sampled_from([1, 2, 8, 16, 32, 64, 128]), o=st.integers(1, 9),
-       hw=st.integers(1, 7), stride=st.integers(1, 3), pad=st.integers(0, 2),
-       k=st.sampled_from([1, 3]), seed=st.integers(0, 2**16))
-def test_xnor_conv_property(c: int, o: int, hw: int, stride: int, pad: int, k: int,
-                            seed: int) -> None:
-    if hw + 2 * pad < k:
+       n=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7), stride=st.integers(1, 3),
+       pad=st.integers(0, 2), kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]),
+       seed=st.integers(0, 2**16))
+def test_xnor_conv_property(c: int, o: int, n: int, h: int, w: int, stride: int, pad: int,
+                            kh: int, kw: int, seed: int) -> None:
+    if h + 2 * pad < kh or w + 2 * pad < kw:
         return
     gen = torch.Generator().manual_seed(seed)
-    x, w = torch.randn(2, c, hw, hw, generator=gen), torch.randn(o, c, k, k, generator=gen)
-    want = F.conv2d(signs(x), signs(w), stride=stride, padding=pad)
+    x, wt = torch.randn(n, c, h, w, generator=gen), torch.randn(o, c, kh, kw, generator=gen)
+    want = F.conv2d(signs(x), signs(wt), stride=stride, padding=pad)
     for backend in BACKENDS:
-        assert torch.equal(xnor_conv2d(x, w, stride, pad, backend).double(), want.double())
+        assert torch.equal(xnor_conv2d(x, wt, stride, pad, backend).double(), want.double())
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="needs numba (the `fast` extra)")
+@pytest.mark.parametrize("groups", [1, 2, 3, 8])
+def test_numba_output_channel_groups(groups: int) -> None:
+    """Output channels split into groups (as with fewer images than threads), odd counts and
+    empty groups included, give the same result."""
+    gen = torch.Generator().manual_seed(groups)
+    x, w = torch.randn(1, 16, 5, 5, generator=gen), torch.randn(7, 16, 3, 3, generator=gen)
+    conv = XnorConv(w, 1, 1, "numba")
+    out = np.empty((1, 7, 5, 5), dtype=np.int32)
+    _xnor_numba._conv(x.numpy(), conv.wt.view(np.uint64), 16, 3, 3, 1, 1, 1, conv.k,
+                      conv.correction(5, 5, 1).numpy(), groups, out)
+    want = F.conv2d(signs(x), signs(w), padding=1)
+    assert torch.equal(torch.from_numpy(out).double(), want.double())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_wrong_input_channels_are_refused(backend: str) -> None:
+    conv = XnorConv(torch.randn(4, 16, 3, 3), 1, 1, backend)
+    with pytest.raises(ValueError, match="16"):
+        conv(torch.randn(1, 32, 4, 4))

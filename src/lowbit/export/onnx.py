@@ -124,25 +124,26 @@ class OnnxModule(nn.Module):
         return torch.from_numpy(self.session.run(None, {self.input_name: array})[0])
 
 
-def session(model: str | Path | bytes, threads: int | None = None,
-            optimize: bool = True, spinning: bool = True) -> ort.InferenceSession:
-    """A CPU onnxruntime session (`threads` intra-op threads; None: onnxruntime's default).
+Source = str | Path | bytes | onnx.ModelProto  # a model file, its bytes, or the parsed model
 
-    `spinning=False`: idle intra-op threads sleep at once instead of spinning (onnxruntime's
-    default). Use it when several sessions share the cores: one session's spinning threads
-    otherwise slow the next session's run (measured: 1.0x instead of 1.4x between two graphs
-    timed side by side).
+
+def session(model: Source, threads: int | None = None, optimize: bool = True,
+            spinning: bool = True) -> ort.InferenceSession:
+    """A CPU onnxruntime session (`threads` intra-op threads; None: onnxruntime's default).
 
     `optimize=False` turns graph optimizations off: onnxruntime then computes the ONNX
     semantics of the file op by op (QDQ in float), which equal lowbit's fake-quant model to float
     rounding. With them on (default), it fuses `DequantizeLinear -> Conv -> QuantizeLinear` into
     QLinearConv, whose integer requantization rounds the float bias to one accumulator unit
     (scale_x * scale_w); `lowbit.export.onnx_quant` picks per-channel code gains that make that
-    rounding as small as int8 allows (exact for ternary/binary codes in practice). With them on,
-    the weights of convs that cannot fuse are dequantized once, at load
-    (`lowbit.export.onnx_prepare.dequantize_unfused`; the values are the same), so that those
-    convs run onnxruntime's fast float kernels instead of dequantizing on every run; not in the
-    "int-exact" flavour, whose convs keep the unoptimized graph's summation order.
+    rounding as small as int8 allows (exact for ternary/binary codes in practice). The session
+    then runs `runtime_graph(model)`: the weights of convs that cannot fuse dequantized once, at
+    load, instead of on every run.
+
+    `spinning=False`: idle intra-op threads sleep at once instead of spinning (onnxruntime's
+    default). Use it when several sessions share the cores: one session's spinning threads
+    otherwise slow the next session's run (measured: 1.0x instead of 1.4x between two graphs
+    timed side by side).
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
@@ -152,20 +153,30 @@ def session(model: str | Path | bytes, threads: int | None = None,
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     if not spinning:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    source = runtime_graph(model) if optimize else model
-    return ort.InferenceSession(str(source) if isinstance(source, Path) else source, opts,
-                                providers=["CPUExecutionProvider"])
+    graph = runtime_graph(model) if optimize else _serialized(model)
+    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
 
-def runtime_graph(model: str | Path | bytes) -> str | Path | bytes:
-    """What an optimized `session` hands to onnxruntime: the serialized graph with the weights of
-    convs that cannot fuse dequantized (`dequantize_unfused`), or `model` itself when nothing
-    changes. "int-exact" keeps its DQs, so that its convs sum as in the unoptimized graph."""
-    proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
+def _serialized(model: Source) -> str | bytes:
+    """`model` as onnxruntime takes it: a path string or the serialized bytes."""
+    if isinstance(model, onnx.ModelProto):
+        return model.SerializeToString()
+    return str(model) if isinstance(model, Path) else model
+
+
+def runtime_graph(model: Source) -> str | bytes:
+    """What an optimized `session` hands to onnxruntime: the graph with the weights of convs
+    that cannot fuse dequantized (`lowbit.export.onnx_prepare.dequantize_unfused`, the same
+    values), or `model` itself when nothing changes. Not in the "int-exact" flavour, whose
+    convs keep the unoptimized graph's summation order."""
+    if isinstance(model, onnx.ModelProto):
+        proto = model
+    else:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else onnx.load(str(model))
     if read_metadata(proto)["flavour"] == "int-exact":
-        return model
-    prepared, folded = dequantize_unfused(proto)
-    return prepared.SerializeToString() if folded else model
+        return _serialized(model)
+    prepared, changed = dequantize_unfused(proto)
+    return prepared.SerializeToString() if changed else _serialized(model)
 
 
 def read_metadata(proto: onnx.ModelProto) -> dict[str, Any]:
@@ -190,8 +201,8 @@ def load_onnx(path: str | Path, threads: int | None = None,
     if not path.is_file():
         raise CheckpointError(f"ONNX model {path} not found")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-        sess = session(path, threads, optimize)
+        proto = onnx.load(str(path))
+        sess = session(proto if optimize else path, threads, optimize)
     except Exception as exc:  # onnx / onnxruntime raise their own exception types
         raise CheckpointError(f"{path} is not a loadable ONNX model ({exc})") from exc
     return OnnxModule(sess).eval(), read_metadata(proto)

@@ -9,44 +9,63 @@ constant-folds a DQ while its QDQ fusions are on): the weight is dequantized on 
 the conv misses the blocked-layout (NCHWc) float kernels that need a constant weight. On
 ResNet-20 that made the int graph slower than the float one.
 
-`dequantize_unfused` replaces, in memory, the `DequantizeLinear` of each such weight by the
+`dequantize_unfused` replaces, in memory, the `DequantizeLinear` of each such conv weight by the
 float tensor it computes, (codes - zero point) * scale in float32, exactly what onnxruntime
 computes at run time: the ONNX semantics are unchanged, value for value, and the file on disk
-keeps its int8 codes. Convs that fuse keep their QDQ weights. `lowbit.export.onnx.session`
-applies it whenever graph optimizations are on; a user running a lowbit file in their own
-onnxruntime session can call it the same way:
+keeps its int8 codes. Convs that fuse keep their QDQ weights; so do Gemm and MatMul, which
+onnxruntime fuses with a DQ input even without a QuantizeLinear after them (QGemm,
+MatMulIntegerToFloat). `lowbit.export.onnx.session` applies it whenever graph optimizations are
+on; a user running a lowbit file in their own onnxruntime session can call it the same way:
 
     proto, _ = dequantize_unfused(onnx.load("model.onnx"))
-    sess = onnxruntime.InferenceSession(proto.SerializeToString())
+    sess = onnxruntime.InferenceSession(proto.SerializeToString(),
+                                        providers=["CPUExecutionProvider"])
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx
 from onnx import numpy_helper
 
-WEIGHT_OPS = ("Conv", "Gemm", "MatMul")  # ops whose input 1 is a weight
+Consumers = dict[str, list[onnx.NodeProto]]
 
 
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    """Integer attribute `name` of `node`, or `default`."""
     return next((a.i for a in node.attribute if a.name == name), default)
 
 
-def _fuses(node: onnx.NodeProto, consumers: dict[str, list[onnx.NodeProto]],
-           producer: dict[str, onnx.NodeProto]) -> bool:
-    """Whether onnxruntime's QDQ fusion can take `node`: a DQ input and its output, through at
-    most one Relu, consumed only by a QuantizeLinear."""
+def _zero_at_minimum(q: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether QuantizeLinear `q`'s zero point is its type's minimum (a Relu before it is then
+    a no-op that onnxruntime drops): uint8 zero point 0, or none given."""
+    if len(q.input) < 3 or not q.input[2]:
+        return True
+    zero = inits.get(q.input[2])
+    if zero is None:
+        return False
+    value = numpy_helper.to_array(zero)
+    return bool(np.all(value == np.iinfo(value.dtype).min))
+
+
+def _fuses(node: onnx.NodeProto, consumers: Consumers, producer: dict[str, onnx.NodeProto],
+           inits: dict[str, onnx.TensorProto]) -> bool:
+    """Whether onnxruntime's QDQ fusion can take conv `node`: a DQ input, and its output,
+    through at most one Relu (then only before a zero point at the type's minimum), consumed
+    only by a QuantizeLinear."""
     src = producer.get(node.input[0])
     if src is None or src.op_type != "DequantizeLinear":
         return False
-    outs = consumers.get(node.output[0], [])
+    outs, relu = consumers.get(node.output[0], []), False
     if len(outs) == 1 and outs[0].op_type == "Relu":
-        outs = consumers.get(outs[0].output[0], [])
-    return len(outs) == 1 and outs[0].op_type == "QuantizeLinear"
+        outs, relu = consumers.get(outs[0].output[0], []), True
+    return (len(outs) == 1 and outs[0].op_type == "QuantizeLinear"
+            and (not relu or _zero_at_minimum(outs[0], inits)))
 
 
-def _dequantized(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx.TensorProto:
-    """The float32 tensor `dq` computes from its constant inputs, named after its output."""
+def _dequantized(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+                 name: str) -> onnx.TensorProto:
+    """The float32 tensor `dq` computes from its constant inputs, named `name`."""
     codes = numpy_helper.to_array(inits[dq.input[0]])
     shape = [1] * codes.ndim
     scale = numpy_helper.to_array(inits[dq.input[1]]).astype("float32")
@@ -55,36 +74,64 @@ def _dequantized(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> onnx
     zero = (numpy_helper.to_array(inits[dq.input[2]]).astype("float32").reshape(shape or ())
             if len(dq.input) > 2 and dq.input[2] else 0.0)
     value = (codes.astype("float32") - zero) * scale.reshape(shape or ())
-    return numpy_helper.from_array(value.astype("float32"), f"{dq.output[0]}_dequantized")
+    return numpy_helper.from_array(value.astype("float32"), name)
+
+
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """Every name a node of `graph` or of its subgraphs reads, and the graph's outputs."""
+    names = {o.name for o in graph.output}
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                names |= _read_names(sub)
+    return names
+
+
+def _drop_unread(graph: onnx.GraphProto, dqs: list[onnx.NodeProto]) -> None:
+    """Remove the removed DQs' constant inputs that nothing reads any more."""
+    read = _read_names(graph) | {i.name for i in graph.input}
+    gone = {name for dq in dqs for name in dq.input if name and name not in read}
+    for init in [i for i in graph.initializer if i.name in gone]:
+        graph.initializer.remove(init)
 
 
 def dequantize_unfused(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
-    """(a copy of `proto` with the weights of convs / matmuls that cannot fuse stored in float,
-    how many were) -- see the module docstring. The copy computes the same values."""
+    """(a copy of `proto` with the weights of convs that cannot fuse stored in float, how many
+    convs changed) -- see the module docstring. The copy computes the same values."""
     proto = onnx.ModelProto.FromString(proto.SerializeToString())
     graph = proto.graph
     inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
+    consumers: Consumers = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     producer = {out: node for node in graph.node for out in node.output}
-    folded = 0
-    for node in list(graph.node):
-        dq = producer.get(node.input[1]) if node.op_type in WEIGHT_OPS else None
+    made: dict[str, str] = {}  # DQ output -> its dequantized initializer
+    for node in [n for n in graph.node if n.op_type == "Conv"]:
+        dq = producer.get(node.input[1])
         if (dq is None or dq.op_type != "DequantizeLinear"
                 or not all(i in inits for i in dq.input if i)
-                or _fuses(node, consumers, producer)):
+                or _fuses(node, consumers, producer, inits)):
             continue
-        tensor = _dequantized(dq, inits)
-        graph.initializer.append(tensor)
-        node.input[1] = tensor.name
+        if dq.output[0] not in made:
+            name = _unique(f"{dq.output[0]}_dequantized", inits)
+            inits[name] = _dequantized(dq, inits, name)
+            graph.initializer.append(inits[name])
+            made[dq.output[0]] = name
+        node.input[1] = made[dq.output[0]]
         consumers[dq.output[0]].remove(node)
-        if not consumers[dq.output[0]]:
-            graph.node.remove(dq)
-        folded += 1
-    used = {name for node in graph.node for name in node.input}
-    unused = [i for i in graph.initializer if i.name not in used]
-    for init in unused:  # the codes of removed DQs
-        graph.initializer.remove(init)
-    return proto, folded
+    removed = [producer[out] for out in made if not consumers[out]]
+    for dq in removed:
+        graph.node.remove(dq)
+    _drop_unread(graph, removed)
+    return proto, sum(n.op_type == "Conv" and n.input[1] in made.values() for n in graph.node)
+
+
+def _unique(name: str, taken: dict[str, onnx.TensorProto]) -> str:
+    """`name`, or `name_2`, `name_3`, ... if it is taken."""
+    out, k = name, 1
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    return out

@@ -34,12 +34,13 @@ def _popcount64(typingctx: Any, x: Any) -> Any:
 
 @numba.njit(inline="always")
 def _pc(x: Any) -> Any:
-    # int32 + uint64 would be float64 in numba: cast the count
+    """Set bits of a uint64 as int32 (int32 + uint64 would be float64 in numba)."""
     return np.int32(_popcount64(x))  # type: ignore[call-arg]
 
 
 @numba.njit(cache=True)
 def _ones(c: int, cw: int) -> np.ndarray:
+    """The words of a +1 padding pixel: the c channel bits set, the unused high bits 0."""
     ones = np.zeros(cw, dtype=np.uint64)
     for ch in range(c):
         ones[ch // 64] |= np.uint64(1) << np.uint64(ch % 64)
@@ -160,7 +161,10 @@ def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, p
     the padding correction (zeros without padding).
 
     `wt`: the weights' window words, (O, words) uint64 (as int64 bits)."""
-    n, _, h, w = x.shape
+    n, channels, h, w = x.shape
+    if channels != c or pad < 0 or stride < 1:  # the kernel does no bounds checks
+        raise ValueError(f"xnor: got {channels} input channels for {c}, padding {pad}, "
+                         f"stride {stride}")
     x = np.ascontiguousarray(x, dtype=np.float32)
     step = stride if (kh, kw, pad) == (1, 1, 0) else 1  # a 1x1 conv reads every stride-th pixel
     stride //= step

@@ -104,6 +104,9 @@ class XnorConv:
         if self.channels % 64 and 64 % self.channels:
             raise ValueError(f"xnor: channels must divide 64 or be a multiple of it, got "
                              f"{self.channels}")
+        if stride < 1 or padding < 0:
+            raise ValueError(f"xnor: stride must be >= 1 and padding >= 0, got {stride}, "
+                             f"{padding}")
         self.stride, self.padding = stride, padding
         self.sign = torch.where(w >= 0, 1, -1)
         self.wcols, self.k = pack_weights(w)
@@ -121,7 +124,9 @@ class XnorConv:
         return self._corr[h, w, stride]
 
     def __call__(self, x: Tensor) -> Tensor:
-        stride, (_, _, h, w) = self.stride, x.shape
+        stride, (_, c, h, w) = self.stride, x.shape
+        if c != self.channels:
+            raise ValueError(f"xnor: input has {c} channels, the weights {self.channels}")
         if self.backend == "numba":  # the kernel subtracts the padding correction itself
             assert _xnor_numba is not None
             return torch.from_numpy(_xnor_numba.conv(
