@@ -13,6 +13,7 @@ import onnx  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
+from lowbit.export.fold import fold_bn  # noqa: E402
 from lowbit.export.onnx import OnnxModule, runtime_graph, session, to_onnx  # noqa: E402
 from lowbit.export.onnx_prepare import dequantize_unfused  # noqa: E402
 from onnx_support import METHODS, resnet  # noqa: E402
@@ -49,6 +50,18 @@ def test_unfused_weights_are_dequantized_with_the_same_values(tmp_path: Path) ->
     assert after["DequantizeLinear"] < before["DequantizeLinear"]
     stored = sum(len(i.raw_data) for i in prepared.graph.initializer)
     assert stored > sum(len(i.raw_data) for i in proto.graph.initializer)  # float in memory only
+
+
+def test_a_conv_that_would_fuse_once_its_bias_add_folds_keeps_its_dq(tmp_path: Path) -> None:
+    """4-bit codes keep each folded conv's bias in a separate Add so that the conv does not fuse.
+    With a float weight onnxruntime would fold that Add, fuse the conv and quantize the weight
+    with its own scale: the first conv of each block keeps its DQ weight; the others (into the
+    residual sum) are dequantized; nothing fuses, as in the file."""
+    folded = fold_bn(resnet(method={"method": "gdrq", "weight": {"bits": 4}, "act": {"bits": 4}}))
+    proto = to_onnx(folded, "int")
+    prepared, changed = dequantize_unfused(proto)
+    assert changed == 11
+    assert optimized_ops(prepared, tmp_path)["QLinearConv"] == 0
 
 
 def test_runtime_graph_prepares_int_graphs_but_not_int_exact(tmp_path: Path) -> None:

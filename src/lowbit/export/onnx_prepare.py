@@ -50,17 +50,27 @@ def _zero_at_minimum(q: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> b
 
 def _fuses(node: onnx.NodeProto, consumers: Consumers, producer: dict[str, onnx.NodeProto],
            inits: dict[str, onnx.TensorProto]) -> bool:
-    """Whether onnxruntime's QDQ fusion can take conv `node`: a DQ input, and its output,
-    through at most one Relu (then only before a zero point at the type's minimum), consumed
-    only by a QuantizeLinear."""
+    """Whether onnxruntime would turn conv `node` into QLinearConv once its weight is float:
+    a DQ input, and its output consumed, through ops onnxruntime folds into a float-weight conv
+    (`_folds`) and at most one Relu (then only before a zero point at the type's
+    minimum), by a single QuantizeLinear. onnxruntime then quantizes a float weight itself
+    (its own scale: not lowbit's codes), so such a conv keeps its DQ weight."""
     src = producer.get(node.input[0])
     if src is None or src.op_type != "DequantizeLinear":
         return False
     outs, relu = consumers.get(node.output[0], []), False
-    if len(outs) == 1 and outs[0].op_type == "Relu":
-        outs, relu = consumers.get(outs[0].output[0], []), True
+    while len(outs) == 1 and (outs[0].op_type == "Relu" and not relu or _folds(outs[0], inits)):
+        relu = relu or outs[0].op_type == "Relu"
+        outs = consumers.get(outs[0].output[0], [])
     return (len(outs) == 1 and outs[0].op_type == "QuantizeLinear"
             and (not relu or _zero_at_minimum(outs[0], inits)))
+
+
+def _folds(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> bool:
+    """An op onnxruntime folds into a conv with a constant weight: BatchNormalization, or an
+    Add / Mul of a constant (a conv's bias kept apart, a scale)."""
+    return node.op_type == "BatchNormalization" or (
+        node.op_type in ("Add", "Mul") and any(i in inits for i in node.input))
 
 
 def _dequantized(dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
