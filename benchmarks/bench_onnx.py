@@ -32,7 +32,7 @@ import onnxruntime as ort
 
 from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
 from lowbit.api import load_model
-from lowbit.export.onnx import runtime_graph, session, to_onnx
+from lowbit.export.onnx import runtime_graph, session, session_options, to_onnx
 
 CHECKPOINT = (Path(__file__).resolve().parent / "checkpoints"
               / "gdrq_w2a4_resnet20_cifar10.safetensors")
@@ -42,7 +42,7 @@ def op_times(graph: bytes, threads: int, x: np.ndarray, runs: int = 3) -> dict[s
     """Kernel milliseconds per run by op type (onnxruntime's profiler, on the graph an optimized
     `session` runs), with how many nodes of each type the optimized graph runs: where the time
     goes."""
-    opts = _options(threads)
+    opts = session_options(threads, spinning=False)
     opts.enable_profiling = True
     with tempfile.TemporaryDirectory() as tmp:
         opts.profile_file_prefix = str(Path(tmp) / "ort")
@@ -61,18 +61,10 @@ def op_times(graph: bytes, threads: int, x: np.ndarray, runs: int = 3) -> dict[s
     return {op: {"ms": round(ms, 2), "nodes": len(names[op])} for op, ms in total.most_common()}
 
 
-def _options(threads: int) -> ort.SessionOptions:
-    """`session`'s options here: `threads` intra-op threads, no spinning, quiet."""
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
-
-
 def _unprepared(graph: bytes, threads: int) -> ort.InferenceSession:
     """The int graph as plain onnxruntime loads the file: no load-time dequantization."""
-    return ort.InferenceSession(graph, _options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, session_options(threads, spinning=False),
+                                providers=["CPUExecutionProvider"])
 
 
 def measure(checkpoint: Path, batches: list[int], threads: int, repeats: int

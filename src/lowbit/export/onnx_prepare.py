@@ -118,6 +118,7 @@ def dequantize_unfused(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             consumers.setdefault(name, []).append(node)
     producer = {out: node for node in graph.node for out in node.output}
     made: dict[str, str] = {}  # DQ output -> its dequantized initializer
+    changed = 0
     for node in [n for n in graph.node if n.op_type == "Conv"]:
         dq = producer.get(node.input[1])
         if (dq is None or dq.op_type != "DequantizeLinear"
@@ -131,11 +132,12 @@ def dequantize_unfused(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
             made[dq.output[0]] = name
         node.input[1] = made[dq.output[0]]
         consumers[dq.output[0]].remove(node)
+        changed += 1
     removed = [producer[out] for out in made if not consumers[out]]
     for dq in removed:
         graph.node.remove(dq)
     _drop_unread(graph, removed)
-    return proto, sum(n.op_type == "Conv" and n.input[1] in made.values() for n in graph.node)
+    return proto, changed
 
 
 def _unique(name: str, taken: dict[str, onnx.TensorProto]) -> str:
