@@ -8,6 +8,12 @@ runs against `torch.nn.functional.conv2d` on the same float input, interleaved, 
 count (torch and numba). The figure is the ratio of medians float / xnor (> 1: XNOR faster).
 Target: >= 4x.
 
+Two XNOR figures per shape: `xnor` packs the float input's signs inside the kernel (a binary
+conv fed by a float layer), `xnor_packed` runs on the signs packed beforehand by
+`pack_activations` (as in a binary network, where each activation is packed once, by the layer
+that produces it, and a downsampling block's input serves both its strided 3 x 3 conv and its
+1 x 1 shortcut). `pack` is that packing step alone, for the same input.
+
     python benchmarks/bench_xnor.py                       # batch 128, 2 threads, numba
     python benchmarks/bench_xnor.py --batch 8 --repeats 3 --out smoke.json   # smoke run
 """
@@ -26,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.common import add_timing_args, interleaved, median, provenance, write_json
-from lowbit.kernels.xnor import HAVE_NUMBA, XnorConv, set_threads
+from lowbit.kernels.xnor import HAVE_NUMBA, XnorConv, pack_activations, set_threads
 
 # (in channels, out channels, input size, stride, padding, kernel) of ResNet-20's binary convs
 SHAPES = [(16, 16, 32, 1, 1, 3), (16, 32, 32, 2, 1, 3), (32, 32, 16, 1, 1, 3),
@@ -41,19 +47,27 @@ def measure(batch: int, repeats: int, backend: str) -> list[dict[str, Any]]:
         gen = torch.Generator().manual_seed(c * o + hw)
         x, w = torch.randn(batch, c, hw, hw, generator=gen), torch.randn(o, c, k, k, generator=gen)
         ws, conv = torch.where(w >= 0, 1.0, -1.0), XnorConv(w, stride, pad, backend)
+        packed = pack_activations(x, backend)
         fns = {"float": lambda x=x, ws=ws, s=stride, p=pad: F.conv2d(x, ws, stride=s, padding=p),
-               "xnor": lambda x=x, f=conv: f(x)}
+               "xnor": lambda x=x, f=conv: f(x),
+               "xnor_packed": lambda p=packed, f=conv: f.packed(p),
+               "pack": lambda x=x: pack_activations(x, backend)}
         want = F.conv2d(torch.where(x >= 0, 1.0, -1.0), ws, stride=stride, padding=pad)
-        if not torch.equal(fns["xnor"]().double(), want.double()):  # also the warm-up / JIT
-            raise AssertionError(f"xnor differs from the float conv at shape {c, o, hw}")
-        times = interleaved(fns, repeats)
+        for name in ("xnor", "xnor_packed"):  # also the warm-up / JIT
+            if not torch.equal(fns[name]().double(), want.double()):
+                raise AssertionError(f"{name} differs from the float conv at shape {c, o, hw}")
+        times = {name: median(t) for name, t in interleaved(fns, repeats).items()}
         rows.append({"cin": c, "cout": o, "size": hw, "stride": stride, "padding": pad,
-                     "kernel": k, "batch": batch, "float_median_s": median(times["float"]),
-                     "xnor_median_s": median(times["xnor"]),
-                     "speedup_float_over_xnor": median(times["float"]) / median(times["xnor"])})
-        print(f"{c}->{o} {hw}x{hw} k{k} s{stride}: float {rows[-1]['float_median_s'] * 1e3:.2f} "
-              f"ms, xnor {rows[-1]['xnor_median_s'] * 1e3:.2f} ms, "
-              f"float/xnor {rows[-1]['speedup_float_over_xnor']:.2f}x")
+                     "kernel": k, "batch": batch, "float_median_s": times["float"],
+                     "xnor_median_s": times["xnor"], "xnor_packed_median_s": times["xnor_packed"],
+                     "pack_median_s": times["pack"],
+                     "speedup_float_over_xnor": times["float"] / times["xnor"],
+                     "speedup_float_over_xnor_packed": times["float"] / times["xnor_packed"]})
+        print(f"{c}->{o} {hw}x{hw} k{k} s{stride}: float {times['float'] * 1e3:.2f} ms, xnor "
+              f"{times['xnor'] * 1e3:.2f} ms ({rows[-1]['speedup_float_over_xnor']:.2f}x), on "
+              f"packed input {times['xnor_packed'] * 1e3:.2f} ms "
+              f"({rows[-1]['speedup_float_over_xnor_packed']:.2f}x), pack "
+              f"{times['pack'] * 1e3:.2f} ms")
     return rows
 
 

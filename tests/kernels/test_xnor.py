@@ -12,6 +12,7 @@ from lowbit.kernels.xnor import (
     HAVE_NUMBA,
     XnorConv,
     _xnor_numba,
+    pack_activations,
     pack_signs,
     padding_correction,
     xnor_conv2d,
@@ -74,6 +75,8 @@ def test_xnor_conv_property(c: int, o: int, n: int, h: int, w: int, stride: int,
     want = F.conv2d(signs(x), signs(wt), stride=stride, padding=pad)
     for backend in BACKENDS:
         assert torch.equal(xnor_conv2d(x, wt, stride, pad, backend).double(), want.double())
+        packed = XnorConv(wt, stride, pad, backend).packed(pack_activations(x, backend))
+        assert torch.equal(packed.double(), want.double())
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="needs numba (the `fast` extra)")
@@ -96,3 +99,28 @@ def test_wrong_input_channels_are_refused(backend: str) -> None:
     conv = XnorConv(torch.randn(4, 16, 3, 3), 1, 1, backend)
     with pytest.raises(ValueError, match="16"):
         conv(torch.randn(1, 32, 4, 4))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("c", "o", "hw", "stride", "pad", "k"), SHAPES)
+def test_packed_once_equals_packing_inside(backend: str, c: int, o: int, hw: int, stride: int,
+                                          pad: int, k: int) -> None:
+    """Activations packed once (`pack_activations`) give every conv the product it computes
+    from the float input, for both back ends, and both back ends pack the same bits."""
+    gen = torch.Generator().manual_seed(c + o * hw)
+    x, w = torch.randn(3, c, hw, hw, generator=gen), torch.randn(o, c, k, k, generator=gen)
+    x[1, -1, -1, -1] = 0.0
+    packed = pack_activations(x, backend)
+    conv = XnorConv(w, stride, pad, backend)
+    assert packed.words.shape == (3, -(-c // 64), hw, hw)
+    assert torch.equal(packed.words, pack_activations(x, "torch").words)
+    assert torch.equal(conv.packed(packed), conv(x))
+    want = F.conv2d(signs(x), signs(w), stride=stride, padding=pad)
+    assert torch.equal(conv.packed(packed).double(), want.double())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_input_of_other_width_is_refused(backend: str) -> None:
+    conv = XnorConv(torch.randn(4, 16, 3, 3), 1, 1, backend)
+    with pytest.raises(ValueError, match="32 channels"):
+        conv.packed(pack_activations(torch.randn(1, 32, 4, 4), backend))

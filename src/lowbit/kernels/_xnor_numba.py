@@ -18,7 +18,7 @@ from typing import Any
 import numba
 import numpy as np
 from numba import types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 
 @intrinsic
@@ -123,11 +123,40 @@ def _gemm_pair(cols: np.ndarray, wa: np.ndarray, wb: np.ndarray, oa: np.ndarray,
             t += 1
 
 
+@numba.njit(cache=True)
+def _pad_words(words: np.ndarray, pad: int, step: int, ones: np.ndarray, out: np.ndarray) -> None:
+    """out (cw, H', W'): one packed image (cw, H, W) (from `pack`) with a +1 border of `pad`
+    pixels; `step` > 1 (only with pad 0) keeps every step-th pixel."""
+    cw, hp, wp = out.shape
+    if pad < 0 or step < 1:  # never true: lets LLVM vectorise (as in _pack_image)
+        return
+    for q in range(cw):
+        for i in range(hp):
+            for j in range(wp):
+                inside = pad <= i < hp - pad and pad <= j < wp - pad
+                out[q, i, j] = words[q, (i - pad) * step, (j - pad) * step] if inside else ones[q]
+
+
+def _image_words(image: np.ndarray, pad: int, step: int, ones: np.ndarray,
+                 out: np.ndarray) -> None:
+    """One image's padded words: packed from float signs, or padded from words `pack` made."""
+    raise NotImplementedError  # only called from numba code, which takes the overload below
+
+
+@overload(_image_words)
+def _image_words_impl(image, pad, step, ones, out):  # type: ignore[no-untyped-def]
+    # (no annotations: numba requires the same parameters, annotations included, as the lambdas)
+    """Picks, when `_conv` is compiled, the packing (float input) or padding (words) step."""
+    if image.dtype == types.uint64:
+        return lambda image, pad, step, ones, out: _pad_words(image, pad, step, ones, out)
+    return lambda image, pad, step, ones, out: _pack_image(image, pad, step, ones, out)
+
+
 @numba.njit(parallel=True, cache=True)
 def _conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
           step: int, k: int, corr: np.ndarray, groups: int, out: np.ndarray) -> None:
     """out[b, o] = k - 2 popcount(windows(b) ^ wt[o]) - corr[o]; one task per (image, group of
-    output channels)."""
+    output channels). `x`: float (N, C, H, W) activations or (N, cw, H, W) words from `pack`."""
     n, oc, oh, ow = out.shape
     h, w = x.shape[2], x.shape[3]
     cw, nw, pixels = -(-c // 64), wt.shape[1], oh * ow
@@ -141,9 +170,12 @@ def _conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, 
         if lo >= hi:
             continue
         px = np.empty((cw, hp, wp), dtype=np.uint64)
-        _pack_image(x[b], pad, step, ones, px)
-        cols = np.empty((nw, pixels), dtype=np.uint64)
-        _window_image(px, c, kh, kw, stride, ow, cols)
+        _image_words(x[b], pad, step, ones, px)
+        if kh * kw == 1 and stride == 1:  # a 1 x 1 window is the pixel's words
+            cols = px.reshape((cw, pixels))
+        else:
+            cols = np.empty((nw, pixels), dtype=np.uint64)
+            _window_image(px, c, kh, kw, stride, ow, cols)
         spare = np.empty(pixels, dtype=np.int32)  # the partner of an odd last channel
         for o in range(lo, hi, 2):
             p = o + 1 if o + 1 < hi else o
@@ -155,17 +187,34 @@ def _conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, 
             _gemm_pair(cols, wt[o], wt[p], oa, ob)
 
 
+@numba.njit(parallel=True, cache=True)
+def _pack(x: np.ndarray, ones: np.ndarray, out: np.ndarray) -> None:
+    for b in numba.prange(x.shape[0]):
+        _pack_image(x[b], 0, 1, ones, out[b])
+
+
+def pack(x: np.ndarray) -> np.ndarray:
+    """(N, ceil(C / 64), H, W) uint64: the sign bits of float (N, C, H, W) activations, a plane
+    per word (channel c is bit c % 64 of word c // 64), packed once for any number of convs."""
+    n, c, h, w = x.shape
+    out = np.empty((n, -(-c // 64), h, w), dtype=np.uint64)
+    _pack(np.ascontiguousarray(x, dtype=np.float32), _ones(c, out.shape[1]), out)
+    return out
+
+
 def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
          k: int, corr: np.ndarray) -> np.ndarray:
     """(N, O, OH, OW) int32 XNOR-popcount products with +1 padding, minus `corr` (O, OH, OW),
     the padding correction (zeros without padding).
 
-    `wt`: the weights' window words, (O, words) uint64 (as int64 bits)."""
-    n, channels, h, w = x.shape
-    if channels != c or pad < 0 or stride < 1:  # the kernel does no bounds checks
-        raise ValueError(f"xnor: got {channels} input channels for {c}, padding {pad}, "
-                         f"stride {stride}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    `x`: (N, c, H, W) float activations, or the (N, ceil(c / 64), H, W) uint64 words of their
+    signs from `pack`. `wt`: the weights' window words, (O, words) uint64 (as int64 bits)."""
+    words = x.dtype == np.uint64
+    n, planes, h, w = x.shape
+    if planes != (-(-c // 64) if words else c) or pad < 0 or stride < 1:  # no bounds checks
+        raise ValueError(f"xnor: got {planes} input {'words' if words else 'channels'} for {c} "
+                         f"channels, padding {pad}, stride {stride}")
+    x = np.ascontiguousarray(x) if words else np.ascontiguousarray(x, dtype=np.float32)
     step = stride if (kh, kw, pad) == (1, 1, 0) else 1  # a 1x1 conv reads every stride-th pixel
     stride //= step
     hp, wp = (h + 2 * pad - 1) // step + 1, (w + 2 * pad - 1) // step + 1

@@ -11,6 +11,11 @@ exact contribution of those +1s, `corr[o, i, j] = sum of w[o, c, tap] over the p
 output (i, j)`, computed once per layer and input size. The result equals
 `conv2d(sign(x), sign(w), padding)` exactly, as int32.
 
+Activations can be packed once and fed to several convolutions (`pack_activations` ->
+`PackedSigns`, `XnorConv.packed`): in a binary network an activation's signs are packed once, by
+the layer that produces them, and a downsampling block's input serves both its strided 3 x 3
+conv and its 1 x 1 shortcut. `XnorConv(x)` on a float input packs inside the kernel instead.
+
 Two back ends with the same packing: a numba kernel (the `fast` extra; LLVM's ctpop on uint64,
 parallel over images and output channels) and a pure-PyTorch fallback (XOR on int64 words,
 popcount by byte table) that needs nothing beyond torch. `xnor_conv2d` picks numba when it is
@@ -21,7 +26,9 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -66,6 +73,38 @@ def _im2col_bits(packed: Tensor, c: int, kh: int, kw: int, stride: int) -> Tenso
 def _popcount(words: Tensor) -> Tensor:
     """Set bits of the int64 words along the last dim, summed (byte table lookup)."""
     return _POPCOUNT[words.contiguous().view(torch.uint8).to(torch.int64)].sum(-1)
+
+
+@dataclass(frozen=True)
+class PackedSigns:
+    """The signs of (N, C, H, W) activations, packed once: `words` is (N, ceil(C / 64), H, W)
+    int64, a plane per word, channel c in bit c % 64 of word c // 64 (bit 1 for x >= 0)."""
+
+    words: Tensor
+    channels: int
+
+    def nhwc(self) -> Tensor:
+        """The words as (N, H, W, ceil(C / 64)), `pack_signs`'s layout."""
+        return self.words.permute(0, 2, 3, 1)
+
+
+def pack_activations(x: Tensor, backend: str | None = None) -> PackedSigns:
+    """`x`'s signs bit-packed once, for any number of `XnorConv.packed` calls."""
+    if (backend or ("numba" if HAVE_NUMBA else "torch")) == "numba":
+        assert _xnor_numba is not None, "xnor backend 'numba' needs the `fast` extra"
+        words = torch.from_numpy(_xnor_numba.pack(x.detach().numpy()).view(np.int64))
+    else:
+        words = pack_signs(x).permute(0, 3, 1, 2).contiguous()
+    return PackedSigns(words, x.shape[1])
+
+
+def _pad_words(words: Tensor, pad: int, channels: int) -> Tensor:
+    """(N, H, W, words) packed pixels with a border of `pad` +1 pixels (all channel bits set)."""
+    n, h, w, nw = words.shape
+    ones = pack_signs(torch.ones(1, channels, 1, 1))[0, 0, 0]
+    out = ones.expand(n, h + 2 * pad, w + 2 * pad, nw).clone()
+    out[:, pad:pad + h, pad:pad + w] = words
+    return out
 
 
 @functools.lru_cache(maxsize=64)
@@ -124,23 +163,41 @@ class XnorConv:
         return self._corr[h, w, stride]
 
     def __call__(self, x: Tensor) -> Tensor:
-        stride, (_, c, h, w) = self.stride, x.shape
-        if c != self.channels:
-            raise ValueError(f"xnor: input has {c} channels, the weights {self.channels}")
-        if self.backend == "numba":  # the kernel subtracts the padding correction itself
-            assert _xnor_numba is not None
-            return torch.from_numpy(_xnor_numba.conv(
-                x.detach().numpy(), self.wt, self.channels, self.kh, self.kw, stride,
-                self.padding, self.k, self.correction(h, w, stride).numpy()))
+        """The product on float activations (only their signs count), (N, O, OH, OW) int32."""
+        if x.shape[1] != self.channels:
+            raise ValueError(f"xnor: input has {x.shape[1]} channels, the weights "
+                             f"{self.channels}")
+        if self.backend == "torch":
+            return self.packed(pack_activations(x, "torch"))
+        return self._numba(x.detach().numpy(), *x.shape[2:])
+
+    def packed(self, p: PackedSigns) -> Tensor:
+        """The product on activations packed once by `pack_activations`, (N, O, OH, OW) int32."""
+        if p.channels != self.channels:
+            raise ValueError(f"xnor: input has {p.channels} channels, the weights "
+                             f"{self.channels}")
+        h, w = p.words.shape[2:]
+        if self.backend == "numba":
+            return self._numba(p.words.numpy().view(np.uint64), h, w)
+        words, stride = p.nhwc(), self.stride
         if (self.kh, self.kw, self.padding) == (1, 1, 0) and stride > 1:
-            x, stride = x[:, :, ::stride, ::stride], 1  # pack only the pixels a 1x1 conv reads
-            h, w = x.shape[2:]
-        xp = F.pad(x, (self.padding,) * 4, value=1.0) if self.padding else x
-        cols = _im2col_bits(pack_signs(xp), self.channels, self.kh, self.kw, stride)
+            words, stride = words[:, ::stride, ::stride], 1  # only the pixels a 1x1 conv reads
+            h, w = words.shape[1:3]
+        if self.padding:
+            words = _pad_words(words, self.padding, self.channels)
+        cols = _im2col_bits(words, self.channels, self.kh, self.kw, stride)
         # one image at a time bounds the (OH, OW, O, words) intermediate
         dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
             torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
         return dot - self.correction(h, w, stride) if self.padding else dot
+
+    def _numba(self, x: np.ndarray, h: int, w: int) -> Tensor:
+        """The numba kernel on float activations or packed words (it subtracts the padding
+        correction itself)."""
+        assert _xnor_numba is not None
+        return torch.from_numpy(_xnor_numba.conv(
+            x, self.wt, self.channels, self.kh, self.kw, self.stride, self.padding, self.k,
+            self.correction(h, w, self.stride).numpy()))
 
 
 def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
@@ -166,5 +223,5 @@ def words_for(c: int, kh: int, kw: int) -> int:
     return math.ceil(c * kh * kw / 64) if 64 % c == 0 else kh * kw * (c // 64)
 
 
-__all__ = ["HAVE_NUMBA", "XnorConv", "pack_signs", "pack_weights", "padding_correction",
-           "set_threads", "words_for", "xnor_conv2d"]
+__all__ = ["HAVE_NUMBA", "PackedSigns", "XnorConv", "pack_activations", "pack_signs",
+           "pack_weights", "padding_correction", "set_threads", "words_for", "xnor_conv2d"]
