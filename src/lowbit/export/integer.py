@@ -50,7 +50,7 @@ from lowbit.export.fold import (
 from lowbit.export.grid import ActGrid, act_grid, folded_grid
 from lowbit.export.integer_binary import core_padding, wrap_binary
 from lowbit.kernels import int8
-from lowbit.kernels.xnor import xnor_conv2d
+from lowbit.kernels.xnor import XnorConv
 from lowbit.nn.layers import QuantConv2d, QuantLinear
 from lowbit.quant.base import Quantizer
 from lowbit.quant.codebook import Sign
@@ -143,7 +143,7 @@ class IntegerConv2d(nn.Module):
     def accumulate(self, codes: Tensor) -> Tensor:
         """int64 accumulators conv2d(codes, weight codes); integer operations only."""
         if self.kernel == "xnor":
-            return xnor_conv2d(codes, self.codes, self.stride, self.padding).to(torch.int64)
+            return self._prepacked()(codes).to(torch.int64)
         if self.kernel == "int8":
             return int8.conv2d(codes, self.codes, self.stride, self.padding, self.lo,
                                self._prepacked()).to(torch.int64)
@@ -177,14 +177,17 @@ class IntegerConv2d(nn.Module):
         span = _input_range(self.act)
         return 0 if span is None else span[0]
 
-    def _prepacked(self) -> Tensor:
-        """The weights in oneDNN's layout, made again whenever the codes change (not state)."""
+    def _prepacked(self) -> Any:
+        """The weights packed for the kernel (oneDNN's layout for "int8", an `XnorConv` for
+        "xnor"), made again whenever the codes change (not state)."""
         key = (self.codes.data_ptr(), self.codes._version, self.stride, self.padding)
         cached = self.__dict__.get("_packed")
         if cached is None or cached[0] != key:
-            cached = (key, int8.prepack(self.codes, self.stride, self.padding, self.lo))
+            packed = XnorConv(self.codes, self.stride, self.padding) if self.kernel == "xnor" \
+                else int8.prepack(self.codes, self.stride, self.padding, self.lo)
+            cached = (key, packed)
             self.__dict__["_packed"] = cached
-        return cached[1]  # type: ignore[no-any-return]
+        return cached[1]
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the (opaque, unpicklable) prepacked weights behind."""
