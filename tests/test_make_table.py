@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from lowbit.api import train
+from lowbit.artifacts import export_file
 from lowbit.build import load_run
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "make_table.py"
@@ -159,6 +160,25 @@ def test_a_row_whose_yaml_changed_since_is_marked_stale(mt: ModuleType, tmp_path
     (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
     assert mt.stale(row)
     assert not mt.stale({"experiment": "elsewhere.yaml", "checkpoint": "gone.safetensors"})
+
+
+def test_a_packed_row_is_checked_on_the_sections_its_file_keeps(mt: ModuleType, tmp_path: Path,
+                                                                tiny_config) -> None:
+    """A row committed as its packed .lowbit file: the file keeps model and method, not the
+    training budget, so a changed method marks it stale and a changed budget cannot."""
+    cfg = tiny_config(tmp_path, epochs=1)
+    cfg["quant"] = {"method": "qat", "weight": {"name": "uniform", "bits": 4}}
+    train(load_run(base=cfg), run_path=tmp_path / "run")
+    packed = export_file(tmp_path / "run" / "final.safetensors", tmp_path / "row.lowbit")
+    row = {"experiment": str(tmp_path / "row.yaml"), "checkpoint": str(packed)}
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
+    assert not mt.stale(row)
+    cfg["optim"]["lr"] = 0.01  # not in the packed file: the check cannot see it
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
+    assert not mt.stale(row)
+    cfg["quant"]["weight"]["bits"] = 2
+    (tmp_path / "row.yaml").write_text(yaml.safe_dump(cfg))
+    assert mt.stale(row)
 
 
 def test_eval_forward_headline(mt: ModuleType) -> None:

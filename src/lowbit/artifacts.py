@@ -23,7 +23,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from lowbit.build import build_model, load_run
 from lowbit.engine import checkpoint as ckpt
@@ -43,6 +43,7 @@ class ModelFormat:
     suffixes: tuple[str, ...]
     load: Loader
     write: Writer | None = None
+    meta: Callable[[Path], dict[str, Any]] | None = None  # the run info, without the model
 
 
 FORMATS: dict[str, ModelFormat] = {}
@@ -82,27 +83,37 @@ def _load_checkpoint(path: Path) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), meta
 
 
-def _load_packed(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _packed_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors, _ = ckpt.read_lowbit_file(path, "packed model")
-    header = packed.read_header(tensors, path)
+    return tensors, packed.read_header(tensors, path)
+
+
+def _load_packed(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    tensors, header = _packed_file(path)
     model = _model_for(header, path, "packed model")
     return packed.restore_packed(model, tensors, header, path), header
 
 
-def _load_folded(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+def _folded_file(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     tensors, header = ckpt.read_lowbit_file(path, "folded model")
     assert header is not None  # format_of found its tag
+    return tensors, header
+
+
+def _load_folded(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    tensors, header = _folded_file(path)
     model = _model_for(header, path, "folded model")
     return folded.restore_folded(model, tensors, header, path), header
 
 
-register_format(ModelFormat("checkpoint", ckpt.FORMAT, (".safetensors",), _load_checkpoint))
+register_format(ModelFormat("checkpoint", ckpt.FORMAT, (".safetensors",), _load_checkpoint,
+                            meta=lambda path: ckpt.load_checkpoint(path)[1]))
 register_format(ModelFormat("packed", packed.FORMAT, (".lowbit",), _load_packed,
-                            packed.write_packed))
+                            packed.write_packed, lambda path: _packed_file(path)[1]))
 register_format(ModelFormat("packed-entropy", None, (), _load_packed,
                             partial(packed.write_packed, entropy=True)))  # loads as "packed"
 register_format(ModelFormat("folded", folded.FORMAT, (".folded.safetensors",), _load_folded,
-                            folded.write_folded))
+                            folded.write_folded, lambda path: _folded_file(path)[1]))
 
 
 def _load_onnx(path: Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -169,6 +180,15 @@ def _refuse_pickles(path: Path) -> None:
 def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model stored in any registered model file: (model in eval mode, meta)."""
     return format_of(path).load(Path(path))
+
+
+def model_meta(path: str | Path) -> dict[str, Any]:
+    """The run info a lowbit model file records (its config, model, dataset, ...), read without
+    building the model: for a run checkpoint, a packed or a folded file."""
+    fmt = format_of(path)
+    if fmt.meta is None:
+        raise CheckpointError(f"{path} is a {fmt.name} file, which records no lowbit run info")
+    return fmt.meta(Path(path))
 
 
 def load_packed(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
