@@ -8,11 +8,11 @@ runs against `torch.nn.functional.conv2d` on the same float input, interleaved, 
 count (torch and numba). The figure is the ratio of medians float / xnor (> 1: XNOR faster).
 Target: >= 4x.
 
-Two XNOR figures per shape: `xnor` packs the float input's signs inside the kernel (a binary
-conv fed by a float layer), `xnor_packed` runs on the signs packed beforehand by
-`pack_activations` (as in a binary network, where each activation is packed once, by the layer
-that produces it, and a downsampling block's input serves both its strided 3 x 3 conv and its
-1 x 1 shortcut). `pack` is that packing step alone, for the same input.
+Per shape: `xnor` packs the float input's signs inside the kernel (every figure of the target
+includes this packing); `xnor_packed` runs on signs packed beforehand by `pack_activations`, and
+`pack` is that packing alone, for the same input. A downsampling block reads one input with two
+convs (3 x 3 stride 2 and the 1 x 1 shortcut), so it can pack once for both: `blocks` compares
+the two float convs with one `pack` plus both `xnor_packed` (and with both `xnor`).
 
     python benchmarks/bench_xnor.py                       # batch 128, 2 threads, numba
     python benchmarks/bench_xnor.py --batch 8 --repeats 3 --out smoke.json   # smoke run
@@ -38,6 +38,7 @@ from lowbit.kernels.xnor import HAVE_NUMBA, XnorConv, pack_activations, set_thre
 SHAPES = [(16, 16, 32, 1, 1, 3), (16, 32, 32, 2, 1, 3), (32, 32, 16, 1, 1, 3),
           (32, 64, 16, 2, 1, 3), (64, 64, 8, 1, 1, 3), (16, 32, 32, 2, 0, 1),
           (32, 64, 16, 2, 0, 1)]
+BLOCKS = [(1, 5), (3, 6)]  # (3x3 stride-2 conv, 1x1 shortcut) reading the same input
 
 
 def measure(batch: int, repeats: int, backend: str) -> list[dict[str, Any]]:
@@ -71,6 +72,23 @@ def measure(batch: int, repeats: int, backend: str) -> list[dict[str, Any]]:
     return rows
 
 
+def blocks(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per downsampling block: float / XNOR with each conv packing for itself, and with one
+    packing shared by both convs (sums of the per-shape medians of one run)."""
+    out = []
+    for a, b in BLOCKS:
+        conv, short = rows[a], rows[b]
+        fl = conv["float_median_s"] + short["float_median_s"]
+        own = conv["xnor_median_s"] + short["xnor_median_s"]
+        shared = conv["pack_median_s"] + conv["xnor_packed_median_s"] + short[
+            "xnor_packed_median_s"]
+        out.append({"cin": conv["cin"], "cout": conv["cout"], "size": conv["size"],
+                    "float_s": fl, "xnor_s": own, "xnor_shared_pack_s": shared,
+                    "speedup_float_over_xnor": fl / own,
+                    "speedup_float_over_xnor_shared_pack": fl / shared})
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=128)
@@ -83,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     set_threads(args.threads)
     rows = measure(args.batch, args.repeats, args.backend)
     result = {**prov, "backend": args.backend, "threads": args.threads, "note": args.note,
-              "rows": rows}
+              "rows": rows, "blocks": blocks(rows)}
     write_json(args.out, result)
     return result
 

@@ -147,7 +147,9 @@ def render(results: list[tuple[str, Result]]) -> str:
     lines = [GENERATED, ""]
     if any(is_experiment(r) for _, r in results):
         lines += ["Accuracy (`lowbit reproduce EXPERIMENT.yaml`; a *stale* row was recorded before "
-                  "its YAML changed, and waits to be re-run):", "", *experiment_table(results)]
+                  "its YAML changed, and waits to be re-run; of a row committed as its packed "
+                  "`.lowbit` file only a changed model or method shows, as that file does not "
+                  "keep the training budget):", "", *experiment_table(results)]
     else:
         lines.append("No experiment results recorded yet.")
     lines.append("")

@@ -188,3 +188,14 @@ def test_eval_forward_headline(mt: ModuleType) -> None:
                                         "rows": [row]})])
     assert "lbw_w2 fake-quant 1.01x, packed 1.02x, integer 19.50x" in body
     assert "weight-only <= 1.05x; integer < 1x" in body
+
+
+def test_xnor_headline_shows_layers_and_blocks_packed_once(mt: ModuleType) -> None:
+    layer = {"cin": 16, "cout": 32, "kernel": 3, "stride": 2, "size": 32, "batch": 128,
+             "speedup_float_over_xnor": 3.27}
+    block = {"cin": 16, "cout": 32, "size": 32, "speedup_float_over_xnor": 1.98,
+             "speedup_float_over_xnor_shared_pack": 3.26}
+    body = mt.render([("xnor_speed", {"commit": "abc1234", "backend": "numba",
+                                      "rows": [layer], "blocks": [block]})])
+    assert "16->32 k3s2 32px 3.27x" in body
+    assert "input packed once: 16->32 32px 3.26x (each conv packing: 1.98x)" in body

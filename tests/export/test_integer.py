@@ -182,6 +182,21 @@ def test_int8_layer_copies_pickles_and_follows_new_codes() -> None:
     assert torch.allclose(layer(x).double(), exact_output(layer, x), rtol=1e-6, atol=1e-6)
 
 
+def test_xnor_layer_follows_new_codes_in_place_and_reassigned() -> None:
+    """The cached XNOR kernel (weights packed once) is rebuilt when the codes change, in place
+    or as a new tensor, however often a freed tensor's memory is reused."""
+    gen = torch.Generator().manual_seed(3)
+    layer = IntegerConv2d(torch.randint(0, 2, (4, 16, 3, 3), generator=gen) * 2 - 1,
+                          torch.ones(4), None, "sign", padding=1)
+    assert layer.kernel == "xnor"
+    x = torch.randn(2, 16, 5, 5, generator=gen)
+    for _ in range(20):
+        assert torch.allclose(layer(x).double(), exact_output(layer, x))
+        layer.codes = torch.randint(0, 2, (4, 16, 3, 3), generator=gen) * 2 - 1
+    layer.codes.neg_()
+    assert torch.allclose(layer(x).double(), exact_output(layer, x))
+
+
 @pytest.mark.parametrize("name", ["inq_w5", "lbw_w2", "gdrq_w2a4"])
 def test_packed_checkpoint_runs_on_integer_path(name: str, tmp_path: Path) -> None:
     packed = export_file(CHECKPOINTS / f"{name}_resnet20_cifar10.safetensors",

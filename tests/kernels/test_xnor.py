@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from lowbit.kernels.xnor import (
     HAVE_NUMBA,
+    PackedSigns,
     XnorConv,
     _xnor_numba,
     pack_activations,
@@ -21,7 +22,7 @@ from lowbit.kernels.xnor import (
 BACKENDS = ["torch", *(["numba"] if HAVE_NUMBA else [])]
 SHAPES = [(16, 16, 8, 1, 1, 3), (16, 32, 8, 2, 1, 3), (32, 64, 6, 2, 0, 1), (64, 8, 5, 1, 1, 3),
           (128, 4, 4, 1, 1, 3), (8, 4, 7, 2, 1, 3), (32, 8, 7, 2, 0, 1),
-          (128, 4, 5, 2, 0, 1)]
+          (128, 4, 5, 2, 0, 1), (16, 8, 6, 1, 0, 1), (16, 8, 7, 2, 1, 1)]
 
 
 def signs(t: torch.Tensor) -> torch.Tensor:
@@ -124,3 +125,39 @@ def test_packed_input_of_other_width_is_refused(backend: str) -> None:
     conv = XnorConv(torch.randn(4, 16, 3, 3), 1, 1, backend)
     with pytest.raises(ValueError, match="32 channels"):
         conv.packed(pack_activations(torch.randn(1, 32, 4, 4), backend))
+
+
+@pytest.mark.parametrize("words", [torch.zeros(1, 1, 4, 4, dtype=torch.int32),
+                                   torch.zeros(1, 2, 4, 4, dtype=torch.int64),
+                                   torch.zeros(1, 4, 4, dtype=torch.int64)])
+def test_malformed_packed_signs_are_refused(words: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="int64 words"):
+        PackedSigns(words, 16)
+
+
+def test_unknown_backend_is_refused() -> None:
+    with pytest.raises(ValueError, match="numba, torch"):
+        XnorConv(torch.randn(4, 16, 3, 3), 1, 1, "Numba")
+    with pytest.raises(ValueError, match="numba, torch"):
+        pack_activations(torch.randn(1, 16, 4, 4), "cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 16, 5, 5), (1, 16, 1, 1), (16, 5, 5)])
+def test_empty_or_too_small_inputs_are_refused(backend: str, shape: tuple[int, ...]) -> None:
+    conv = XnorConv(torch.randn(4, 16, 3, 3), 1, 0, backend)
+    with pytest.raises(ValueError, match="xnor"):
+        conv(torch.randn(shape))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16, torch.int64, torch.uint8])
+def test_signs_are_taken_in_the_input_dtype(backend: str, dtype: torch.dtype) -> None:
+    """Tiny float64 negatives stay negative (float32 would round them to -0.0 >= 0), integer
+    and unsigned inputs are values (unsigned: all +1), for both back ends."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 16, 5, 5, generator=gen, dtype=torch.float64) * 1e-300
+    x = x.to(dtype) if dtype.is_floating_point else torch.randint(-3, 4, x.shape).to(dtype)
+    w = torch.randn(4, 16, 3, 3, generator=gen)
+    want = F.conv2d(signs(x.double()).double(), signs(w).double(), padding=1)
+    assert torch.equal(XnorConv(w, 1, 1, backend)(x).double(), want)

@@ -179,15 +179,16 @@ class IntegerConv2d(nn.Module):
 
     def _prepacked(self) -> Any:
         """The weights packed for the kernel (oneDNN's layout for "int8", an `XnorConv` for
-        "xnor"), made again whenever the codes change (not state)."""
-        key = (self.codes.data_ptr(), self.codes._version, self.stride, self.padding)
+        "xnor"), made again whenever the codes change, in place or by a new tensor (not
+        state)."""
+        key = (self.codes._version, self.stride, self.padding)
         cached = self.__dict__.get("_packed")
-        if cached is None or cached[0] != key:
+        if cached is None or cached[0] is not self.codes or cached[1] != key:
             packed = XnorConv(self.codes, self.stride, self.padding) if self.kernel == "xnor" \
                 else int8.prepack(self.codes, self.stride, self.padding, self.lo)
-            cached = (key, packed)
+            cached = (self.codes, key, packed)  # holding the codes: no reuse of their address
             self.__dict__["_packed"] = cached
-        return cached[1]
+        return cached[2]
 
     def __getstate__(self) -> dict[str, Any]:
         """Copies and pickles leave the (opaque, unpicklable) prepacked weights behind."""

@@ -3,12 +3,14 @@
 Same bit layout as the PyTorch path: channel c of a pixel is bit c % 64 of word c // 64 (bit 1
 for x >= 0), padding pixels are all ones (+1), and a window's taps are concatenated tap after
 tap. `conv` runs one parallel task per (image, group of output channels). A task packs its
-image's pixels (a 1 x 1 convolution without padding packs only the pixels its stride reads), lays
-the windows out as (words, pixels), both in buffers small enough to stay in cache, then runs the
-popcount GEMM for its output channels: two channels at a time sharing each word's load, up to
-three words summed before the output is touched, pixels innermost, so that LLVM vectorises the
-loop (VPOPCNTQ on AVX-512). With fewer images than threads the output channels are split into
-groups, and each group's task packs its image again (cheap next to the GEMM).
+image's pixels from the float input, or, given words packed beforehand (`pack`), copies them with
+their +1 border (a 1 x 1 convolution without padding takes only the pixels its stride reads);
+it lays the windows out as (words, pixels) (a 1 x 1 window is the pixel's words, read in place),
+in buffers small enough to stay in cache, then runs the popcount GEMM for its output channels:
+two channels at a time sharing each word's load, up to three words summed before the output is
+touched, pixels innermost, so that LLVM vectorises the loop (VPOPCNTQ on AVX-512). With fewer
+images than threads the output channels are split into groups, and each group's task packs its
+image again (cheap next to the GEMM).
 """
 
 from __future__ import annotations
@@ -152,6 +154,23 @@ def _image_words_impl(image, pad, step, ones, out):  # type: ignore[no-untyped-d
     return lambda image, pad, step, ones, out: _pack_image(image, pad, step, ones, out)
 
 
+@numba.njit(cache=True)
+def _channels(cols: np.ndarray, wt: np.ndarray, k: int, corr: np.ndarray, lo: int, hi: int,
+              out: np.ndarray) -> None:
+    """out[o] = k - corr[o] - 2 popcount(cols ^ wt[o]) for output channels lo..hi of one
+    image, two at a time."""
+    pixels = cols.shape[1]
+    spare = np.empty(pixels, dtype=np.int32)  # the partner of an odd last channel
+    for o in range(lo, hi, 2):
+        p = o + 1 if o + 1 < hi else o
+        oa, ca, cb = out[o].reshape(pixels), corr[o].reshape(pixels), corr[p].reshape(pixels)
+        ob = out[p].reshape(pixels) if p > o else spare
+        for q in range(pixels):
+            oa[q] = k - ca[q]
+            ob[q] = k - cb[q]
+        _gemm_pair(cols, wt[o], wt[p], oa, ob)
+
+
 @numba.njit(parallel=True, cache=True)
 def _conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
           step: int, k: int, corr: np.ndarray, groups: int, out: np.ndarray) -> None:
@@ -176,15 +195,7 @@ def _conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, 
         else:
             cols = np.empty((nw, pixels), dtype=np.uint64)
             _window_image(px, c, kh, kw, stride, ow, cols)
-        spare = np.empty(pixels, dtype=np.int32)  # the partner of an odd last channel
-        for o in range(lo, hi, 2):
-            p = o + 1 if o + 1 < hi else o
-            oa, ca, cb = out[b, o].reshape(pixels), corr[o].reshape(pixels), corr[p].reshape(pixels)
-            ob = out[b, p].reshape(pixels) if p > o else spare
-            for q in range(pixels):
-                oa[q] = k - ca[q]
-                ob[q] = k - cb[q]
-            _gemm_pair(cols, wt[o], wt[p], oa, ob)
+        _channels(cols, wt, k, corr, lo, hi, out[b])
 
 
 @numba.njit(parallel=True, cache=True)
@@ -203,18 +214,20 @@ def pack(x: np.ndarray) -> np.ndarray:
 
 
 def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, pad: int,
-         k: int, corr: np.ndarray) -> np.ndarray:
+         k: int, corr: np.ndarray, packed: bool = False) -> np.ndarray:
     """(N, O, OH, OW) int32 XNOR-popcount products with +1 padding, minus `corr` (O, OH, OW),
     the padding correction (zeros without padding).
 
-    `x`: (N, c, H, W) float activations, or the (N, ceil(c / 64), H, W) uint64 words of their
-    signs from `pack`. `wt`: the weights' window words, (O, words) uint64 (as int64 bits)."""
-    words = x.dtype == np.uint64
+    `x`: (N, c, H, W) float32 activations, or with `packed` the (N, ceil(c / 64), H, W) uint64
+    words of their signs from `pack`. `wt`: the weights' window words, (O, words) uint64 (as
+    int64 bits)."""
     n, planes, h, w = x.shape
-    if planes != (-(-c // 64) if words else c) or pad < 0 or stride < 1:  # no bounds checks
-        raise ValueError(f"xnor: got {planes} input {'words' if words else 'channels'} for {c} "
+    if packed and x.dtype != np.uint64 or not packed and x.dtype != np.float32:
+        raise ValueError(f"xnor: {'packed words' if packed else 'activations'} must be "
+                         f"{'uint64' if packed else 'float32'}, got {x.dtype}")
+    if planes != (-(-c // 64) if packed else c) or pad < 0 or stride < 1:  # no bounds checks
+        raise ValueError(f"xnor: got {planes} input {'words' if packed else 'channels'} for {c} "
                          f"channels, padding {pad}, stride {stride}")
-    x = np.ascontiguousarray(x) if words else np.ascontiguousarray(x, dtype=np.float32)
     step = stride if (kh, kw, pad) == (1, 1, 0) else 1  # a 1x1 conv reads every stride-th pixel
     stride //= step
     hp, wp = (h + 2 * pad - 1) // step + 1, (w + 2 * pad - 1) // step + 1
@@ -222,7 +235,7 @@ def conv(x: np.ndarray, wt: np.ndarray, c: int, kh: int, kw: int, stride: int, p
     wt = np.ascontiguousarray(wt).view(np.uint64)
     out = np.empty((n, wt.shape[0], oh, ow), dtype=np.int32)
     groups = max(1, -(-numba.get_num_threads() // n))
-    _conv(x, wt, c, kh, kw, stride, pad, step, k,
+    _conv(np.ascontiguousarray(x), wt, c, kh, kw, stride, pad, step, k,
           np.ascontiguousarray(corr, dtype=np.int32), groups, out)
     return out
 

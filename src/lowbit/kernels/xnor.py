@@ -1,7 +1,8 @@
 """Binary convolution by XNOR and popcount on bit-packed signs.
 
 For x, w in {-1, +1}^K, x . w = K - 2 * popcount(bits(x) XOR bits(w)) with bit 1 for +1. Inputs
-are packed along channels, 64 per uint64 word, pixel by pixel (N, H, W, words); the taps of a
+are packed along channels, 64 per uint64 word, pixel by pixel (`pack_signs`: (N, H, W, words);
+`PackedSigns`, the numba kernel: a plane per word, (N, words, H, W)); the taps of a
 k x k window are concatenated into one bit string per output pixel (im2col on bits), so a
 16-channel 3 x 3 window is 144 bits, three words, three XOR + popcount.
 
@@ -12,9 +13,9 @@ output (i, j)`, computed once per layer and input size. The result equals
 `conv2d(sign(x), sign(w), padding)` exactly, as int32.
 
 Activations can be packed once and fed to several convolutions (`pack_activations` ->
-`PackedSigns`, `XnorConv.packed`): in a binary network an activation's signs are packed once, by
-the layer that produces them, and a downsampling block's input serves both its strided 3 x 3
-conv and its 1 x 1 shortcut. `XnorConv(x)` on a float input packs inside the kernel instead.
+`PackedSigns`, `XnorConv.packed`): a downsampling block's input serves both its strided 3 x 3
+conv and its 1 x 1 shortcut, one packing for two convs. `XnorConv(x)` on a float input packs
+inside the kernel instead (per image, in cache).
 
 Two back ends with the same packing: a numba kernel (the `fast` extra; LLVM's ctpop on uint64,
 parallel over images and output channels) and a pure-PyTorch fallback (XOR on int64 words,
@@ -75,6 +76,20 @@ def _popcount(words: Tensor) -> Tensor:
     return _POPCOUNT[words.contiguous().view(torch.uint8).to(torch.int64)].sum(-1)
 
 
+BACKENDS = ("numba", "torch")
+
+
+def resolve_backend(backend: str | None) -> str:
+    """`backend`, or numba when installed; ValueError for an unknown name, RuntimeError when
+    numba is asked for and not installed."""
+    name = backend or ("numba" if HAVE_NUMBA else "torch")
+    if name not in BACKENDS:
+        raise ValueError(f"xnor backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    if name == "numba" and _xnor_numba is None:
+        raise RuntimeError("xnor backend 'numba' needs the `fast` extra (pip install numba)")
+    return name
+
+
 @dataclass(frozen=True)
 class PackedSigns:
     """The signs of (N, C, H, W) activations, packed once: `words` is (N, ceil(C / 64), H, W)
@@ -83,19 +98,41 @@ class PackedSigns:
     words: Tensor
     channels: int
 
+    def __post_init__(self) -> None:
+        w = self.words
+        if w.dtype != torch.int64 or w.dim() != 4 or self.channels < 1 or \
+                w.shape[1] != -(-self.channels // 64):
+            raise ValueError(f"xnor: packed signs of {self.channels} channels need (N, "
+                             f"{-(-self.channels // 64)}, H, W) int64 words, got "
+                             f"{tuple(w.shape)} {w.dtype}")
+
     def nhwc(self) -> Tensor:
         """The words as (N, H, W, ceil(C / 64)), `pack_signs`'s layout."""
         return self.words.permute(0, 2, 3, 1)
 
 
 def pack_activations(x: Tensor, backend: str | None = None) -> PackedSigns:
-    """`x`'s signs bit-packed once, for any number of `XnorConv.packed` calls."""
-    if (backend or ("numba" if HAVE_NUMBA else "torch")) == "numba":
-        assert _xnor_numba is not None, "xnor backend 'numba' needs the `fast` extra"
-        words = torch.from_numpy(_xnor_numba.pack(x.detach().numpy()).view(np.int64))
+    """`x`'s signs bit-packed once, for any number of `XnorConv.packed` calls.
+
+    Args:
+        x: (N, C, H, W) activations; x >= 0 counts as +1.
+        backend: "numba", "torch" or None (numba if installed); both pack the same bits.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"xnor: activations must be (N, C, H, W), got shape {tuple(x.shape)}")
+    if resolve_backend(backend) == "numba":
+        assert _xnor_numba is not None  # resolve_backend checked it
+        words = torch.from_numpy(_xnor_numba.pack(_signs32(x).numpy()).view(np.int64))
     else:
         words = pack_signs(x).permute(0, 3, 1, 2).contiguous()
     return PackedSigns(words, x.shape[1])
+
+
+def _signs32(x: Tensor) -> Tensor:
+    """x as float32 with its signs kept: float32 as is, anything else (float64, whose tiny
+    negatives would round to -0.0, integer codes) as +-1."""
+    x = x.detach()
+    return x if x.dtype == torch.float32 else torch.where(x >= 0, 1.0, -1.0)
 
 
 def _pad_words(words: Tensor, pad: int, channels: int) -> Tensor:
@@ -136,9 +173,7 @@ class XnorConv:
 
     def __init__(self, w: Tensor, stride: int = 1, padding: int = 0,
                  backend: str | None = None) -> None:
-        self.backend = backend or ("numba" if HAVE_NUMBA else "torch")
-        if self.backend == "numba" and _xnor_numba is None:
-            raise RuntimeError("xnor backend 'numba' needs the `fast` extra (pip install numba)")
+        self.backend = resolve_backend(backend)
         self.out_channels, self.channels, self.kh, self.kw = w.shape
         if self.channels % 64 and 64 % self.channels:
             raise ValueError(f"xnor: channels must divide 64 or be a multiple of it, got "
@@ -164,40 +199,58 @@ class XnorConv:
 
     def __call__(self, x: Tensor) -> Tensor:
         """The product on float activations (only their signs count), (N, O, OH, OW) int32."""
-        if x.shape[1] != self.channels:
-            raise ValueError(f"xnor: input has {x.shape[1]} channels, the weights "
-                             f"{self.channels}")
-        if self.backend == "torch":
-            return self.packed(pack_activations(x, "torch"))
-        return self._numba(x.detach().numpy(), *x.shape[2:])
+        if x.dim() != 4:
+            raise ValueError(f"xnor: activations must be (N, C, H, W), got shape "
+                             f"{tuple(x.shape)}")
+        n, c, h, w = x.shape
+        self._check(n, c, h, w)
+        if self.backend == "numba":
+            return self._numba(_signs32(x).numpy(), h, w, packed=False)
+        s = self._reads()
+        return self._torch(pack_signs(x[:, :, ::s, ::s]), h, w)
 
     def packed(self, p: PackedSigns) -> Tensor:
         """The product on activations packed once by `pack_activations`, (N, O, OH, OW) int32."""
-        if p.channels != self.channels:
-            raise ValueError(f"xnor: input has {p.channels} channels, the weights "
-                             f"{self.channels}")
-        h, w = p.words.shape[2:]
+        n, _, h, w = p.words.shape
+        self._check(n, p.channels, h, w)
         if self.backend == "numba":
-            return self._numba(p.words.numpy().view(np.uint64), h, w)
-        words, stride = p.nhwc(), self.stride
-        if (self.kh, self.kw, self.padding) == (1, 1, 0) and stride > 1:
-            words, stride = words[:, ::stride, ::stride], 1  # only the pixels a 1x1 conv reads
-            h, w = words.shape[1:3]
+            return self._numba(p.words.numpy().view(np.uint64), h, w, packed=True)
+        s = self._reads()
+        return self._torch(p.nhwc()[:, ::s, ::s], h, w)
+
+    def _check(self, n: int, c: int, h: int, w: int) -> None:
+        """ValueError unless the input has the weights' channels and fits the kernel."""
+        if c != self.channels:
+            raise ValueError(f"xnor: input has {c} channels, the weights {self.channels}")
+        if n < 1 or h + 2 * self.padding < self.kh or w + 2 * self.padding < self.kw:
+            raise ValueError(f"xnor: an input of {n} images of {h} x {w} pixels is empty or "
+                             f"smaller than the {self.kh} x {self.kw} kernel with padding "
+                             f"{self.padding}")
+
+    def _reads(self) -> int:
+        """Every how many pixels the conv reads one: its stride for a 1 x 1 conv without
+        padding (only those pixels are packed or windowed), else 1."""
+        return self.stride if (self.kh, self.kw, self.padding) == (1, 1, 0) else 1
+
+    def _torch(self, words: Tensor, h: int, w: int) -> Tensor:
+        """The PyTorch path on (N, H', W', words) packed pixels: every `_reads()`-th pixel of an
+        h x w input."""
+        stride = self.stride // self._reads()
         if self.padding:
             words = _pad_words(words, self.padding, self.channels)
         cols = _im2col_bits(words, self.channels, self.kh, self.kw, stride)
         # one image at a time bounds the (OH, OW, O, words) intermediate
         dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
             torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
-        return dot - self.correction(h, w, stride) if self.padding else dot
+        return dot - self.correction(h, w, self.stride) if self.padding else dot
 
-    def _numba(self, x: np.ndarray, h: int, w: int) -> Tensor:
-        """The numba kernel on float activations or packed words (it subtracts the padding
+    def _numba(self, x: np.ndarray, h: int, w: int, packed: bool) -> Tensor:
+        """The numba kernel on float32 activations or packed words (it subtracts the padding
         correction itself)."""
-        assert _xnor_numba is not None
+        assert _xnor_numba is not None  # resolve_backend checked it
         return torch.from_numpy(_xnor_numba.conv(
             x, self.wt, self.channels, self.kh, self.kw, self.stride, self.padding, self.k,
-            self.correction(h, w, self.stride).numpy()))
+            self.correction(h, w, self.stride).numpy(), packed))
 
 
 def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
@@ -223,5 +276,6 @@ def words_for(c: int, kh: int, kw: int) -> int:
     return math.ceil(c * kh * kw / 64) if 64 % c == 0 else kh * kw * (c // 64)
 
 
-__all__ = ["HAVE_NUMBA", "PackedSigns", "XnorConv", "pack_activations", "pack_signs",
-           "pack_weights", "padding_correction", "set_threads", "words_for", "xnor_conv2d"]
+__all__ = ["BACKENDS", "HAVE_NUMBA", "PackedSigns", "XnorConv", "pack_activations",
+           "pack_signs", "pack_weights", "padding_correction", "resolve_backend", "set_threads",
+           "words_for", "xnor_conv2d"]

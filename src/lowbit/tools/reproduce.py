@@ -35,6 +35,10 @@ from lowbit.engine.rundir import RunDir
 from lowbit.schema import ConfigError
 from lowbit.tools.inspection import inspect_target
 
+# the config section each part of `_budget` comes from
+_SECTION = {"model": "model", "init": "train", "quant": "quant", "distill": "distill",
+            "epochs": "train", "optim": "optim", "schedule": "schedule", "seed": "train"}
+
 
 def _budget(cfg: RunConfig) -> dict[str, Any]:
     """What makes a row's result: model, start, method, distillation, length and optimiser."""
@@ -47,9 +51,9 @@ def _budget(cfg: RunConfig) -> dict[str, Any]:
 def describes_checkpoint(experiment: str | Path, checkpoint: str | Path) -> bool:
     """Whether the experiment YAML, as it reads now, is the run that made `checkpoint` (same
     model, start, method, distillation, length and optimiser): False marks a recorded row as
-    stale, i.e. the YAML changed since and the row must be re-run. A packed `.lowbit` file keeps
-    only the config sections that rebuild its model, so for one the check covers model and
-    method."""
+    stale, i.e. the YAML changed since and the row must be re-run. Only what the file records
+    is compared: a packed `.lowbit` file keeps the config sections that rebuild its model, so for
+    one the check covers model and method, not the training budget."""
     quiet = logging.getLogger("lowbit.recipes")  # old configs' migration notices: not news here
     level = quiet.level
     quiet.setLevel(logging.ERROR)
@@ -57,8 +61,7 @@ def describes_checkpoint(experiment: str | Path, checkpoint: str | Path) -> bool
         stored = model_meta(checkpoint)["config"]
         recorded, now = (_budget(load_run(base=stored).cfg),
                          _budget(load_run(config_file=experiment).cfg))
-        kept = recorded.keys() if "train" in stored else ("model", "quant")
-        return all(recorded[k] == now[k] for k in kept)
+        return all(recorded[k] == now[k] for k in recorded if _SECTION[k] in stored)
     finally:
         quiet.setLevel(level)
 
