@@ -9,13 +9,25 @@ so a resumed run sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-if TYPE_CHECKING:  # only for annotations: base.py builds BatchLoaders
-    from lowbit.data.base import ImageData
+
+class Images(Protocol):
+    """What a `BatchLoader` reads from a split (`lowbit.data.base.ImageData` is one): uint8
+    images (N, C, H, W), labels (N,), per-channel mean and std on the 0..1 scale, and the
+    augmentation settings."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flip: bool
+    pad: int
+
+    def __len__(self) -> int: ...
 
 
 def augment_batch(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
@@ -44,7 +56,7 @@ def augment_batch(images: torch.Tensor, pad: int, flip: bool, gen: torch.Generat
 
 
 class BatchLoader:
-    """Iterates (float images, labels) batches over an in-memory `ImageData`.
+    """Iterates (float images, labels) batches over an in-memory split (`Images`).
 
     Args:
         data: the split to iterate.
@@ -55,7 +67,7 @@ class BatchLoader:
         channels_last: return images in channels_last memory format.
     """
 
-    def __init__(self, data: ImageData, batch_size: int, train: bool, seed: int = 0,
+    def __init__(self, data: Images, batch_size: int, train: bool, seed: int = 0,
                  rank: int = 0, world_size: int = 1, channels_last: bool = False) -> None:
         if batch_size < world_size or batch_size % world_size:
             raise ValueError(f"batch_size {batch_size} must be a multiple of world size "
