@@ -263,3 +263,17 @@ def test_padding_value_off_the_input_grid_is_refused(caplog: pytest.LogCaptureFi
             pytest.raises(LowbitError, match="no quantized layer"):
         to_integer(binary_conv_bn(-1.0))  # -1 is not on the unsigned grid: not the layer's codes
     assert "pads with -1.0, which its input quantizer maps to" in caplog.text
+
+
+def test_kernel_follows_codes_loaded_later() -> None:
+    """Codes loaded after construction choose the kernel again: sign codes that stop being
+    +-1 leave XNOR (which would silently use their signs) for an exact kernel."""
+    gen = torch.Generator().manual_seed(4)
+    layer = IntegerConv2d(torch.randint(0, 2, (4, 16, 3, 3), generator=gen) * 2 - 1,
+                          torch.ones(4), None, "sign", padding=1)
+    assert layer.kernel == "xnor"
+    state = dict(layer.state_dict(), codes=torch.randint(-3, 4, (4, 16, 3, 3), generator=gen))
+    layer.load_state_dict(state)
+    assert layer.kernel != "xnor"
+    x = torch.randn(2, 16, 5, 5, generator=gen)
+    assert torch.allclose(layer(x).double(), exact_output(layer, x))

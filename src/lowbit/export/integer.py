@@ -34,6 +34,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -121,7 +122,6 @@ class IntegerConv2d(nn.Module):
                              if offset is None else offset.double().reshape(-1))
         self.act, self.linear = act, linear
         self.stride, self.padding = _single(stride), _single(padding)
-        self.kernel = _kernel(self.codes, act)
 
     def input_codes(self, x: Tensor) -> tuple[Tensor, float]:
         """(int64 input codes, their value unit): the layer's input quantization."""
@@ -177,22 +177,33 @@ class IntegerConv2d(nn.Module):
         span = _input_range(self.act)
         return 0 if span is None else span[0]
 
+    @property
+    def kernel(self) -> str:
+        """The accumulation the codes allow ("xnor", "int8", "shift" or "mac"; module
+        docstring), found again whenever they change."""
+        return str(self._for_codes("_kernel", lambda: _kernel(self.codes, self.act)))
+
     def _prepacked(self) -> Any:
         """The weights packed for the kernel (oneDNN's layout for "int8", an `XnorConv` for
-        "xnor"), made again whenever the codes change, in place or by a new tensor (not
-        state)."""
+        "xnor")."""
+        return self._for_codes("_packed", lambda: XnorConv(
+            self.codes, self.stride, self.padding) if self.kernel == "xnor" else int8.prepack(
+            self.codes, self.stride, self.padding, self.lo))
+
+    def _for_codes(self, name: str, make: Callable[[], Any]) -> Any:
+        """`make()`, kept (not as state) until the codes change, in place or as a new tensor,
+        or the stride or padding does."""
         key = (self.codes._version, self.stride, self.padding)
-        cached = self.__dict__.get("_packed")
+        cached = self.__dict__.get(name)
         if cached is None or cached[0] is not self.codes or cached[1] != key:
-            packed = XnorConv(self.codes, self.stride, self.padding) if self.kernel == "xnor" \
-                else int8.prepack(self.codes, self.stride, self.padding, self.lo)
-            cached = (self.codes, key, packed)  # holding the codes: no reuse of their address
-            self.__dict__["_packed"] = cached
+            cached = (self.codes, key, make())  # holding the codes: no reuse of their address
+            self.__dict__[name] = cached
         return cached[2]
 
     def __getstate__(self) -> dict[str, Any]:
-        """Copies and pickles leave the (opaque, unpicklable) prepacked weights behind."""
-        return {k: v for k, v in self.__dict__.items() if k != "_packed"}
+        """Copies and pickles leave the kept kernel and (opaque, unpicklable) prepacked weights
+        behind."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_packed", "_kernel")}
 
 
 def _single(v: Any) -> int:
