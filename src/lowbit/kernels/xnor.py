@@ -135,11 +135,16 @@ def _signs32(x: Tensor) -> Tensor:
     return x if x.dtype == torch.float32 else torch.where(x >= 0, 1.0, -1.0)
 
 
+@functools.lru_cache(maxsize=16)
+def _ones_words(channels: int) -> Tensor:
+    """The words of a +1 pixel: the channel bits set, the unused high bits 0 (read only)."""
+    return pack_signs(torch.ones(1, channels, 1, 1))[0, 0, 0]
+
+
 def _pad_words(words: Tensor, pad: int, channels: int) -> Tensor:
     """(N, H, W, words) packed pixels with a border of `pad` +1 pixels (all channel bits set)."""
     n, h, w, nw = words.shape
-    ones = pack_signs(torch.ones(1, channels, 1, 1))[0, 0, 0]
-    out = ones.expand(n, h + 2 * pad, w + 2 * pad, nw).clone()
+    out = _ones_words(channels).expand(n, h + 2 * pad, w + 2 * pad, nw).clone()
     out[:, pad:pad + h, pad:pad + w] = words
     return out
 
