@@ -48,7 +48,8 @@ def max_step(proto: onnx.ModelProto) -> float:
 
 
 def check_onnx(model: nn.Module, flavour: str, x: torch.Tensor,
-               optimized_step: bool | None = None) -> torch.Tensor:
+               optimized_step: bool | None = None,
+               meta: dict[str, Any] | None = None) -> torch.Tensor:
     """ONNX semantics (onnxruntime without graph optimizations) equal PyTorch within 1e-4 (times
     the logits' scale when above 1: float32 rounding); the optimized session too for the float
     flavour, and within one activation step when integer kernels round the bias (int).
@@ -56,10 +57,11 @@ def check_onnx(model: nn.Module, flavour: str, x: torch.Tensor,
     `optimized_step` (default: int flavour only) allows the optimized session one activation
     step: its NCHWc convolutions sum in another order, so with many activation quantizers some
     value lies within float rounding of a code boundary and rounds the other way.
+    `meta`: run metadata for `to_onnx` (e.g. the dataset, which fixes the input size).
     Returns the optimized session's output."""
     if optimized_step is None:
         optimized_step = flavour == "int"
-    proto = to_onnx(model, flavour)
+    proto = to_onnx(model, flavour, meta)
     onnx.checker.check_model(proto, full_check=True)
     with torch.no_grad():
         want = model(x)

@@ -24,6 +24,7 @@ from lowbit.models import create_model  # noqa: E402
 from lowbit.nn.layers import QuantAct  # noqa: E402
 from lowbit.quant.inq import INQWeight  # noqa: E402
 from lowbit.quant.uniform import Uniform  # noqa: E402
+from lowbit.recipes import parse_quant_section  # noqa: E402
 from lowbit.transform import quantize_model  # noqa: E402
 from onnx_support import METHODS, calibrated, check_onnx, resnet  # noqa: E402
 
@@ -163,3 +164,58 @@ def test_cli_exports_onnx(tmp_path: Path) -> None:
     runner, meta = load_onnx(out)
     assert meta["flavour"] == "int" and meta["dataset"] == "cifar10"
     assert runner(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+@pytest.mark.parametrize("grid, size, op", [
+    (4, 32, "AveragePool"), (3, 10, "MatMul"), ((None, 3), 10, "MatMul"),
+    (1, 10, "GlobalAveragePool")])
+def test_adaptive_pooling_to_a_grid_matches_pytorch(grid: Any, size: int, op: str) -> None:
+    """A grid that divides the input pools with AveragePool, an uneven one with PyTorch's
+    overlapping windows as two pooling matrices; the graph then takes only that input size."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(grid),
+                          nn.Flatten()).eval()
+    proto = to_onnx(model, "float", input_shape=(3, size, size))
+    assert op in {n.op_type for n in proto.graph.node}
+    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, size, size]
+    x = torch.randn(2, 3, size, size)
+    got = session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert float((torch.from_numpy(got) - model(x)).abs().max()) < 1e-5
+
+
+def test_adaptive_pooling_needs_a_known_input_size() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(2), nn.Flatten()).eval()
+    with pytest.raises(LowbitError, match="input_shape"):
+        to_onnx(model)
+    proto = to_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)).eval())
+    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, "height", "width"]  # no size-dependent layer: any input size
+
+
+def test_wrong_input_shape_is_one_clear_error() -> None:
+    model = create_model("alexnet", width=0.125).eval()
+    with pytest.raises(LowbitError, match=r"does not run on inputs of shape \(1, 8, 8\)"):
+        to_onnx(model, input_shape=(1, 8, 8))
+
+
+@pytest.mark.parametrize("flavour", ["float", "int", "int-exact"])
+@pytest.mark.parametrize("method", ["lbw", "gdrq"])
+def test_quantized_alexnet_exports_at_its_dataset_size(method: str, flavour: str) -> None:
+    """AlexNet pools to a 4x4 grid: the dataset in the run metadata fixes the input size. In the
+    "int" flavour only the file's ONNX semantics are exact: a fused QLinearConv's rounded bias can
+    move a code by one step, and AlexNet's chain of seven quantized layers (no float residual
+    between them, unlike ResNet) carries that on, so its logits are not held to one step; the
+    full-test-set agreement is in benchmarks/results/onnx_equality_alexnet.json."""
+    torch.manual_seed(0)
+    model = calibrated(parse_quant_section(METHODS[method]).prepare(
+        create_model("alexnet", width=0.125)))
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    meta = {"dataset": "cifar10"}
+    if flavour != "int":
+        check_onnx(model, flavour, x, optimized_step=False, meta=meta)
+        return
+    proto = to_onnx(model, flavour, meta)
+    got = session(proto.SerializeToString(), optimize=False).run(None, {"input": x.numpy()})[0]
+    with torch.no_grad():
+        assert float((torch.from_numpy(got) - model(x)).abs().max()) < 1e-4

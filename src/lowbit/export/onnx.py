@@ -50,11 +50,19 @@ from torch import nn
 import lowbit.export.onnx_groupnet  # noqa: F401  (registers Group-Net's lowerings)
 import lowbit.export.onnx_ops  # noqa: F401  (registers the standard lowerings)
 import lowbit.export.onnx_quant  # noqa: F401  (registers the quantized lowerings)
+from lowbit.data import input_shape_for
 from lowbit.engine.checkpoint import atomic_write_bytes
 from lowbit.errors import CheckpointError, LowbitError
 from lowbit.export.fold import FoldedConvBN
 from lowbit.export.integer import fold_foldable
-from lowbit.export.onnx_graph import FLAVOURS, GraphBuilder, build_model, lower_graph, trace
+from lowbit.export.onnx_graph import (
+    FLAVOURS,
+    GraphBuilder,
+    build_model,
+    input_shapes,
+    lower_graph,
+    trace,
+)
 from lowbit.export.onnx_prepare import dequantize_unfused
 
 log = logging.getLogger(__name__)
@@ -74,6 +82,15 @@ def _in_channels(model: nn.Module, meta: dict[str, Any]) -> int:
     raise LowbitError("export_onnx: cannot tell the input channels; pass input_shape")
 
 
+def _dataset_shape(model: nn.Module, meta: dict[str, Any]) -> tuple[int, ...] | None:
+    """(C, H, W) of the run's dataset images, when the metadata names the dataset."""
+    if "dataset" not in meta:
+        return None
+    image_size = int(meta.get("config", {}).get("data", {}).get("image_size", 32))
+    _, h, w = input_shape_for(str(meta["dataset"]), image_size)
+    return _in_channels(model, meta), h, w
+
+
 def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | None = None,
             input_shape: tuple[int, ...] | None = None) -> onnx.ModelProto:
     """The checked ONNX model of `model` (not modified) in `flavour`; see the module docstring.
@@ -83,18 +100,24 @@ def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | Non
             activation clips are trained or calibrated.
         flavour: "float", "int" or "int-exact".
         meta: run metadata (as `lowbit.api.load_model` returns it) for `lowbit.meta`.
-        input_shape: (C, H, W) of one input; default (in_channels, "height", "width").
+        input_shape: (C, H, W) of one input; default (in_channels, "height", "width"), or
+            the dataset's image size when a layer needs a known input size (adaptive pooling
+            to a grid larger than 1x1, as in AlexNet and VGG) and `meta` names the dataset.
     """
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {', '.join(FLAVOURS)}, got {flavour!r}")
     meta = dict(meta or {})
-    shape: list[Any] = ["batch", *(input_shape or (_in_channels(model, meta), "height", "width"))]
     model = copy.deepcopy(model).float().eval()
     if flavour != "float":
         model, _ = fold_foldable(model)
     b = GraphBuilder("float" if flavour == "float" else "int", fuse=flavour != "int-exact")
+    known = input_shape or _dataset_shape(model, meta)
+    if known:
+        b.shapes = input_shapes(model, known)
     with torch.no_grad():
         output = lower_graph(model, trace(model), b, "input")
+    size: tuple[Any, ...] | None = input_shape or (known if b.static_input else None)
+    shape: list[Any] = ["batch", *(size or (_in_channels(model, meta), "height", "width"))]
     props = {"lowbit.format": FORMAT, "lowbit.flavour": flavour,
              "lowbit.layers": json.dumps(b.layers),
              "lowbit.meta": json.dumps({k: meta[k] for k in _RUN_KEYS if k in meta})}

@@ -54,7 +54,19 @@ class GraphBuilder:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared: dict[Any, Any] = field(default_factory=dict)
+    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # module -> input shape
+    static_input: bool = False  # a lowering used `input_size`: the graph input size is fixed
     _ids: itertools.count = field(default_factory=itertools.count)
+
+    def input_size(self, name: str) -> tuple[int, int]:
+        """(H, W) of the input of module `name`, for lowerings that depend on it (e.g.
+        adaptive pooling to a grid); the exported graph then takes only that input size."""
+        shape = self.shapes.get(name)
+        if shape is None:
+            raise LowbitError(f"export_onnx: {name} depends on the input size, which is not "
+                              "known: pass input_shape=(C, H, W)")
+        self.static_input = True
+        return int(shape[-2]), int(shape[-1])
 
     def fresh(self, hint: str) -> str:
         """A new, unique value name derived from `hint`."""
@@ -114,6 +126,30 @@ class _Tracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return module_lowering(m) is not None or super().is_leaf_module(m, module_qualified_name)
+
+
+def input_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
+    """The input shape of every submodule (qualified name) when `model` runs on one input of
+    `shape` (C, H, W): one forward pass on zeros, read by forward pre-hooks."""
+    seen: dict[str, tuple[int, ...]] = {}
+
+    def hook(name: str) -> Callable[..., None]:
+        def record(_: nn.Module, args: tuple[Any, ...]) -> None:
+            if args and isinstance(args[0], torch.Tensor):
+                seen[name] = tuple(args[0].shape)
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n]
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *shape))
+    except Exception as exc:  # the model's own error on this input size
+        raise LowbitError(f"export_onnx: the model does not run on inputs of shape "
+                          f"{tuple(shape)} ({type(exc).__name__}: {exc})") from exc
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
 
 
 def trace(model: nn.Module) -> fx.Graph:

@@ -121,10 +121,30 @@ def _identity(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
 
 @register_module_lowering(nn.AdaptiveAvgPool2d)
 def _adaptive_avg(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
+    """GlobalAveragePool for a 1x1 output; else (the input size must be known) AveragePool when
+    the grid divides the input, and otherwise PyTorch's uneven windows as two pooling matrices,
+    rows @ x @ cols, which any input size allows."""
     assert isinstance(m, nn.AdaptiveAvgPool2d)
-    if _pair(m.output_size) != [1, 1]:
-        raise LowbitError(f"export_onnx: {name}: only AdaptiveAvgPool2d(1) is supported")
-    return b.op("GlobalAveragePool", xs, name)
+    sizes = m.output_size if isinstance(m.output_size, tuple | list) else (m.output_size,) * 2
+    if list(sizes) == [1, 1]:
+        return b.op("GlobalAveragePool", xs, name)
+    h, w = b.input_size(name)
+    oh, ow = (h if sizes[0] is None else sizes[0]), (w if sizes[1] is None else sizes[1])
+    if h % oh == 0 and w % ow == 0:
+        kernel = [h // oh, w // ow]
+        return b.op("AveragePool", xs, name, kernel_shape=kernel, strides=kernel)
+    rows = b.op("MatMul", [b.const(_pool_matrix(h, oh), f"{name}.rows"), xs[0]], name)
+    return b.op("MatMul", [rows, b.const(_pool_matrix(w, ow).T.copy(), f"{name}.cols")], name)
+
+
+def _pool_matrix(size: int, out: int) -> np.ndarray:
+    """(out, size) float32 averaging matrix of adaptive pooling: row i averages
+    [floor(i * size / out), ceil((i + 1) * size / out)), PyTorch's windows."""
+    matrix = np.zeros((out, size), np.float32)
+    for i in range(out):
+        start, end = (i * size) // out, -(-(i + 1) * size // out)
+        matrix[i, start:end] = 1.0 / (end - start)
+    return matrix
 
 
 @register_module_lowering(nn.MaxPool2d, nn.AvgPool2d)
