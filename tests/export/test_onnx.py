@@ -23,7 +23,7 @@ from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering  # n
 from lowbit.models import create_model  # noqa: E402
 from lowbit.nn.layers import QuantAct  # noqa: E402
 from lowbit.quant.inq import INQWeight  # noqa: E402
-from lowbit.quant.uniform import Uniform  # noqa: E402
+from lowbit.quant.uniform import LSQ, Uniform  # noqa: E402
 from lowbit.recipes import parse_quant_section  # noqa: E402
 from lowbit.transform import quantize_model  # noqa: E402
 from onnx_support import METHODS, calibrated, check_onnx, resnet  # noqa: E402
@@ -166,19 +166,28 @@ def test_cli_exports_onnx(tmp_path: Path) -> None:
     assert runner(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-@pytest.mark.parametrize("grid, size, op", [
-    (4, 32, "AveragePool"), (3, 10, "MatMul"), ((None, 3), 10, "MatMul"),
-    (1, 10, "GlobalAveragePool")])
-def test_adaptive_pooling_to_a_grid_matches_pytorch(grid: Any, size: int, op: str) -> None:
-    """A grid that divides the input pools with AveragePool, an uneven one with PyTorch's
-    overlapping windows as two pooling matrices; the graph then takes only that input size."""
+def input_dims(proto: onnx.ModelProto) -> list[Any]:
+    return [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
+
+
+MATRICES = ["MatMul", "MatMul"]
+
+
+@pytest.mark.parametrize("grid, size, pool_ops", [
+    (4, (32, 32), ["AveragePool"]), (3, (10, 10), MATRICES), ((None, 3), (10, 10), MATRICES),
+    ((3, 5), (10, 14), MATRICES), (7, (4, 5), MATRICES), (5, (5, 5), []),
+    (1, (10, 10), ["GlobalAveragePool"])])
+def test_adaptive_pooling_to_a_grid_matches_pytorch(grid: Any, size: tuple[int, int],
+                                                    pool_ops: list[str]) -> None:
+    """A grid that divides the input pools with AveragePool, an uneven one (or one larger than
+    the input) with PyTorch's overlapping windows as two pooling matrices, one equal to the input
+    with nothing; the graph then takes only that input size."""
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(grid),
                           nn.Flatten()).eval()
-    proto = to_onnx(model, "float", input_shape=(3, size, size))
-    assert op in {n.op_type for n in proto.graph.node}
-    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["batch", 3, size, size]
-    x = torch.randn(2, 3, size, size)
+    proto = to_onnx(model, "float", input_shape=(3, *size))
+    assert [n.op_type for n in proto.graph.node][2:-1] == pool_ops  # after Conv, Relu
+    assert input_dims(proto) == ["batch", 3, *size]
+    x = torch.randn(2, 3, *size)
     got = session(proto.SerializeToString()).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert float((torch.from_numpy(got) - model(x)).abs().max()) < 1e-5
@@ -189,8 +198,39 @@ def test_adaptive_pooling_needs_a_known_input_size() -> None:
     with pytest.raises(LowbitError, match="input_shape"):
         to_onnx(model)
     proto = to_onnx(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)).eval())
-    dims = [d.dim_value or d.dim_param for d in proto.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ["batch", 3, "height", "width"]  # no size-dependent layer: any input size
+    assert input_dims(proto) == ["batch", 3, "height", "width"]  # nothing depends on the size
+
+
+def test_known_dataset_fixes_the_size_only_where_a_layer_needs_it() -> None:
+    folder = {"dataset": "folder:/images", "config": {"data": {"image_size": 20}}}
+    pooled = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(3), nn.Flatten()).eval()
+    assert input_dims(to_onnx(pooled, meta=folder)) == ["batch", 3, 20, 20]
+    model = create_model("resnet20", width=0.25).eval()
+    assert input_dims(to_onnx(model, meta={"dataset": "cifar10"})) == ["batch", 3, "height",
+                                                                        "width"]
+
+
+def test_size_probe_does_not_calibrate_a_lazy_quantizer() -> None:
+    """LSQ sets its step from its first input, even in eval mode: the size probe's zeros must not
+    be that input, or an uncalibrated model would export with a made-up step."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(2),
+                          QuantAct(LSQ(4, signed=False)), nn.Flatten()).eval()
+    with pytest.raises(LowbitError, match="calibrate its clip"):
+        to_onnx(model, "int", input_shape=(3, 8, 8))
+    assert not model[3].act_quant.initialized
+
+
+def test_pooling_a_module_runs_at_several_sizes_is_refused() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pool = nn.AdaptiveAvgPool2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.pool(x) + self.pool(x[:, :, ::2, ::2])
+
+    with pytest.raises(LowbitError, match="ran on inputs"):
+        to_onnx(Twice().eval(), input_shape=(3, 12, 12))
 
 
 def test_wrong_input_shape_is_one_clear_error() -> None:
@@ -202,7 +242,8 @@ def test_wrong_input_shape_is_one_clear_error() -> None:
 @pytest.mark.parametrize("flavour", ["float", "int", "int-exact"])
 @pytest.mark.parametrize("method", ["lbw", "gdrq"])
 def test_quantized_alexnet_exports_at_its_dataset_size(method: str, flavour: str) -> None:
-    """AlexNet pools to a 4x4 grid: the dataset in the run metadata fixes the input size. In the
+    """AlexNet pools to a 4x4 grid: the dataset in the run metadata fixes the input size (here
+    64 x 64 images, so that the pooling is a real 2 x 2 AveragePool). In the
     "int" flavour only the file's ONNX semantics are exact: a fused QLinearConv's rounded bias can
     move a code by one step, and AlexNet's chain of seven quantized layers (no float residual
     between them, unlike ResNet) carries that on, so its logits are not held to one step; the
@@ -210,8 +251,8 @@ def test_quantized_alexnet_exports_at_its_dataset_size(method: str, flavour: str
     torch.manual_seed(0)
     model = calibrated(parse_quant_section(METHODS[method]).prepare(
         create_model("alexnet", width=0.125)))
-    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    meta = {"dataset": "cifar10"}
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    meta = {"dataset": "folder:/images", "config": {"data": {"image_size": 64}}}
     if flavour != "int":
         check_onnx(model, flavour, x, optimized_step=False, meta=meta)
         return

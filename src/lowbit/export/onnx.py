@@ -37,6 +37,7 @@ step and code range) and `lowbit.meta` (the run's config, model, dataset, classe
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import logging
 from pathlib import Path
@@ -83,7 +84,8 @@ def _in_channels(model: nn.Module, meta: dict[str, Any]) -> int:
 
 
 def _dataset_shape(model: nn.Module, meta: dict[str, Any]) -> tuple[int, ...] | None:
-    """(C, H, W) of the run's dataset images, when the metadata names the dataset."""
+    """(C, H, W) of one input when the metadata names the run's dataset: the model's input
+    channels, the dataset's image size (`config.data.image_size` for folder datasets)."""
     if "dataset" not in meta:
         return None
     image_size = int(meta.get("config", {}).get("data", {}).get("image_size", 32))
@@ -113,7 +115,7 @@ def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | Non
     b = GraphBuilder("float" if flavour == "float" else "int", fuse=flavour != "int-exact")
     known = input_shape or _dataset_shape(model, meta)
     if known:
-        b.shapes = input_shapes(model, known)
+        b.probe = functools.partial(input_shapes, model, known)
     with torch.no_grad():
         output = lower_graph(model, trace(model), b, "input")
     size: tuple[Any, ...] | None = input_shape or (known if b.static_input else None)

@@ -20,6 +20,7 @@ lowerings that depend on one another's values share them through `builder.shared
 
 from __future__ import annotations
 
+import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,19 +55,27 @@ class GraphBuilder:
     initializers: list[onnx.TensorProto] = field(default_factory=list)
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared: dict[Any, Any] = field(default_factory=dict)
-    shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)  # module -> input shape
+    probe: Callable[[], dict[str, list[tuple[int, ...]]]] | None = None  # see input_size
     static_input: bool = False  # a lowering used `input_size`: the graph input size is fixed
+    _shapes: dict[str, list[tuple[int, ...]]] | None = None
     _ids: itertools.count = field(default_factory=itertools.count)
 
     def input_size(self, name: str) -> tuple[int, int]:
         """(H, W) of the input of module `name`, for lowerings that depend on it (e.g.
-        adaptive pooling to a grid); the exported graph then takes only that input size."""
-        shape = self.shapes.get(name)
-        if shape is None:
+        adaptive pooling to a grid), from `probe` (run once, on the first call); the exported
+        graph then takes only that input size."""
+        if self.probe is None:
             raise LowbitError(f"export_onnx: {name} depends on the input size, which is not "
                               "known: pass input_shape=(C, H, W)")
+        if self._shapes is None:
+            self._shapes = self.probe()
+        shapes = self._shapes.get(name, [])
+        if len(shapes) != 1:
+            seen = "did not run on a tensor" if not shapes else f"ran on inputs {shapes}"
+            raise LowbitError(f"export_onnx: {name} depends on its input size, but {seen} in "
+                              "the forward pass; its lowering needs one input size")
         self.static_input = True
-        return int(shape[-2]), int(shape[-1])
+        return int(shapes[0][-2]), int(shapes[0][-1])
 
     def fresh(self, hint: str) -> str:
         """A new, unique value name derived from `hint`."""
@@ -128,15 +137,19 @@ class _Tracer(fx.Tracer):
         return module_lowering(m) is not None or super().is_leaf_module(m, module_qualified_name)
 
 
-def input_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[int, ...]]:
-    """The input shape of every submodule (qualified name) when `model` runs on one input of
-    `shape` (C, H, W): one forward pass on zeros, read by forward pre-hooks."""
-    seen: dict[str, tuple[int, ...]] = {}
+def input_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, list[tuple[int, ...]]]:
+    """The input shapes each submodule (qualified name; a shared module under its first name)
+    sees when `model` runs on one input of `shape` (C, H, W): one forward pass on zeros, through
+    a copy (a lazily initialised quantizer must not calibrate itself on it), read by hooks."""
+    model = copy.deepcopy(model).eval()
+    seen: dict[str, list[tuple[int, ...]]] = {}
 
     def hook(name: str) -> Callable[..., None]:
         def record(_: nn.Module, args: tuple[Any, ...]) -> None:
             if args and isinstance(args[0], torch.Tensor):
-                seen[name] = tuple(args[0].shape)
+                shapes = seen.setdefault(name, [])
+                if tuple(args[0].shape) not in shapes:
+                    shapes.append(tuple(args[0].shape))
         return record
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules() if n]
@@ -144,8 +157,9 @@ def input_shapes(model: nn.Module, shape: tuple[int, ...]) -> dict[str, tuple[in
         with torch.no_grad():
             model(torch.zeros(1, *shape))
     except Exception as exc:  # the model's own error on this input size
+        first = str(exc).splitlines()[0] if str(exc) else ""
         raise LowbitError(f"export_onnx: the model does not run on inputs of shape "
-                          f"{tuple(shape)} ({type(exc).__name__}: {exc})") from exc
+                          f"{tuple(shape)} ({type(exc).__name__}: {first})") from exc
     finally:
         for h in handles:
             h.remove()

@@ -121,15 +121,17 @@ def _identity(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
 
 @register_module_lowering(nn.AdaptiveAvgPool2d)
 def _adaptive_avg(b: GraphBuilder, m: nn.Module, name: str, xs: list[str]) -> str:
-    """GlobalAveragePool for a 1x1 output; else (the input size must be known) AveragePool when
-    the grid divides the input, and otherwise PyTorch's uneven windows as two pooling matrices,
-    rows @ x @ cols, which any input size allows."""
+    """GlobalAveragePool for a 1x1 output; else (the input size must be known) nothing when
+    the grid is the input size (AlexNet and VGG at 32 x 32), AveragePool when the grid divides
+    it, and otherwise PyTorch's uneven windows as two pooling matrices, rows @ x @ cols."""
     assert isinstance(m, nn.AdaptiveAvgPool2d)
     sizes = m.output_size if isinstance(m.output_size, tuple | list) else (m.output_size,) * 2
     if list(sizes) == [1, 1]:
         return b.op("GlobalAveragePool", xs, name)
     h, w = b.input_size(name)
     oh, ow = (h if sizes[0] is None else sizes[0]), (w if sizes[1] is None else sizes[1])
+    if (h, w) == (oh, ow):
+        return xs[0]
     if h % oh == 0 and w % ow == 0:
         kernel = [h // oh, w // ow]
         return b.op("AveragePool", xs, name, kernel_shape=kernel, strides=kernel)
