@@ -20,7 +20,7 @@ from lowbit.errors import LowbitError  # noqa: E402
 from lowbit.export.fold import fold_bn  # noqa: E402
 from lowbit.export.onnx import export_onnx, load_onnx, session, to_onnx  # noqa: E402
 from lowbit.export.onnx_graph import GraphBuilder, register_module_lowering  # noqa: E402
-from lowbit.models import create_model  # noqa: E402
+from lowbit.models import create_model, list_models  # noqa: E402
 from lowbit.nn.layers import QuantAct  # noqa: E402
 from lowbit.quant.inq import INQWeight  # noqa: E402
 from lowbit.quant.uniform import LSQ, Uniform  # noqa: E402
@@ -260,3 +260,14 @@ def test_quantized_alexnet_exports_at_its_dataset_size(method: str, flavour: str
     got = session(proto.SerializeToString(), optimize=False).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         assert float((torch.from_numpy(got) - model(x)).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_zoo_model_exports_and_matches_pytorch(name: str) -> None:
+    """Every built-in architecture (adaptive pooling to a grid included) at its dataset's size,
+    with INQ weights (no activation quantizer: exact up to float rounding)."""
+    torch.manual_seed(0)
+    model = create_model(name) if name == "small_cnn" else create_model(name, width=0.25)
+    model = calibrated(parse_quant_section(METHODS["inq"]).prepare(model))
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    check_onnx(model, "int", x, optimized_step=False, meta={"dataset": "cifar10"})
