@@ -2,8 +2,9 @@
 
 Covers every shipped recipe's per-step work (issue 13: aim <= 1.2x float in both precisions):
 plain QAT W2A4 and W4A4 (uniform weights, PACT 4-bit activations), INQ 5-bit (half the weights
-frozen, the recipe's after-step restore included), LBW 4-bit with its default ("alternating")
-solver and 2-bit exact ternary, and GDRQ's QAT stage W2A4 and W4A4 (Scale-Clip weights in groups
+frozen, the recipe's after-step restore included), LBW 4-bit with the library's default
+("alternating") solver and with the threshold rule the shipped 4- and 6-bit recipes use, 2-bit
+exact ternary, and GDRQ's QAT stage W2A4 and W4A4 (Scale-Clip weights in groups
 of 8, EMA Scale-Clip activations). Each configuration runs `--steps` SGD steps per round on
 pre-made tensors, rounds interleaved; the ratio of medians is reported, for fp32 and for bf16
 autocast + channels_last (the engine's fast CPU mode).
@@ -49,6 +50,8 @@ CONFIGS: dict[str, dict[str, Any] | None] = {
     "qat w4a4 (uniform + PACT)": {"weight": {"name": "uniform", "bits": 4}, "act": A4},
     "inq w5 (half frozen)": {"weight": {"name": "inq", "bits": 5}},
     "lbw w4 (alternating)": {"weight": {"name": "lbw", "bits": 4, "r": 1.0}},
+    "lbw w4 (threshold, as shipped)": {"weight": {"name": "lbw", "bits": 4, "method": "threshold",
+                                                  "r": 1.0}},
     "lbw w2 (exact ternary)": {"weight": {"name": "ternary"}},
     "gdrq w2a4 (QAT stage)": gdrq(2, 2.0),
     "gdrq w4a4 (QAT stage)": gdrq(4, 4.0),
