@@ -9,11 +9,19 @@ from typing import Any
 Result = dict[str, Any]
 
 
+def _short(name: str, names: dict[str, Any]) -> str:
+    """'lbw w4 (alternating)' -> 'lbw w4', or 'lbw w4 alternating' where another configuration
+    shares the part before the parenthesis."""
+    base, _, detail = name.partition(" (")
+    shared = sum(n.partition(" (")[0] == base for n in names) > 1
+    return f"{base} {detail.split(',')[0].rstrip(')')}" if shared and detail else base
+
+
 def _qat_step(r: Result) -> tuple[str, str]:
     """(headline, target): QAT step / float step ratios of every configuration, per mode."""
     parts = []
     for mode, m in sorted(r["modes"].items()):
-        ratios = {k.split(" (")[0]: v["ratio_vs_float"] for k, v in m.items() if k != "float"}
+        ratios = {_short(k, m): v["ratio_vs_float"] for k, v in m.items() if k != "float"}
         parts.append(f"{mode}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     t = r.get("targets", {})
     if "every_recipe_max_ratio" in t:

@@ -199,3 +199,11 @@ def test_xnor_headline_shows_layers_and_blocks_packed_once(mt: ModuleType) -> No
                                       "rows": [layer], "blocks": [block]})])
     assert "16->32 k3s2 32px 3.27x" in body
     assert "input packed once: 16->32 32px 3.26x (each conv packing: 1.98x)" in body
+
+
+def test_qat_step_headline_keeps_configurations_that_share_a_name(mt: ModuleType) -> None:
+    step = {"float": {"ratio_vs_float": 1.0}, "lbw w4 (alternating)": {"ratio_vs_float": 1.27},
+            "lbw w4 (threshold, as shipped)": {"ratio_vs_float": 1.08},
+            "inq w5 (half frozen)": {"ratio_vs_float": 1.02}}
+    headline, _ = mt.SPEED["qat_step"]({"modes": {"bf16": step}, "targets": {}})
+    assert "lbw w4 alternating 1.27x, lbw w4 threshold 1.08x, inq w5 1.02x" in headline
