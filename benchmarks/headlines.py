@@ -130,5 +130,6 @@ SPEED: dict[str, Callable[[Result], tuple[str, str]]] = {
     "qat_step": _qat_step, "ternary_speed": _ternary_speed,
     "loader_overhead": _loader_overhead, "brevitas": _brevitas,
     "compile_step": _compile_step, "onnx_speed": _onnx_speed, "xnor_speed": _xnor_speed,
-    "eval_forward": _eval_forward, "ort_conv_speed": _ort_conv_speed,
+    "eval_forward": _eval_forward, "eval_forward_groupnet": _eval_forward,
+    "ort_conv_speed": _ort_conv_speed,
 }
