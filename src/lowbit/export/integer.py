@@ -141,7 +141,8 @@ class IntegerConv2d(nn.Module):
         return None
 
     def accumulate(self, codes: Tensor) -> Tensor:
-        """int64 accumulators conv2d(codes, weight codes); integer operations only."""
+        """int64 accumulators conv2d(codes, weight codes); integer operations only. The "xnor"
+        kernel also takes the float activations themselves (only their signs count)."""
         if self.kernel == "xnor":
             return self._prepacked()(codes).to(torch.int64)
         if self.kernel == "int8":
@@ -164,8 +165,8 @@ class IntegerConv2d(nn.Module):
             codes, unit = found
             y = int8.conv2d(codes, self.codes, self.stride, self.padding, self.lo,
                             self._prepacked(), (self.scale * unit).float(), self.offset.float())
-        else:
-            codes, unit = self.input_codes(x)
+        else:  # "xnor" packs x >= 0 itself: the bits of the sign codes, without building them
+            codes, unit = (x, 1.0) if self.kernel == "xnor" else self.input_codes(x)
             acc = self.accumulate(codes).double()
             y = acc * (self.scale * unit).view(1, -1, 1, 1) + self.offset.view(1, -1, 1, 1)
         y = y.to(x.dtype)
