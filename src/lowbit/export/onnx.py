@@ -118,8 +118,9 @@ def to_onnx(model: nn.Module, flavour: str = "float", meta: dict[str, Any] | Non
         b.probe = functools.partial(input_shapes, model, known)
     with torch.no_grad():
         output = lower_graph(model, trace(model), b, "input")
-    size: tuple[Any, ...] | None = input_shape or (known if b.static_input else None)
-    shape: list[Any] = ["batch", *(size or (_in_channels(model, meta), "height", "width"))]
+    fixed = input_shape or b.static_input  # else H and W stay free
+    shape: list[Any] = ["batch", *(known if fixed and known else
+                                   (_in_channels(model, meta), "height", "width"))]
     props = {"lowbit.format": FORMAT, "lowbit.flavour": flavour,
              "lowbit.layers": json.dumps(b.layers),
              "lowbit.meta": json.dumps({k: meta[k] for k in _RUN_KEYS if k in meta})}

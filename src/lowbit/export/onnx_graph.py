@@ -56,9 +56,13 @@ class GraphBuilder:
     layers: dict[str, dict[str, Any]] = field(default_factory=dict)
     shared: dict[Any, Any] = field(default_factory=dict)
     probe: Callable[[], dict[str, list[tuple[int, ...]]]] | None = None  # see input_size
-    static_input: bool = False  # a lowering used `input_size`: the graph input size is fixed
     _shapes: dict[str, list[tuple[int, ...]]] | None = None
     _ids: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def static_input(self) -> bool:
+        """Whether a lowering used `input_size`, so the graph input size is fixed."""
+        return self._shapes is not None
 
     def input_size(self, name: str) -> tuple[int, int]:
         """(H, W) of the input of module `name`, for lowerings that depend on it (e.g.
@@ -74,7 +78,6 @@ class GraphBuilder:
             seen = "did not run on a tensor" if not shapes else f"ran on inputs {shapes}"
             raise LowbitError(f"export_onnx: {name} depends on its input size, but {seen} in "
                               "the forward pass; its lowering needs one input size")
-        self.static_input = True
         return int(shapes[0][-2]), int(shapes[0][-1])
 
     def fresh(self, hint: str) -> str:
