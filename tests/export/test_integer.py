@@ -18,7 +18,7 @@ from lowbit.build import load_run
 from lowbit.errors import LowbitError
 from lowbit.export.fold import fold_bn
 from lowbit.export.grid import ActGrid
-from lowbit.export.integer import IntegerConv2d, int_conv2d, to_integer
+from lowbit.export.integer import IntegerConv2d, int_conv2d, integer_layer, to_integer
 from lowbit.export.integer_binary import IntegerBinaryConv2d
 from lowbit.models import create_model
 from lowbit.nn.multibranch import BinaryConv2d
@@ -85,9 +85,10 @@ def test_integer_layers_match_fake_quant(method: str) -> None:
         inp = ref[name][0].view(*ref[name][0].shape, *([1, 1] if layer.linear else []))
         codes, _ = layer.input_codes(inp)
         acc = layer.accumulate(codes)
-        exact = F.conv2d(codes.double(), layer.codes.double(), stride=layer.stride,
-                         padding=layer.padding)
-        assert acc.dtype == torch.int64 and torch.equal(acc.double(), exact)
+        padded = F.pad(codes.double(), (layer.padding,) * 4, value=float(layer.pad_value))
+        exact = F.conv2d(padded, layer.codes.double(), stride=layer.stride)
+        assert acc.dtype == (torch.int32 if kernel == "xnor" else torch.int64)
+        assert torch.equal(acc.double(), exact)
     with torch.no_grad():
         want, got = model(x), integer(x)
     assert torch.equal(got.argmax(1), want.argmax(1))
@@ -211,11 +212,49 @@ def test_packed_checkpoint_runs_on_integer_path(name: str, tmp_path: Path) -> No
 
 
 def test_group_net_sign_convs_pad_binary_inputs_and_scale() -> None:
+    """The XNOR kernel pads the sign inputs with +1 itself: no explicit padded copy."""
     model = method_model(METHODS["groupnet_w1a1"][0])
     wrapped = [m for m in to_integer(model).modules() if isinstance(m, IntegerBinaryConv2d)]
-    padded = [m for m in wrapped if m.pad is not None]
-    assert padded and all(m.pad_value == 1.0 and m.core.padding == 0 for m in padded)
-    assert all(m.window is not None and m.core.kernel == "xnor" for m in wrapped)
+    assert wrapped and all(m.pad is None and m.window is not None for m in wrapped)
+    assert {m.core.kernel for m in wrapped} == {"xnor"}
+    padded = [m.core for m in wrapped if m.core.padding]
+    assert padded and {m.pad_value for m in padded} == {1}
+
+
+def binary_layer(act: dict, pad_value: float, channels: int = 16) -> BinaryConv2d:
+    torch.manual_seed(0)
+    layer = BinaryConv2d.from_float(nn.Conv2d(channels, 8, 3, padding=1, bias=False),
+                                    get_quantizer({"name": "binary"}), get_quantizer(act),
+                                    pad_value=pad_value)
+    return layer.double().eval()
+
+
+@pytest.mark.parametrize(("act", "pad_value", "native"), [
+    ({"name": "sign"}, -1.0, True),  # XNOR kernel, border correction 2 * (+1 padding's)
+    ({"name": "sign"}, 1.0, True),
+    ({"name": "uniform", "bits": 2, "signed": False, "clip": "fixed"}, 1.0, False),  # explicit pad
+], ids=["sign-minus1", "sign-plus1", "grid-explicit"])
+def test_binary_conv_padding_values_match_fake_quant(act: dict, pad_value: float,
+                                                     native: bool) -> None:
+    layer = binary_layer(act, pad_value)
+    x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(1)).abs()
+    x[0] -= 0.5  # signed inputs for the sign layers
+    integer = integer_layer(layer)
+    assert integer is not None
+    core = integer.core if isinstance(integer, IntegerBinaryConv2d) else integer
+    assert isinstance(core, IntegerConv2d)
+    assert (core.pad_value, core.padding) == ((int(pad_value), 1) if native else (0, 0))
+    with torch.no_grad():
+        want, got = layer(x.double()), integer(x.double())
+    assert torch.allclose(got, want, rtol=0, atol=1e-7)  # the grid step 1/3 rounds
+
+
+def test_binary_conv_pad_value_off_its_input_grid_stays_float(caplog) -> None:
+    """-1 is not on an unsigned grid: explicit padding would change the codes; refused."""
+    layer = binary_layer({"name": "uniform", "bits": 2, "signed": False, "clip": "fixed"}, -1.0)
+    with caplog.at_level(logging.INFO, logger="lowbit.export.integer"):
+        converted = integer_layer(layer, "conv")
+    assert converted is None and "conv pads with -1.0" in caplog.text
 
 
 @pytest.mark.parametrize("act", [{"name": "sign"}, {"bits": 2}], ids=["w1a1", "w1a2"])

@@ -66,18 +66,26 @@ def test_unsupported_channel_count_is_refused() -> None:
 @given(c=st.sampled_from([1, 2, 8, 16, 32, 64, 128]), o=st.integers(1, 9),
        n=st.integers(1, 3), h=st.integers(1, 7), w=st.integers(1, 7), stride=st.integers(1, 3),
        pad=st.integers(0, 2), kh=st.sampled_from([1, 2, 3]), kw=st.sampled_from([1, 3]),
-       seed=st.integers(0, 2**16))
+       value=st.sampled_from([0, 1, -1]), seed=st.integers(0, 2**16))
 def test_xnor_conv_property(c: int, o: int, n: int, h: int, w: int, stride: int, pad: int,
-                            kh: int, kw: int, seed: int) -> None:
+                            kh: int, kw: int, value: int, seed: int) -> None:
+    """Equal to conv2d on signs for every shape, padding and padding value (0, +1, -1)."""
     if h + 2 * pad < kh or w + 2 * pad < kw:
         return
     gen = torch.Generator().manual_seed(seed)
     x, wt = torch.randn(n, c, h, w, generator=gen), torch.randn(o, c, kh, kw, generator=gen)
-    want = F.conv2d(signs(x), signs(wt), stride=stride, padding=pad)
+    padded = F.pad(signs(x), (pad,) * 4, value=float(value))
+    want = F.conv2d(padded, signs(wt), stride=stride)
     for backend in BACKENDS:
-        assert torch.equal(xnor_conv2d(x, wt, stride, pad, backend).double(), want.double())
-        packed = XnorConv(wt, stride, pad, backend).packed(pack_activations(x, backend))
+        got = xnor_conv2d(x, wt, stride, pad, backend, value)
+        assert torch.equal(got.double(), want.double())
+        packed = XnorConv(wt, stride, pad, backend, value).packed(pack_activations(x, backend))
         assert torch.equal(packed.double(), want.double())
+
+
+def test_pad_value_outside_signs_is_refused() -> None:
+    with pytest.raises(ValueError, match="pad_value"):
+        XnorConv(torch.randn(4, 16, 3, 3), 1, 1, "torch", pad_value=2)
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="needs numba (the `fast` extra)")

@@ -4,13 +4,15 @@
 each quantized conv / linear layer by an `IntegerConv2d`, whose forward is
     codes_in, s_in = input codes of x (the layer's activation grid; sign codes for 1-bit inputs;
                      for float inputs a fixed-point code round(x * 2^f), |code| < 2^24)
-    acc = integer accumulation of codes_in with the integer weight codes (int64; no float op)
+    acc = integer accumulation of codes_in with the integer weight codes (no float op; int64,
+          int32 from "xnor")
     y   = acc * (scale_c * s_in) + offset_c (the one rescale per output channel, plus bias / BN)
 The accumulation depends on the weight codes:
 - "xnor": binary weights on 1-bit (sign) inputs: XNOR + popcount on packed bits
   (`lowbit.kernels.xnor`, with the exact +1-padding correction; a Group-Net `BinaryConv2d`
-  that pads with +-1 gets binary inputs padded with that value and no correction, and its
-  XNOR scale K: `lowbit.export.integer_binary`);
+  that pads with +-1 has the kernel pad with that value (`pad_value`), and its XNOR scale K:
+  `lowbit.export.integer_binary`); its accumulators fit float32 exactly, so a float32 or
+  float64 input is rescaled in its own precision;
 - "shift": power-of-two codes (INQ, LBW >= 3 bits): for each exponent e, the +-1 mask of the
   weights with |code| = 2^e is accumulated (adds and subtracts only) and shifted left by e;
 - "int8": input codes on a grid of at most 256 values (or signs) with int8 weight codes
@@ -114,14 +116,17 @@ class IntegerConv2d(nn.Module):
 
     def __init__(self, codes: Tensor, scale: Tensor, offset: Tensor | None,
                  act: ActGrid | str | None, stride: Any = 1, padding: Any = 0,
-                 linear: bool = False) -> None:
+                 linear: bool = False, pad_value: int = 0) -> None:
+        """`pad_value`: what the input is padded with, 0 or (the "xnor" kernel only) -1 / +1."""
         super().__init__()
         self.register_buffer("codes", codes.to(torch.int64))
         self.register_buffer("scale", scale.double().reshape(-1))
         self.register_buffer("offset", torch.zeros(codes.shape[0], dtype=torch.float64)
                              if offset is None else offset.double().reshape(-1))
-        self.act, self.linear = act, linear
+        self.act, self.linear, self.pad_value = act, linear, int(pad_value)
         self.stride, self.padding = _single(stride), _single(padding)
+        if self.pad_value and self.kernel != "xnor":
+            raise LowbitError(f"only the xnor kernel pads with {pad_value}, not {self.kernel}")
 
     def input_codes(self, x: Tensor) -> tuple[Tensor, float]:
         """(int64 input codes, their value unit): the layer's input quantization."""
@@ -141,10 +146,11 @@ class IntegerConv2d(nn.Module):
         return None
 
     def accumulate(self, codes: Tensor) -> Tensor:
-        """int64 accumulators conv2d(codes, weight codes); integer operations only. The "xnor"
-        kernel also takes the float activations themselves (only their signs count)."""
+        """Integer accumulators conv2d(codes, weight codes) (input padded with `pad_value`):
+        int64, int32 from the "xnor" kernel, which also takes the float activations themselves
+        (only their signs count); integer operations only."""
         if self.kernel == "xnor":
-            return self._prepacked()(codes).to(torch.int64)
+            return self._prepacked()(codes)  # int32
         if self.kernel == "int8":
             return int8.conv2d(codes, self.codes, self.stride, self.padding, self.lo,
                                self._prepacked()).to(torch.int64)
@@ -167,8 +173,11 @@ class IntegerConv2d(nn.Module):
                             self._prepacked(), (self.scale * unit).float(), self.offset.float())
         else:  # "xnor" packs x >= 0 itself: the bits of the sign codes, without building them
             codes, unit = (x, 1.0) if self.kernel == "xnor" else self.input_codes(x)
-            acc = self.accumulate(codes).double()
-            y = acc * (self.scale * unit).view(1, -1, 1, 1) + self.offset.view(1, -1, 1, 1)
+            exact = self.kernel == "xnor" and x.dtype in (torch.float32, torch.float64)
+            dtype = x.dtype if exact else torch.float64  # xnor: |acc| <= C * k * k < 2^24
+            y = torch.addcmul(self.offset.to(dtype).view(1, -1, 1, 1),
+                              self.accumulate(codes).to(dtype),
+                              (self.scale * unit).to(dtype).view(1, -1, 1, 1))
         y = y.to(x.dtype)
         return y.flatten(1) if self.linear else y
 
@@ -188,13 +197,14 @@ class IntegerConv2d(nn.Module):
         """The weights packed for the kernel (oneDNN's layout for "int8", an `XnorConv` for
         "xnor")."""
         return self._for_codes("_packed", lambda: XnorConv(
-            self.codes, self.stride, self.padding) if self.kernel == "xnor" else int8.prepack(
-            self.codes, self.stride, self.padding, self.lo))
+            self.codes, self.stride, self.padding, pad_value=self.pad_value)
+            if self.kernel == "xnor" else int8.prepack(self.codes, self.stride, self.padding,
+                                                       self.lo))
 
     def _for_codes(self, name: str, make: Callable[[], Any]) -> Any:
         """`make()`, kept (not as state) until the codes change, in place or as a new tensor,
         or the stride or padding does."""
-        key = (self.codes._version, self.stride, self.padding)
+        key = (self.codes._version, self.stride, self.padding, self.pad_value)
         cached = self.__dict__.get(name)
         if cached is None or cached[0] is not self.codes or cached[1] != key:
             cached = (self.codes, key, make())  # holding the codes: no reuse of their address
@@ -236,15 +246,16 @@ def _input_kind(q: Quantizer | None) -> ActGrid | str | None:
 
 
 def _from_layer(m: nn.Module, codes: Tensor, scale: Tensor, offset: Tensor | None,
-                act: ActGrid | str | None, padding: Any = None) -> IntegerConv2d:
+                act: ActGrid | str | None, padding: Any = None, pad_value: int = 0
+                ) -> IntegerConv2d:
     """The IntegerConv2d of a conv-like or linear layer, given its codes and scales (and a
-    padding other than the layer's own)."""
+    padding other than the layer's own, or a padding value other than 0)."""
     if isinstance(m, nn.Linear):
         return IntegerConv2d(codes.view(*codes.shape, 1, 1), scale, offset, act, linear=True)
     if getattr(m, "groups", 1) != 1 or set(_pair_of(getattr(m, "dilation", 1))) != {1}:
         raise LowbitError("grouped or dilated convolutions have no integer path here")
     return IntegerConv2d(codes, scale, offset, act, m.stride,  # type: ignore[arg-type]
-                         m.padding if padding is None else padding)
+                         m.padding if padding is None else padding, pad_value=pad_value)
 
 
 def _pair_of(v: Any) -> tuple[int, ...]:
@@ -260,8 +271,10 @@ def integer_layer(m: nn.Module, name: str = "layer") -> nn.Module | None:
             return _from_layer(m, m.weight_codes, scale, m.offset, grid)
         if isinstance(m, QuantConv2d | QuantLinear) and m.weight_quant is not None:
             codes, scale = weight_codes(m.weight_quant, m.weight.detach(), name)
-            core = _from_layer(m, codes, scale, m.bias, _input_kind(m.act_quant), core_padding(m))
-            return wrap_binary(m, core, name)
+            act = _input_kind(m.act_quant)
+            padding = core_padding(m, _kernel(codes, act))
+            core = _from_layer(m, codes, scale, m.bias, act, **padding)
+            return wrap_binary(m, core, name, explicit_pad="padding" in padding)
     except LowbitError as exc:
         log.info("integer path: %s stays as it is (%s)", name, exc)
     return None

@@ -2,9 +2,12 @@
 
 A `BinaryConv2d` pads its *quantized* input with `pad_value` (+1 / -1 for sign activations, so
 the input stays binary) and may multiply its output by XNOR-Net's K (`act_scale`). On the
-integer path it becomes an `IntegerBinaryConv2d` around the layer's `IntegerConv2d` (`core`,
-built with no padding of its own when `pad_value` is set):
-- the float input is padded with `pad_value` before the core encodes it. `pad_value` must be a
+integer path it becomes the layer's `IntegerConv2d` (`core`), wrapped in an
+`IntegerBinaryConv2d` when it pads explicitly or scales:
+- on sign inputs with binary weights the core's XNOR kernel pads with +-1 itself
+  (`IntegerConv2d(pad_value=...)`: no padded copy of the input, no border correction for +1);
+- otherwise the core has no padding of its own and the float input is padded with
+  `pad_value` before the core encodes it. `pad_value` must be a
   fixed point of the layer's input quantization (checked when the layer quantizes its input:
   sign(+-1) = +-1, or a k-bit grid value; a float input takes the value as it is), so the
   padded codes are the codes PyTorch pads with and, for 1-bit inputs, every code is +-1: the
@@ -16,6 +19,8 @@ built with no padding of its own when `pad_value` is set):
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,20 +54,29 @@ class IntegerBinaryConv2d(nn.Module):
         return f"pad={self.pad}, pad_value={self.pad_value}, act_scale={self.window is not None}"
 
 
-def core_padding(m: nn.Module) -> int | None:
-    """The padding of the integer core of `m`: 0 when `m` pads explicitly, else None (its own)."""
-    return 0 if isinstance(m, BinaryConv2d) and m.explicit_pad() is not None else None
+def core_padding(m: nn.Module, kernel: str) -> dict[str, Any]:
+    """How the integer core of `m` (running `kernel`) pads, as `_from_layer` keywords: `{}` its
+    own zero padding; `{"pad_value": v}` the XNOR kernel pads with +-1 itself; `{"padding": 0}`
+    none, the input is padded explicitly first (`wrap_binary(explicit_pad=True)`)."""
+    pad = m.explicit_pad() if isinstance(m, BinaryConv2d) else None
+    if pad is None:
+        return {}
+    if kernel == "xnor" and m.pad_value in (-1.0, 1.0) and len(set(pad)) == 1:
+        return {"pad_value": int(m.pad_value)}  # type: ignore[arg-type]
+    return {"padding": 0}
 
 
-def wrap_binary(m: nn.Module, core: nn.Module, name: str = "layer") -> nn.Module:
-    """`core` with `m`'s padding value and XNOR scale when `m` is a `BinaryConv2d` using them.
+def wrap_binary(m: nn.Module, core: nn.Module, name: str = "layer", explicit_pad: bool = False
+                ) -> nn.Module:
+    """`core` with `m`'s XNOR scale, and its padding value when `explicit_pad` (see
+    `core_padding`), when `m` is a `BinaryConv2d` using them.
 
     Raises:
         LowbitError: `pad_value` is not a value the layer's input quantization keeps as is.
     """
     if not isinstance(m, BinaryConv2d):
         return core
-    pad = m.explicit_pad()
+    pad = m.explicit_pad() if explicit_pad else None
     if pad is None and not m.act_scale:
         return core
     value = float(m.pad_value or 0.0)

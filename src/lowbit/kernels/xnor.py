@@ -10,7 +10,9 @@ Padding: a zero-padded convolution of binary inputs sees 0 at the border, which 
 value. The kernel pads with +1 instead (all-ones bits, so inputs stay binary) and subtracts the
 exact contribution of those +1s, `corr[o, i, j] = sum of w[o, c, tap] over the padded taps of
 output (i, j)`, computed once per layer and input size. The result equals
-`conv2d(sign(x), sign(w), padding)` exactly, as int32.
+`conv2d(sign(x), sign(w), padding)` exactly, as int32. A convolution that pads its binary input
+with a constant v in {-1, +1} instead (Group-Net, Bi-Real) is `XnorConv(..., pad_value=v)`: it
+subtracts (1 - v) * corr, so +1 padding costs nothing and no padded copy of the input is made.
 
 Activations can be packed once and fed to several convolutions (`pack_activations` ->
 `PackedSigns`, `XnorConv.packed`): a downsampling block's input serves both its strided 3 x 3
@@ -177,8 +179,10 @@ class XnorConv:
     input size)."""
 
     def __init__(self, w: Tensor, stride: int = 1, padding: int = 0,
-                 backend: str | None = None) -> None:
+                 backend: str | None = None, pad_value: int = 0) -> None:
         self.backend = resolve_backend(backend)
+        if pad_value not in (-1, 0, 1):
+            raise ValueError(f"xnor: pad_value must be -1, 0 or 1, got {pad_value}")
         self.out_channels, self.channels, self.kh, self.kw = w.shape
         if self.channels % 64 and 64 % self.channels:
             raise ValueError(f"xnor: channels must divide 64 or be a multiple of it, got "
@@ -186,18 +190,21 @@ class XnorConv:
         if stride < 1 or padding < 0:
             raise ValueError(f"xnor: stride must be >= 1 and padding >= 0, got {stride}, "
                              f"{padding}")
-        self.stride, self.padding = stride, padding
+        self.stride, self.padding, self.pad_value = stride, padding, int(pad_value)
         self.sign = torch.where(w >= 0, 1, -1)
         self.wcols, self.k = pack_weights(w)
         self.wt = self.wcols.contiguous().numpy()
         self._corr: dict[tuple[int, int, int], Tensor] = {}
 
     def correction(self, h: int, w: int, stride: int) -> Tensor:
-        """What +1 padding adds to each output for an h x w input, (O, OH, OW) (cached)."""
+        """What the kernel's +1 padding adds to each output for an h x w input beyond padding
+        with `pad_value`, (O, OH, OW) (cached)."""
         if (h, w, stride) not in self._corr:
-            corr = padding_correction(self.sign, h, w, stride, self.padding)
-            if not self.padding:
-                oh, ow = (h - self.kh) // stride + 1, (w - self.kw) // stride + 1
+            p = self.padding
+            if p and self.pad_value != 1:
+                corr = padding_correction(self.sign, h, w, stride, p) * (1 - self.pad_value)
+            else:
+                oh, ow = (h + 2 * p - self.kh) // stride + 1, (w + 2 * p - self.kw) // stride + 1
                 corr = torch.zeros(self.out_channels, oh, ow, dtype=torch.int32)
             self._corr[h, w, stride] = corr
         return self._corr[h, w, stride]
@@ -247,7 +254,7 @@ class XnorConv:
         # one image at a time bounds the (OH, OW, O, words) intermediate
         dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
             torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
-        return dot - self.correction(h, w, self.stride) if self.padding else dot
+        return dot - self.correction(h, w, self.stride)
 
     def _numba(self, x: np.ndarray, h: int, w: int, packed: bool) -> Tensor:
         """The numba kernel on float32 activations or packed words (it subtracts the padding
@@ -259,15 +266,16 @@ class XnorConv:
 
 
 def xnor_conv2d(x: Tensor, w: Tensor, stride: int = 1, padding: int = 0,
-                backend: str | None = None) -> Tensor:
-    """`conv2d(sign(x), sign(w), stride, padding)` as int32, by XNOR + popcount.
+                backend: str | None = None, pad_value: int = 0) -> Tensor:
+    """`conv2d(sign(x), sign(w), stride, padding)` as int32, by XNOR + popcount (the input
+    padded with `pad_value`: 0, as conv2d, or -1 / +1).
 
     Args:
         x: (N, C, H, W) activations (only their signs are used; x >= 0 counts as +1).
         w: (O, C, kh, kw) weights (signs only); C must divide 64 or be a multiple of 64.
         backend: "numba", "torch" or None (numba if installed).
     """
-    return XnorConv(w, stride, padding, backend)(x).contiguous()
+    return XnorConv(w, stride, padding, backend, pad_value)(x).contiguous()
 
 
 def set_threads(threads: int) -> None:

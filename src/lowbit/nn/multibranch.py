@@ -114,9 +114,10 @@ def xnor_scale(x: torch.Tensor, kernel_size: tuple[int, ...], stride: tuple[int,
                padding: tuple[int, ...] | int) -> torch.Tensor:
     """XNOR-Net's activation scale K = avg_pool(mean_c |x|) over a conv's window, stride and
     zero padding (padded positions count, as `F.avg_pool2d` does by default)."""
-    # mean over channels of |x| in one pass (abs() would first materialise |x|); in x's dtype
-    # (CUDA autocast computes norms in float32)
-    a = (torch.linalg.vector_norm(x, 1, dim=1, keepdim=True) / x.shape[1]).to(x.dtype)
+    # abs().sum(): 7-16x faster on CPU than linalg.vector_norm(x, 1, dim=1), which reduces over
+    # the channel dimension with a slow generic kernel; |x| is only a transient (the conv keeps x
+    # for its backward anyway). In x's dtype (under autocast the sum may come out float32).
+    a = (x.abs().sum(dim=1, keepdim=True) / x.shape[1]).to(x.dtype)
     return F.avg_pool2d(a, kernel_size, stride, padding)  # type: ignore[arg-type]
 
 
