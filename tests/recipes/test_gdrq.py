@@ -51,7 +51,8 @@ def tiny_net(mid: int = 16) -> nn.Module:
     ({"act": {"k": -1.0}}, "act: scaleclip k must be > 0"),
     ({"weight": {"group_size": -2}}, "group_size needs signed=True"),
     ({"act": {"momentum": 1.0}}, "momentum must be in"),
-    ({"reshape_epochs": -1}, "reshape_epochs and quant_epochs must be >= 0"),
+    ({"reshape_epochs": -1}, "reshape_epochs, quant_epochs and ramp_steps must be >= 0"),
+    ({"ramp_steps": -5}, "reshape_epochs, quant_epochs and ramp_steps must be >= 0"),
     ({"weight": {"stat": "median"}}, "stat must be"),
     ({"weight": {"groups": 8}}, "groups"),
     ({"groups": 8}, "unknown config key 'quant.groups'"),
@@ -126,6 +127,37 @@ def test_stage_one_clips_float_stage_two_quantizes() -> None:
         assert len(values) <= 3 and torch.isclose(values.abs().max(), t[4 * g, 0, 0, 0])
     assert len(conv.act_quant(x).unique()) <= 16
     assert check_compliance(model).passed
+
+
+def test_switch_on_ramp_blends_clip_and_quantized_in_training_only() -> None:
+    """ramp_steps = 4: stage 2's steps 1..4 blend with m = 1/4 .. 1; eval is quantized."""
+    recipe = gdrq(reshape_epochs=1, quant_epochs=1, ramp_steps=4, bn_recalibration_batches=0)
+    model = recipe.prepare(tiny_net())
+    reshape, quantize = recipe.phases()
+    recipe.on_phase_start(LoopState(model, step=0), reshape)
+    aq = model[3].act_quant
+    x = torch.rand(2, 8, 6, 6) * 10
+    aq.train()
+    clipped = aq(x).detach()
+    recipe.on_phase_start(LoopState(model, epoch=1, step=10), quantize)
+    mixes = []
+    for step in range(10, 16):
+        mixes.append(aq.mix)
+        recipe.after_step(LoopState(model, epoch=1, step=step))
+    assert mixes == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    recipe.on_phase_start(LoopState(model, epoch=1, step=10), quantize)
+    aq.eval()  # evaluation: fully quantized whatever the ramp
+    quantized = aq(x).detach()
+    aq.train()
+    torch.testing.assert_close(aq(x), clipped + 0.25 * (quantized - clipped))
+    # a resumed run (recipe state restored, then on_fit_start) continues the ramp
+    again = gdrq(reshape_epochs=1, quant_epochs=1, ramp_steps=4, bn_recalibration_batches=0)
+    copy_model = again.prepare(tiny_net())
+    again.load_state_dict(*recipe.state_dict())
+    again.on_fit_start(LoopState(copy_model, epoch=1, step=12))
+    assert copy_model[3].act_quant.mix == 0.75
+    recipe.on_fit_end(LoopState(model, epoch=2, step=11))
+    assert aq.mix == 1.0
 
 
 def test_per_group_thresholds_differ_across_groups() -> None:

@@ -191,7 +191,9 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
     frozen in eval, buffer `running_clip`). `learnable=True` replaces the statistic by a
     per-group parameter `log_threshold` (T = exp(.)) initialised from it on first use.
     Then uniform quantization on [-T, T] (Delta = T/(2^(b-1)-1); W2 = ternary) or [0, T]
-    (Delta = T/(2^b-1)). `quantize=False` only clips (stage-1 distribution reshaping).
+    (Delta = T/(2^b-1)). `quantize=False` only clips (stage-1 distribution reshaping); `mix`
+    (an attribute, 1 by default) in training blends the two, clip(x) + mix * (Q(x) - clip(x)),
+    for a gradual switch-on (`GDRQRecipe`'s `ramp_steps`); evaluation is always quantized.
     Backward: identity STE for weights, 1[0 <= x <= T] for activations; a learnable T gets
     PACT's gradient. Levels: Delta*{-L..L} or Delta*{0..L}; per group for weights (rows per
     output channel, shape (C, 2L+1)). `step(x)` gives Delta per output channel, for BN folding.
@@ -213,6 +215,7 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
             raise ValueError(f"scaleclip k must be > 0, got {k}")
         self.signed, self.k, self.stat, self.group_size = signed, k, stat, group_size
         self.momentum, self.learnable, self.quantize = momentum, learnable, quantize
+        self.mix = 1.0
         self.clip_k = k if k is not None else (2.0 if signed else 3.0)
         if not signed:
             self._init_ema(momentum)
@@ -273,11 +276,17 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         t = self.threshold(x, update=self.training)
-        if self.quantize and t.dim() == 0 and _fuse():  # one T (act., per-layer weights): fused
+        out = self._clip_or_quantize(x, t, self.quantize)
+        if self.quantize and self.training and self.mix < 1.0:  # gradual switch-on
+            out = torch.lerp(self._clip_or_quantize(x, t, False), out, self.mix)
+        return out
+
+    def _clip_or_quantize(self, x: Tensor, t: Tensor, quantize: bool) -> Tensor:
+        if quantize and t.dim() == 0 and _fuse():  # one T (act., per-layer weights): fused
             big_l = F.uniform_num_steps(self.bits, self.signed)
             return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         tv = F.channel_view(t.detach(), x)
-        if self.quantize:
+        if quantize:
             q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
         else:
             q = torch.minimum(torch.maximum(x.detach(), -tv if self.signed else 0 * tv), tv)

@@ -17,7 +17,10 @@ Training, two stages as the paper's two-step analysis suggests (spec §3.2, §3.
   2. `quant_epochs` of quantization-aware fine-tuning with the same thresholds, quantized.
 The recipe's phases are `reshape` and `quantize`; `on_phase_start` flips every ScaleClip's
 `quantize` flag at the boundary (the stage lives in the recipe's checkpointed state), and the
-learning-rate schedule restarts with the second phase.
+learning-rate schedule restarts with the second phase. `ramp_steps` (default 0, the paper's
+abrupt switch) [R] makes the switch gradual: during the first `ramp_steps` steps of stage 2 each
+quantizer outputs clip(x) + m * (Q(x) - clip(x)) in training, m rising linearly from
+1/ramp_steps to 1 (evaluation is always fully quantized).
 `prepare()` returns the deployable (quantized) form, so a checkpoint rebuilt by `load_model`
 evaluates quantized; the recipe switches to clip-only when training starts in stage 1.
 
@@ -99,6 +102,7 @@ class GDRQConfig(QuantConfig):
     reshape_epochs: int = 2
     quant_epochs: int = 28
     scale_clip: bool = True
+    ramp_steps: int = 0
 
     def validate(self) -> None:
         super().validate()
@@ -107,8 +111,8 @@ class GDRQConfig(QuantConfig):
                 f"arithmetic), got {w_bits}")
         a_bits = (self.act or {}).get("bits", 4)
         require(1 <= a_bits <= 8, f"act.bits must be in 1..8, got {a_bits}")
-        require(self.reshape_epochs >= 0 and self.quant_epochs >= 0,
-                "reshape_epochs and quant_epochs must be >= 0")
+        require(self.reshape_epochs >= 0 and self.quant_epochs >= 0 and self.ramp_steps >= 0,
+                "reshape_epochs, quant_epochs and ramp_steps must be >= 0")
 
     def spec(self, side: str, group_size: int | None = None) -> dict[str, Any] | None:
         """ScaleClip config for weights (with a layer's resolved group size) or activations."""
@@ -156,6 +160,7 @@ class GDRQRecipe(Recipe):
     def __init__(self, cfg: GDRQConfig) -> None:
         super().__init__(cfg)
         self.stage = QUANTIZE
+        self.quant_start = 0  # the step stage 2 began at (for the switch-on ramp)
         self.quantizers: list[ScaleClip] = []
         self.group_sizes: dict[str, int | None] = {}  # layer -> group size it uses
         self.fallbacks: dict[str, int | None] = {}  # layers whose width group_size misses
@@ -226,27 +231,44 @@ class GDRQRecipe(Recipe):
         for q in self.quantizers:
             q.set_enabled(stage == QUANTIZE)
 
+    def _set_mix(self, steps_done: int) -> None:
+        """The switch-on ramp's blend for the next step, `steps_done` steps into stage 2."""
+        ramp = self.cfg.ramp_steps
+        mix = 1.0 if not ramp or steps_done >= ramp else (steps_done + 1) / ramp
+        for q in self.quantizers:
+            q.mix = mix
+
     def on_fit_start(self, state: LoopState) -> None:
         self._set_stage(RESHAPE if state.epoch < self.cfg.reshape_epochs else QUANTIZE)
+        self._set_mix(state.step - self.quant_start)
 
     def on_phase_start(self, state: LoopState, phase: Phase) -> None:
         stage = RESHAPE if phase.index == 0 else QUANTIZE
         log.info("gdrq: epoch %d starts stage %d (%s)", state.epoch, stage,
                  "reshaping, clip only" if stage == RESHAPE else "quantization-aware")
         self._set_stage(stage)
+        if stage == QUANTIZE:
+            self.quant_start = state.step
+            self._set_mix(0)
         if phase.epochs:
             recalibrate_bn(state, self.cfg.bn_recalibration_batches)
 
+    def after_step(self, state: LoopState) -> None:
+        if self.stage == QUANTIZE and self.cfg.ramp_steps:
+            self._set_mix(state.step + 1 - self.quant_start)
+
     def on_fit_end(self, state: LoopState) -> None:
         self._set_stage(QUANTIZE)  # the final evaluation and checkpoint are quantized
+        self._set_mix(self.cfg.ramp_steps)
         super().on_fit_end(state)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        return {}, {"stage": self.stage, "group_sizes": dict(self.group_sizes),
-                    "fallbacks": dict(self.fallbacks)}
+        return {}, {"stage": self.stage, "quant_start": self.quant_start,
+                    "group_sizes": dict(self.group_sizes), "fallbacks": dict(self.fallbacks)}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
         self._set_stage(int(meta["stage"]))
+        self.quant_start = int(meta.get("quant_start", 0))
 
 
 def _defer_threshold_init(q: ScaleClip) -> None:
