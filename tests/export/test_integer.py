@@ -152,7 +152,8 @@ def int8_layer(linear: bool = False) -> IntegerConv2d:
 
 def exact_output(layer: IntegerConv2d, x: torch.Tensor) -> torch.Tensor:
     codes, unit = layer.input_codes(x.view(*x.shape, 1, 1) if layer.linear else x)
-    acc = F.conv2d(codes.double(), layer.codes.double(), padding=layer.padding)
+    padded = F.pad(codes.double(), (layer.padding,) * 4, value=float(layer.pad_value))
+    acc = F.conv2d(padded, layer.codes.double(), stride=layer.stride)
     y = acc * (layer.scale * unit).view(1, -1, 1, 1) + layer.offset.view(1, -1, 1, 1)
     return y.flatten(1) if layer.linear else y
 
@@ -181,6 +182,34 @@ def test_int8_layer_copies_pickles_and_follows_new_codes() -> None:
     state["codes"] = -state["codes"]
     layer.load_state_dict(state)  # in-place: the prepacked weights must follow
     assert torch.allclose(layer(x).double(), exact_output(layer, x), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("pad_value", [0, 1, -1])
+def test_xnor_layer_outputs(pad_value: int) -> None:
+    """Float32 rescale within a few ulp of the exact one; float64 exact; int32 accumulators."""
+    gen = torch.Generator().manual_seed(pad_value + 5)
+    layer = IntegerConv2d(torch.randint(0, 2, (6, 16, 3, 3), generator=gen) * 2 - 1,
+                          torch.rand(6, generator=gen) + 0.1, torch.randn(6, generator=gen),
+                          "sign", stride=2, padding=2, pad_value=pad_value)
+    x = torch.randn(3, 16, 7, 7, generator=gen)
+    want = exact_output(layer, x)
+    got = layer(x)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got.double(), want, rtol=1e-6, atol=1e-6)
+    got64 = layer(x.double())
+    assert got64.dtype == torch.float64 and torch.allclose(got64, want, rtol=1e-12, atol=1e-12)
+
+
+def test_padding_value_needs_the_xnor_kernel() -> None:
+    """At construction, and when new codes change the kernel later."""
+    ternary = torch.randint(-1, 2, (4, 16, 3, 3), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(LowbitError, match="only the xnor kernel pads with 1"):
+        IntegerConv2d(ternary, torch.ones(4), None, "sign", padding=1, pad_value=1)
+    layer = IntegerConv2d(ternary.sign() + (ternary == 0), torch.ones(4), None, "sign",
+                          padding=1, pad_value=1)
+    layer.load_state_dict({**layer.state_dict(), "codes": ternary})
+    with pytest.raises(LowbitError, match="only the xnor kernel pads with 1"):
+        layer(torch.randn(1, 16, 4, 4))
 
 
 def test_xnor_layer_follows_new_codes_in_place_and_reassigned() -> None:
@@ -237,8 +266,7 @@ def binary_layer(act: dict, pad_value: float, channels: int = 16) -> BinaryConv2
 def test_binary_conv_padding_values_match_fake_quant(act: dict, pad_value: float,
                                                      native: bool) -> None:
     layer = binary_layer(act, pad_value)
-    x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(1)).abs()
-    x[0] -= 0.5  # signed inputs for the sign layers
+    x = torch.randn(2, 16, 6, 6, generator=torch.Generator().manual_seed(1))
     integer = integer_layer(layer)
     assert integer is not None
     core = integer.core if isinstance(integer, IntegerBinaryConv2d) else integer

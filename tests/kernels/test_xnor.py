@@ -83,6 +83,20 @@ def test_xnor_conv_property(c: int, o: int, n: int, h: int, w: int, stride: int,
         assert torch.equal(packed.double(), want.double())
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("k", "stride", "pad"), [(3, 2, 1), (3, 1, 3), (1, 2, 2), (1, 1, 1)])
+@pytest.mark.parametrize("value", [1, -1])
+def test_padding_values_on_strided_and_wide_borders(backend: str, k: int, stride: int, pad: int,
+                                                    value: int) -> None:
+    """+-1 padding with strides and padding wider than the kernel, float and packed input."""
+    gen = torch.Generator().manual_seed(k * 10 + stride + pad)
+    x, wt = torch.randn(2, 32, 6, 5, generator=gen), torch.randn(5, 32, k, k, generator=gen)
+    want = F.conv2d(F.pad(signs(x), (pad,) * 4, value=float(value)), signs(wt), stride=stride)
+    conv = XnorConv(wt, stride, pad, backend, value)
+    assert torch.equal(conv(x).double(), want.double())
+    assert torch.equal(conv.packed(pack_activations(x, backend)).double(), want.double())
+
+
 def test_pad_value_outside_signs_is_refused() -> None:
     with pytest.raises(ValueError, match="pad_value"):
         XnorConv(torch.randn(4, 16, 3, 3), 1, 1, "torch", pad_value=2)

@@ -160,6 +160,20 @@ def test_switch_on_ramp_blends_clip_and_quantized_in_training_only() -> None:
     assert aq.mix == 1.0
 
 
+def test_ramp_stage_start_recalibrates_bn_fully_quantized(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The BN statistics re-estimated at stage 2's start are for the quantized forward that
+    evaluation runs, not for the ramp's first blend."""
+    seen: list[set[float]] = []
+    recipe = gdrq(reshape_epochs=1, quant_epochs=1, ramp_steps=8, bn_recalibration_batches=2)
+    model = recipe.prepare(tiny_net())
+    monkeypatch.setattr(gdrq_module, "recalibrate_bn", lambda state, n: seen.append(
+        {q.mix for q in recipe.quantizers if q.quantize}) or n)
+    recipe.on_phase_start(_state(model, epoch=1), recipe.phases()[1])
+    assert seen == [{1.0}] and {q.mix for q in recipe.quantizers} == {1 / 8}
+
+
 def test_per_group_thresholds_differ_across_groups() -> None:
     model = gdrq(weight={"group_size": 4}).prepare(tiny_net())
     conv = model[3]

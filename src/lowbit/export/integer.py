@@ -11,8 +11,9 @@ The accumulation depends on the weight codes:
 - "xnor": binary weights on 1-bit (sign) inputs: XNOR + popcount on packed bits
   (`lowbit.kernels.xnor`, with the exact +1-padding correction; a Group-Net `BinaryConv2d`
   that pads with +-1 has the kernel pad with that value (`pad_value`), and its XNOR scale K:
-  `lowbit.export.integer_binary`); its accumulators fit float32 exactly, so a float32 or
-  float64 input is rescaled in its own precision;
+  `lowbit.export.integer_binary`); its accumulators (|acc| <= C * k * k < 2^24) are exact in
+  float32, so a float32 input is rescaled in float32 (scale and offset rounded to float32: a
+  few ulp, as the int8 kernel's fused rescale) and a float64 input in float64;
 - "shift": power-of-two codes (INQ, LBW >= 3 bits): for each exponent e, the +-1 mask of the
   weights with |code| = 2^e is accumulated (adds and subtracts only) and shifted left by e;
 - "int8": input codes on a grid of at most 256 values (or signs) with int8 weight codes
@@ -113,6 +114,7 @@ class IntegerConv2d(nn.Module):
     codes: Tensor
     scale: Tensor
     offset: Tensor
+    pad_value: int = 0  # (layers pickled before padding values existed have none)
 
     def __init__(self, codes: Tensor, scale: Tensor, offset: Tensor | None,
                  act: ActGrid | str | None, stride: Any = 1, padding: Any = 0,
@@ -125,8 +127,7 @@ class IntegerConv2d(nn.Module):
                              if offset is None else offset.double().reshape(-1))
         self.act, self.linear, self.pad_value = act, linear, int(pad_value)
         self.stride, self.padding = _single(stride), _single(padding)
-        if self.pad_value and self.kernel != "xnor":
-            raise LowbitError(f"only the xnor kernel pads with {pad_value}, not {self.kernel}")
+        _ = self.kernel  # refuses a padding value its codes' kernel cannot take
 
     def input_codes(self, x: Tensor) -> tuple[Tensor, float]:
         """(int64 input codes, their value unit): the layer's input quantization."""
@@ -191,7 +192,10 @@ class IntegerConv2d(nn.Module):
     def kernel(self) -> str:
         """The accumulation the codes allow ("xnor", "int8", "shift" or "mac"; module
         docstring), found again whenever they change."""
-        return str(self._for_codes("_kernel", lambda: _kernel(self.codes, self.act)))
+        kernel = str(self._for_codes("_kernel", lambda: _kernel(self.codes, self.act)))
+        if self.pad_value and kernel != "xnor":
+            raise LowbitError(f"only the xnor kernel pads with {self.pad_value}, not {kernel}")
+        return kernel
 
     def _prepacked(self) -> Any:
         """The weights packed for the kernel (oneDNN's layout for "int8", an `XnorConv` for

@@ -6,13 +6,12 @@ integer path it becomes the layer's `IntegerConv2d` (`core`), wrapped in an
 `IntegerBinaryConv2d` when it pads explicitly or scales:
 - on sign inputs with binary weights the core's XNOR kernel pads with +-1 itself
   (`IntegerConv2d(pad_value=...)`: no padded copy of the input, no border correction for +1);
-- otherwise the core has no padding of its own and the float input is padded with
-  `pad_value` before the core encodes it. `pad_value` must be a
-  fixed point of the layer's input quantization (checked when the layer quantizes its input:
+- otherwise (other kernels, uneven padding) the core has no padding of its own and the float
+  input is padded with `pad_value` before the core encodes it. `pad_value` must be a fixed
+  point of the layer's input quantization (checked when the layer quantizes its input:
   sign(+-1) = +-1, or a k-bit grid value; a float input takes the value as it is), so the
-  padded codes are the codes PyTorch pads with and, for 1-bit inputs, every code is +-1: the
-  core's XNOR + popcount kernel runs on binary inputs with no border correction, and its
-  accumulator equals `conv2d(padded codes, weight codes)` exactly;
+  padded codes are the codes PyTorch pads with and the core's accumulator equals
+  `conv2d(padded codes, weight codes)` exactly;
 - the core's output (one rescale per output channel) is multiplied by
   K = avg_pool(mean_c |x|) of the float input (`lowbit.nn.multibranch.xnor_scale`), a float
   factor per output pixel outside the integer accumulation, as in XNOR-Net.

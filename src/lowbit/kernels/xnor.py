@@ -254,7 +254,7 @@ class XnorConv:
         # one image at a time bounds the (OH, OW, O, words) intermediate
         dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
             torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
-        return dot - self.correction(h, w, self.stride)
+        return dot - self.correction(h, w, self.stride) if self.padding else dot
 
     def _numba(self, x: np.ndarray, h: int, w: int, packed: bool) -> Tensor:
         """The numba kernel on float32 activations or packed words (it subtracts the padding

@@ -19,8 +19,11 @@ The recipe's phases are `reshape` and `quantize`; `on_phase_start` flips every S
 `quantize` flag at the boundary (the stage lives in the recipe's checkpointed state), and the
 learning-rate schedule restarts with the second phase. `ramp_steps` (default 0, the paper's
 abrupt switch) [R] makes the switch gradual: during the first `ramp_steps` steps of stage 2 each
-quantizer outputs clip(x) + m * (Q(x) - clip(x)) in training, m rising linearly from
-1/ramp_steps to 1 (evaluation is always fully quantized).
+quantizer outputs clip(x) + m * (Q(x) - clip(x)) in training, m = s / ramp_steps at the
+stage's s-th step (so step `ramp_steps` is fully quantized and `ramp_steps: 1` equals 0;
+evaluation, and the BN re-estimation at the stage start, are always fully quantized). `m` is a
+Python float that changes every step: under `torch.compile` a ramp recompiles, so leave it 0
+there.
 `prepare()` returns the deployable (quantized) form, so a checkpoint rebuilt by `load_model`
 evaluates quantized; the recipe switches to clip-only when training starts in stage 1.
 
@@ -249,9 +252,10 @@ class GDRQRecipe(Recipe):
         self._set_stage(stage)
         if stage == QUANTIZE:
             self.quant_start = state.step
-            self._set_mix(0)
-        if phase.epochs:
+        if phase.epochs:  # BN statistics for the quantized forward that evaluation runs
+            self._set_mix(self.cfg.ramp_steps)
             recalibrate_bn(state, self.cfg.bn_recalibration_batches)
+        self._set_mix(0)
 
     def after_step(self, state: LoopState) -> None:
         if self.stage == QUANTIZE and self.cfg.ramp_steps:
