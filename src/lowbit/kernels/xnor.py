@@ -196,12 +196,17 @@ class XnorConv:
         self.wt = self.wcols.contiguous().numpy()
         self._corr: dict[tuple[int, int, int], Tensor] = {}
 
+    @property
+    def _corrects(self) -> bool:
+        """Whether the kernel's +1 border differs from the padding asked for."""
+        return bool(self.padding) and self.pad_value != 1
+
     def correction(self, h: int, w: int, stride: int) -> Tensor:
         """What the kernel's +1 padding adds to each output for an h x w input beyond padding
         with `pad_value`, (O, OH, OW) (cached)."""
         if (h, w, stride) not in self._corr:
             p = self.padding
-            if p and self.pad_value != 1:
+            if self._corrects:
                 corr = padding_correction(self.sign, h, w, stride, p) * (1 - self.pad_value)
             else:
                 oh, ow = (h + 2 * p - self.kh) // stride + 1, (w + 2 * p - self.kw) // stride + 1
@@ -254,7 +259,7 @@ class XnorConv:
         # one image at a time bounds the (OH, OW, O, words) intermediate
         dot = torch.stack([(self.k - 2 * _popcount(c1.unsqueeze(-2) ^ self.wcols)).to(
             torch.int32) for c1 in cols]).permute(0, 3, 1, 2)
-        return dot - self.correction(h, w, self.stride) if self.padding else dot
+        return dot - self.correction(h, w, self.stride) if self._corrects else dot
 
     def _numba(self, x: np.ndarray, h: int, w: int, packed: bool) -> Tensor:
         """The numba kernel on float32 activations or packed words (it subtracts the padding
