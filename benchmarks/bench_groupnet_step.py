@@ -43,6 +43,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--name", default="groupnet_step", help="result file name")
     parser.add_argument("--fp32", action="store_true", help="float32 instead of bf16")
     parser.add_argument("--only", nargs="*", default=None, help="configuration names to run")
     parser.add_argument("--out-dir", type=Path, default=None)
@@ -62,19 +64,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         model = create_model("resnet20")
         spec = CONFIGS[name]
         fns[name] = make_step(model if spec is None else expand(model, spec), not args.fp32,
-                              args.batch, args.steps)
+                              args.batch, args.steps, args.device)
     times = interleaved(fns, args.repeats)
     base = median(times["float"])
     figures = {k: {"median_s_per_step": median(t) / args.steps, "ratio_vs_float": median(t) / base}
                for k, t in times.items()}
     for k, v in figures.items():
         print(f"{k:22s} {v['median_s_per_step'] * 1e3:9.1f} ms/step {v['ratio_vs_float']:6.2f}x")
-    out = {"benchmark": "groupnet_step", "model": "resnet20", "batch": args.batch,
+    out = {"benchmark": "groupnet_step", "device": args.device, "model": "resnet20",
+           "batch": args.batch,
            "precision": "fp32" if args.fp32 else "bf16_channels_last", "threads": args.threads,
            "steps_per_round": args.steps, "repeats": args.repeats, "figures": figures,
            "wall_clock_s": round(time.perf_counter() - start, 1)}
     if not args.no_write:
-        print(f"wrote {write_result('groupnet_step', out, args.out_dir, prov)}")
+        print(f"wrote {write_result(args.name, out, args.out_dir, prov)}")
     return out
 
 

@@ -69,16 +69,16 @@ def _inq_half_frozen(model: nn.Module) -> list[tuple[nn.Parameter, INQWeight]]:
 
 
 def quantized_step(
-    spec: dict[str, Any] | None, bf16: bool, batch: int, steps: int
+    spec: dict[str, Any] | None, bf16: bool, batch: int, steps: int, device: str = "cpu"
 ) -> Callable[[], None]:
     """A warmed-up closure running `steps` SGD steps of ResNet-20 (quantized per `spec`)."""
     torch.manual_seed(0)
     model = create_model("resnet20")
     if spec is None:
-        return make_step(model, bf16, batch, steps)
-    model = quantize_model(model, **spec).model
+        return make_step(model, bf16, batch, steps, device)
+    model = quantize_model(model, **spec).model.to(device)
     pairs = _inq_half_frozen(model)
-    step = make_step(model, bf16, batch, 1)
+    step = make_step(model, bf16, batch, 1, device)
 
     def run() -> None:
         for _ in range(steps):
@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    parser.add_argument("--name", default="qat_step",
+                        help="result file name (default qat_step; e.g. qat_step_gpu)")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS),
                         help="subset of configurations to time (float is always included)")
     parser.add_argument("--out-dir", type=Path, default=None,
@@ -107,7 +110,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def measure_mode(bf16: bool, args: argparse.Namespace) -> dict[str, dict[str, float]]:
     """Median s/step and ratio vs float of every configuration, in one precision mode."""
     names = ["float", *(k for k in args.configs if k != "float")]
-    fns = {k: quantized_step(CONFIGS[k], bf16, args.batch, args.steps) for k in names}
+    fns = {k: quantized_step(CONFIGS[k], bf16, args.batch, args.steps, args.device)
+           for k in names}
     times = interleaved(fns, args.repeats)
     base = median(times["float"])
     return {k: {"median_s_per_step": median(t) / args.steps, "ratio_vs_float": median(t) / base}
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     prov, start = provenance("bench_qat_step.py", argv), time.perf_counter()
-    out: dict[str, Any] = {"benchmark": "qat_step", "batch": args.batch, "threads": args.threads,
+    out: dict[str, Any] = {"benchmark": "qat_step", "device": args.device, "batch": args.batch,
+                           "threads": args.threads,
                            "steps_per_round": args.steps, "repeats": args.repeats,
                            "model": "resnet20", "modes": {}}
     for mode, bf16 in (("fp32", False), ("bf16_channels_last", True)):
@@ -130,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out["targets"] = {"every_recipe_max_ratio": 1.2}
     out["wall_clock_s"] = round(time.perf_counter() - start, 1)
     if not args.no_write:
-        print(f"wrote {write_result('qat_step', out, args.out_dir, prov)}")
+        print(f"wrote {write_result(args.name, out, args.out_dir, prov)}")
     return out
 
 

@@ -124,17 +124,21 @@ def median(xs: Sequence[float]) -> float:
 Step = Callable[[], None]
 
 
-def make_step(model: nn.Module, bf16: bool, batch: int, steps: int) -> Step:
-    """A warmed-up closure running `steps` SGD steps on fixed random data."""
+def make_step(model: nn.Module, bf16: bool, batch: int, steps: int,
+              device: str = "cpu") -> Step:
+    """A warmed-up closure running `steps` SGD steps on fixed random data on `device` (on a
+    GPU it waits for the queued work at the end, so a timer around it sees all of it)."""
+    model = model.to(device)
     if bf16:
         model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, 3, 32, 32, generator=gen)
-    x = x.contiguous(memory_format=torch.channels_last) if bf16 else x
-    y = torch.randint(0, 10, (batch,), generator=gen)
-    ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    x = (x.contiguous(memory_format=torch.channels_last) if bf16 else x).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    kind = torch.device(device).type
+    ctx = (lambda: torch.autocast(kind, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def run() -> None:
         for _ in range(steps):
@@ -143,6 +147,8 @@ def make_step(model: nn.Module, bf16: bool, batch: int, steps: int) -> Step:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+        if kind == "cuda":
+            torch.cuda.synchronize()
 
     run()  # warm-up (allocations, oneDNN primitive caches)
     return run

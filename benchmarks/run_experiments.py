@@ -66,20 +66,51 @@ def main(argv: list[str] | None = None) -> int:
                         help="train on CUDA at the longer budgets; record under results/gpu/")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (GPU: 4-8)")
     parser.add_argument("--dry-run", action="store_true", help="only say what would run")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="one more override for every run (repeatable)")
+    parser.add_argument("--results-dir", help="record results here (default: benchmarks/results"
+                        "[/gpu])")
+    parser.add_argument("--checkpoints-dir", help="record checkpoints here (default: "
+                        "benchmarks/checkpoints[/gpu])")
+    parser.add_argument("--logs", help="write each run's output to LOGS/<name>.log")
+    parser.add_argument("--deadline", type=float, help="seconds: then stop the runs in flight "
+                        "(they resume next time) and start no more")
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
     commands = [c for exp in experiments(args.paths) if (c := command(exp, args)) is not None]
     if args.dry_run:
         return 0
+    end = time.monotonic() + args.deadline if args.deadline else float("inf")
     running: Running = []
     for name, cmd in commands:
-        while len(running) >= args.parallel:
-            running = wait_one(running)
-        running.append((name, subprocess.Popen(cmd, cwd=ROOT)))
-    while running:
-        running = wait_one(running)
+        while len(running) >= args.parallel and time.monotonic() < end:
+            running = wait_one(running, end)
+        if time.monotonic() >= end:
+            break
+        running.append((name, subprocess.Popen(cmd, cwd=ROOT, **output(args.logs, name))))
+    while running and time.monotonic() < end:
+        running = wait_one(running, end)
+    for name, proc in running:  # past the deadline
+        proc.terminate()
+        proc.wait()
+        print(f"{name}: {STOPPED}", file=sys.stderr)
+        if args.logs:
+            with (Path(args.logs) / f"{name}.log").open("a") as log:
+                print(STOPPED, file=log)
     return 0
+
+
+STOPPED = "stopped at the deadline"
+
+
+def output(logs: str | None, name: str) -> dict:
+    """Popen keyword arguments sending a run's output to `<logs>/<name>.log`, if asked."""
+    if logs is None:
+        return {}
+    Path(logs).mkdir(parents=True, exist_ok=True)
+    log = (Path(logs) / f"{name}.log").open("wb")
+    return {"stdout": log, "stderr": subprocess.STDOUT}
 
 
 def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None:
@@ -87,8 +118,9 @@ def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None
     name = exp.stem
     sub = "gpu" if args.gpu else ""
     run_dir = Path(args.runs) / sub / name
-    results = Path("benchmarks", "results", sub)  # relative to ROOT, where the runs start
-    checkpoints = Path("benchmarks", "checkpoints", sub)
+    # relative to ROOT, where the runs start
+    results = Path(args.results_dir or Path("benchmarks", "results", sub))
+    checkpoints = Path(args.checkpoints_dir or Path("benchmarks", "checkpoints", sub))
     recorded = ROOT / results / f"{name}.json"
     checkpoint = ROOT / checkpoints / f"{name}.safetensors"
     if recorded.exists() and not (checkpoint.exists()
@@ -100,7 +132,8 @@ def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None
     cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
            args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else []),
            "--results-dir", str(results), "--checkpoints-dir", str(checkpoints),
-           *(gpu_overrides(name, args.parallel) if args.gpu else [])]
+           *(gpu_overrides(name, args.parallel) if args.gpu else []),
+           *(a for kv in args.set for a in ("--set", kv))]
     print(f"{action} {name}: {' '.join(cmd[2:])}", flush=True)
     return name, cmd
 
@@ -108,15 +141,17 @@ def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None
 Running = list[tuple[str, "subprocess.Popen[bytes]"]]
 
 
-def wait_one(running: Running) -> Running:
-    """Wait until one run ends (report a failure), return the others."""
-    while True:
+def wait_one(running: Running, end: float = float("inf")) -> Running:
+    """Wait until one run ends (report a failure) or `end` (monotonic) passes; return the
+    others (all of them at `end`)."""
+    while time.monotonic() < end:
         for i, (name, proc) in enumerate(running):
             if proc.poll() is not None:
                 if proc.returncode:
                     print(f"failed {name} (exit {proc.returncode})", file=sys.stderr)
                 return running[:i] + running[i + 1:]
         time.sleep(1.0)
+    return running
 
 
 if __name__ == "__main__":

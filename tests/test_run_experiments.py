@@ -48,3 +48,27 @@ def test_parallel_below_one_is_one_line(rx: ModuleType, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exit_:
         rx.main(["experiments/qat", "--data-dir", "DATA", "--parallel", "0", "--dry-run"])
     assert exit_.value.code == 2 and "--parallel must be >= 1" in capsys.readouterr().err
+
+
+def test_extra_overrides_and_record_folders_reach_every_run(
+        rx: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    row = "experiments/qat/qat_w2a4_uniform_resnet20_cifar10.yaml"
+    assert rx.main([row, "--data-dir", "DATA", "--gpu", "--dry-run", "--results-dir", "/r",
+                    "--checkpoints-dir", "/c", "--set", "data.name=folder:sub"]) == 0
+    (line,) = capsys.readouterr().out.splitlines()
+    assert "--results-dir /r --checkpoints-dir /c" in line
+    assert line.endswith("--set data.name=folder:sub")  # after the GPU budget: it wins
+
+
+def test_the_deadline_stops_runs_in_flight_and_says_so_in_their_logs(
+        rx: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeper = [sys.executable, "-c", "import time; print('started', flush=True); time.sleep(60)"]
+    monkeypatch.setattr(rx, "command", lambda exp, args: (exp.stem, sleeper))
+    rows = ["experiments/qat/qat_w2a4_uniform_resnet20_cifar10.yaml",
+            "experiments/lbw/lbw_w4_resnet20_cifar10.yaml"]
+    logs = tmp_path / "logs"
+    assert rx.main([*rows, "--data-dir", "DATA", "--parallel", "1", "--deadline", "2",
+                    "--logs", str(logs)]) == 0
+    first = (logs / "qat_w2a4_uniform_resnet20_cifar10.log").read_text().splitlines()
+    assert first == ["started", rx.STOPPED]
+    assert not (logs / "lbw_w4_resnet20_cifar10.log").exists()  # never started

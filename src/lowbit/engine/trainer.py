@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -276,15 +277,19 @@ class Trainer:
             )
             if self.teacher is not None and self.cfg.distill is not None:
                 loss = distill_loss(loss, logits, self._teacher_logits(x), self.cfg.distill)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss became {loss.item()} at step {self.step}; lower the "
-                f"learning rate or check the data"
-            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # the step's one read of a device value (a GPU waits for nothing else): the loss and
+        # the number right, before the update, so a non-finite loss never reaches the weights
+        value, correct = torch.stack([loss.detach().float(),
+                                      (logits.detach().argmax(1) == y).sum().float()]).tolist()
+        if not math.isfinite(value):
+            raise FloatingPointError(
+                f"loss became {value} at step {self.step}; lower the "
+                f"learning rate or check the data"
+            )
         self._call("before_step")
         self.optimizer.step()
         self._call("after_step")
         self.step += 1
-        return loss.item(), (logits.argmax(1) == y).sum().item()
+        return value, correct

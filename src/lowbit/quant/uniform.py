@@ -39,11 +39,12 @@ def _check_uniform_bits(name: str, bits: int, signed: bool) -> None:
         raise ValueError(f"{name} with signed={signed} supports bits {lo}..16, got {bits}")
 
 
-def _fuse() -> bool:
-    """Whether to take the fused eager kernel (`fused_uniform_ste`); under torch.compile the
-    plain tensor ops are traced instead (the same values and gradients), which the compiler
-    fuses itself and which read no tensor value on the host."""
-    return not torch.compiler.is_compiling()
+def _fuse(x: Tensor) -> bool:
+    """Whether to take the fused eager kernel (`fused_uniform_ste`): on CPU, eagerly. It reads
+    the clip on the host (its masks take Python-float bounds), which on a GPU would stall the
+    queue five times per layer; there, and under torch.compile, the plain tensor ops run
+    instead (the same values and gradients), which read no tensor value on the host."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
 
 
 class _ClipQuantizer(CodebookQuantizer):
@@ -172,7 +173,7 @@ class Uniform(_ClipQuantizer):
     def forward(self, x: Tensor) -> Tensor:
         self._check(x)
         t = self.threshold(x, update=self.training)
-        if t.dim() == 0 and _fuse():  # per tensor: one fused node (same values and gradients)
+        if t.dim() == 0 and _fuse(x):  # per tensor: one fused node (same values and gradients)
             big_l = F.uniform_num_steps(self.bits, self.signed)
             return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         q = self.decode(*F.uniform_encode(x, t, self.bits, self.signed))
@@ -282,7 +283,7 @@ class ScaleClip(LazyModuleMixin, _ClipQuantizer):
         return out
 
     def _clip_or_quantize(self, x: Tensor, t: Tensor, quantize: bool) -> Tensor:
-        if quantize and t.dim() == 0 and _fuse():  # one T (act., per-layer weights): fused
+        if quantize and t.dim() == 0 and _fuse(x):  # one T (act., per-layer weights): fused
             big_l = F.uniform_num_steps(self.bits, self.signed)
             return fused_uniform_ste(x, t, big_l, self.signed, clip_input_grad=not self.signed)
         tv = F.channel_view(t.detach(), x)
