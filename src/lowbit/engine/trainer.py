@@ -277,10 +277,9 @@ class Trainer:
             )
             if self.teacher is not None and self.cfg.distill is not None:
                 loss = distill_loss(loss, logits, self._teacher_logits(x), self.cfg.distill)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # the step's one read of a device value (a GPU waits for nothing else): the loss and
-        # the number right, before the update, so a non-finite loss never reaches the weights
+        # the step's one read of a device value: the loss and the number right, before the
+        # backward pass, so a non-finite loss never reaches a gradient (nor, under DDP, the
+        # other ranks' gradients through the all-reduce)
         value, correct = torch.stack([loss.detach().float(),
                                       (logits.detach().argmax(1) == y).sum().float()]).tolist()
         if not math.isfinite(value):
@@ -288,6 +287,8 @@ class Trainer:
                 f"loss became {value} at step {self.step}; lower the "
                 f"learning rate or check the data"
             )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
         self._call("before_step")
         self.optimizer.step()
         self._call("after_step")
