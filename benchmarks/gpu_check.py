@@ -18,7 +18,7 @@ Subset accuracies are not results: they come from 1,280 training images.
     python benchmarks/gpu_check.py run experiments --data folder:gpu_data/cifar10_sub \\
         --out $OUT --deadline 480
     # here again: the CPU's evaluation of what came back, beside the GPU's
-    python benchmarks/gpu_check.py compare DIR --data folder:gpu_data/cifar10_sub
+    python benchmarks/gpu_check.py compare DIR --out cpu_eval.json   # DIR: the unpacked tars
 """
 
 from __future__ import annotations
@@ -80,8 +80,9 @@ def summarise(experiments: list[Path], results: Path, logs: Path, seconds: float
     return {"wall_seconds": round(seconds, 1),
             **{s: sum(r["status"] == s for r in rows.values())
                for s in ("ok", "failed", "stopped", "not run")},
-            "projected_full_train_s_serial": round(sum(r["projected_full_train_s"] or 0
-                                                       for r in done), 1),
+            # each run's own projection at the speed it had while sharing the GPU, summed
+            "sum_projected_full_train_s": round(sum(r["projected_full_train_s"] or 0
+                                                    for r in done), 1),
             "rows": rows}
 
 
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     """`lowbit eval` (CPU) of each returned checkpoint beside the top-1 the GPU recorded."""
-    folder = Path(args.folder)
+    folder = Path(args.folder).resolve()  # the evaluations run from ROOT
     rows = {}
     for result in sorted((folder / "results").glob("*.json")):
         gpu = json.loads(result.read_text())

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="experiment YAML files or folders")
     parser.add_argument("--data-dir", required=True)
-    parser.add_argument("--runs", default="runs/experiments", help="folder for run directories")
+    parser.add_argument("--runs", help="folder for run directories (default: runs/experiments)")
     parser.add_argument("--gpu", action="store_true",
                         help="train on CUDA at the longer budgets; record under results/gpu/")
     parser.add_argument("--parallel", type=int, default=1, help="runs at once (GPU: 4-8)")
@@ -78,46 +78,60 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.parallel < 1:
         parser.error("--parallel must be >= 1")
+    for key in ("runs", "results_dir", "checkpoints_dir", "logs"):  # given: from here, not ROOT
+        if getattr(args, key) is not None:
+            setattr(args, key, str(Path(getattr(args, key)).resolve()))
     commands = [c for exp in experiments(args.paths) if (c := command(exp, args)) is not None]
     if args.dry_run:
         return 0
-    end = time.monotonic() + args.deadline if args.deadline else float("inf")
+    end = time.monotonic() + args.deadline if args.deadline is not None else float("inf")
     running: Running = []
     for name, cmd in commands:
         while len(running) >= args.parallel and time.monotonic() < end:
             running = wait_one(running, end)
         if time.monotonic() >= end:
             break
-        running.append((name, subprocess.Popen(cmd, cwd=ROOT, **output(args.logs, name))))
+        running.append((name, start(cmd, args.logs, name)))
     while running and time.monotonic() < end:
         running = wait_one(running, end)
-    for name, proc in running:  # past the deadline
-        proc.terminate()
-        proc.wait()
-        print(f"{name}: {STOPPED}", file=sys.stderr)
-        if args.logs:
-            with (Path(args.logs) / f"{name}.log").open("a") as log:
-                print(STOPPED, file=log)
+    stop(reap(running), args.logs)
     return 0
 
 
 STOPPED = "stopped at the deadline"
 
 
-def output(logs: str | None, name: str) -> dict:
-    """Popen keyword arguments sending a run's output to `<logs>/<name>.log`, if asked."""
+def start(cmd: list[str], logs: str | None, name: str) -> subprocess.Popen[bytes]:
+    """Start one run from ROOT, its output to `<logs>/<name>.log` if asked."""
     if logs is None:
-        return {}
+        return subprocess.Popen(cmd, cwd=ROOT)
     Path(logs).mkdir(parents=True, exist_ok=True)
-    log = (Path(logs) / f"{name}.log").open("wb")
-    return {"stdout": log, "stderr": subprocess.STDOUT}
+    with (Path(logs) / f"{name}.log").open("wb") as log:  # the child keeps its own handle
+        return subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop(running: Running, logs: str | None) -> None:
+    """Past the deadline: end every run still going (SIGTERM, then SIGKILL after 10 s), and
+    say so on stderr and at the end of its log."""
+    for _, proc in running:
+        proc.terminate()
+    for name, proc in running:
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"{name}: {STOPPED}", file=sys.stderr)
+        if logs:
+            with (Path(logs) / f"{name}.log").open("a") as log:
+                print(STOPPED, file=log)
 
 
 def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None:
     """(name, the reproduce command) for one experiment, or None when it is recorded."""
     name = exp.stem
     sub = "gpu" if args.gpu else ""
-    run_dir = Path(args.runs) / sub / name
+    run_dir = Path(args.runs or "runs/experiments") / sub / name
     # relative to ROOT, where the runs start
     results = Path(args.results_dir or Path("benchmarks", "results", sub))
     checkpoints = Path(args.checkpoints_dir or Path("benchmarks", "checkpoints", sub))
@@ -127,7 +141,7 @@ def command(exp: Path, args: argparse.Namespace) -> tuple[str, list[str]] | None
                                   and not describes_checkpoint(ROOT / exp, checkpoint)):
         print(f"skip   {name} (result recorded)")
         return None
-    resume = (run_dir / "last.safetensors").exists()
+    resume = (ROOT / run_dir / "last.safetensors").exists()
     action = "resume" if resume else "rerun " if recorded.exists() else "start "
     cmd = [sys.executable, "-m", "lowbit.cli", "reproduce", str(exp), "--record", "--data-dir",
            args.data_dir, "--run-dir", str(run_dir), *(["--resume"] if resume else []),
@@ -143,15 +157,23 @@ Running = list[tuple[str, "subprocess.Popen[bytes]"]]
 
 def wait_one(running: Running, end: float = float("inf")) -> Running:
     """Wait until one run ends (report a failure) or `end` (monotonic) passes; return the
-    others (all of them at `end`)."""
+    others (all of them at `end`, less any that ended meanwhile)."""
     while time.monotonic() < end:
-        for i, (name, proc) in enumerate(running):
-            if proc.poll() is not None:
-                if proc.returncode:
-                    print(f"failed {name} (exit {proc.returncode})", file=sys.stderr)
-                return running[:i] + running[i + 1:]
+        if len(left := reap(running)) < len(running):
+            return left
         time.sleep(1.0)
-    return running
+    return reap(running)
+
+
+def reap(running: Running) -> Running:
+    """The runs still going; each one that ended is reported if it failed."""
+    left = []
+    for name, proc in running:
+        if proc.poll() is None:
+            left.append((name, proc))
+        elif proc.returncode:
+            print(f"failed {name} (exit {proc.returncode})", file=sys.stderr)
+    return left
 
 
 if __name__ == "__main__":
