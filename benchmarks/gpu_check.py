@@ -153,6 +153,54 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def step_config(quant: dict | None) -> str:
+    """The step benchmark configuration whose time stands for a row's training step (Group-Net:
+    the v1 W1A4 step with the row's K, or W1A1 / layer-wise; AlexNet rows use ResNet-20's)."""
+    if quant is None:
+        return "float"
+    method, weight = quant["method"], quant.get("weight") or {}
+    if method == "groupnet":
+        act = quant.get("act") or {}
+        if quant.get("structure") == "layerwise":
+            return "layerwise K=5 W1A4"
+        return "v1 K=5 W1A1" if act.get("name") == "sign" else f"v1 K={quant['bases']} W1A4"
+    if method == "lbw":
+        return {2: "lbw w2 (exact ternary)"}.get(weight["bits"], "lbw w4 (threshold, as shipped)"
+                                                 if weight.get("method") == "threshold"
+                                                 else "lbw w4 (alternating)")
+    if method == "gdrq":
+        return f"gdrq w{weight['bits']}a4 (QAT stage)"
+    return {"inq": "inq w5 (half frozen)"}.get(method, "qat w2a4 (uniform + PACT)")
+
+
+def estimate(args: argparse.Namespace) -> int:
+    """Each row's GPU time at the `--gpu` budgets: its epochs x 391 steps x the single-process
+    step time of its kind, from the GPU step benchmarks (bf16, the recipes' precision)."""
+    from lowbit.build import load_run
+
+    folder = Path(args.steps_dir)
+    qat = json.loads((folder / "qat_step_gpu.json").read_text())["modes"]["bf16_channels_last"]
+    gn = json.loads((folder / "groupnet_step_gpu.json").read_text())["figures"]
+    step_s = {k: v["median_s_per_step"] for k, v in {**qat, **gn}.items()}
+    rows, steps_per_epoch = {}, -(-TRAIN_IMAGES // 128)
+    for exp in run_experiments.experiments(args.paths):
+        overrides = run_experiments.gpu_overrides(exp.stem, 1)[1::2]
+        cfg = load_run(config_file=exp, overrides=overrides).cfg
+        kind = step_config(cfg.quant)
+        seconds = cfg.train.epochs * steps_per_epoch * step_s[kind]
+        rows[exp.stem] = {"epochs": cfg.train.epochs, "step": kind,
+                          "step_ms": round(step_s[kind] * 1e3, 1),
+                          "hours": round(seconds / 3600, 2)}
+    total = sum(r["hours"] for r in rows.values())
+    report = {"command": "python benchmarks/gpu_check.py estimate " + " ".join(sys.argv[2:]),
+              "steps_from": [str(folder / "qat_step_gpu.json"),
+                             str(folder / "groupnet_step_gpu.json")],
+              "steps_per_epoch": steps_per_epoch, "total_hours": round(total, 1), "rows": rows}
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{len(rows)} rows, about {total:.1f} GPU-hours at one run at a time")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -175,7 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("folder", help="the unpacked results/ and checkpoints/ of a run")
     c.add_argument("--data-dir", default="data")
     c.add_argument("--out", required=True)
+    e = sub.add_parser("estimate", help="the table's GPU time from the GPU step benchmarks")
+    e.add_argument("paths", nargs="+")
+    e.add_argument("--steps-dir", default="benchmarks/results/gpu")
+    e.add_argument("--out", required=True)
     args = parser.parse_args(argv)
+    if args.verb == "estimate":
+        return estimate(args)
     if args.verb == "subset":
         write_subset(args.data_dir, Path(args.out), args.train, args.test)
         return 0

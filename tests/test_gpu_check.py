@@ -56,3 +56,31 @@ def test_checkpoints_come_back_one_capped_tar_per_method(
     assert packed == {"checkpoints_inq.tar": ["checkpoints/inq_a.safetensors"],
                       "checkpoints_lbw.tar": ["checkpoints/lbw_a.safetensors"],
                       "checkpoints_other.tar": ["checkpoints/qat_a.safetensors"]}
+
+
+def test_each_row_is_timed_by_the_step_of_its_kind(gc: ModuleType) -> None:
+    assert gc.step_config(None) == "float"
+    assert gc.step_config({"method": "inq", "weight": {"bits": 3}}) == "inq w5 (half frozen)"
+    lbw = {"method": "lbw", "weight": {"bits": 4, "method": "threshold"}}
+    assert gc.step_config(lbw) == "lbw w4 (threshold, as shipped)"
+    lbw["weight"] = {"bits": 4, "method": "alternating"}
+    assert gc.step_config(lbw) == "lbw w4 (alternating)"
+    lbw["weight"] = {"bits": 2, "method": "alternating"}
+    assert gc.step_config(lbw) == "lbw w2 (exact ternary)"
+    assert gc.step_config({"method": "gdrq", "weight": {"bits": 4}}) == "gdrq w4a4 (QAT stage)"
+    gn = {"method": "groupnet", "structure": "v1", "bases": 3, "act": {"name": "uniform"}}
+    assert gc.step_config(gn) == "v1 K=3 W1A4"
+    assert gc.step_config({**gn, "act": {"name": "sign"}}) == "v1 K=5 W1A1"
+    assert gc.step_config({**gn, "structure": "layerwise"}) == "layerwise K=5 W1A4"
+
+
+def test_the_estimate_covers_every_row_with_a_measured_step(gc: ModuleType, tmp_path: Path) -> None:
+    out = tmp_path / "estimate.json"
+    rows = [str(ROOT / "experiments" / m) for m in ("inq", "groupnet")]
+    assert gc.main(["estimate", *rows, "--steps-dir", str(ROOT / "benchmarks/results/gpu"),
+                    "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    inq = report["rows"]["inq_w3_resnet20_cifar10"]
+    assert inq["epochs"] == 70  # 7 partition steps x the GPU budget's 10 epochs each
+    assert inq["hours"] == round(70 * 391 * inq["step_ms"] / 1e3 / 3600, 2)
+    assert report["total_hours"] == round(sum(r["hours"] for r in report["rows"].values()), 1)
