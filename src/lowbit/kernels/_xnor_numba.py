@@ -62,7 +62,10 @@ def _pack_image(x: np.ndarray, pad: int, step: int, ones: np.ndarray, out: np.nd
         for i in range(hp):
             for j in range(wp):
                 inside = pad <= i < hp - pad and pad <= j < wp - pad
-                out[q, i, j] = 0 if inside else ones[q]
+                # uint64 on both sides: numba types `0 if .. else <uint64>` as float64, which
+                # rounds a full word of ones to 2^64, whose conversion back is undefined (AVX-512
+                # saturates it to all ones, AVX2 does not: a wrong border for 64k channels)
+                out[q, i, j] = np.uint64(0) if inside else ones[q]
     for ch in range(x.shape[0]):
         q, bit = ch // 64, np.uint64(ch % 64)
         if step == 1:
