@@ -28,6 +28,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def pack_checkpoints(folder: Path, out: Path) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    out, work = Path(args.out), Path(args.work)
+    out, work = Path(args.out), Path(args.work or tempfile.mkdtemp(prefix="gpu_check-"))
     results, checkpoints, logs = work / "results", work / "checkpoints", work / "logs"
     experiments = run_experiments.experiments(args.paths)
     argv = [*args.paths, "--data-dir", args.data_dir, "--gpu", "--parallel", str(args.parallel),
@@ -184,8 +185,7 @@ def estimate(args: argparse.Namespace) -> int:
     step_s = {k: v["median_s_per_step"] for k, v in {**qat, **gn}.items()}
     rows, steps_per_epoch = {}, -(-TRAIN_IMAGES // 128)
     for exp in run_experiments.experiments(args.paths):
-        overrides = run_experiments.gpu_overrides(exp.stem, 1)[1::2]
-        cfg = load_run(config_file=exp, overrides=overrides).cfg
+        cfg = load_run(config_file=exp, overrides=run_experiments.gpu_settings(exp.stem, 1)).cfg
         kind = step_config(cfg.quant)
         seconds = cfg.train.epochs * steps_per_epoch * step_s[kind]
         rows[exp.stem] = {"epochs": cfg.train.epochs, "step": kind,
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--data", required=True, help="folder:<path> of the subset")
     r.add_argument("--data-dir", default="data")
     r.add_argument("--out", required=True)
-    r.add_argument("--work", default="/tmp/gpu_check")
+    r.add_argument("--work", help="folder for the runs (default: a new temporary folder)")
     r.add_argument("--parallel", type=int, default=8)
     r.add_argument("--deadline", type=float, default=480.0)
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -4,7 +4,7 @@
 # QAT and float training, each for a few short epochs, all at once. Results, logs and checkpoints
 # go to OUT/recipes.tar.gz; `python benchmarks/gpu_check.py compare` evaluates them on a CPU.
 #   bash benchmarks/gpu_recipes.sh cuda OUT_DIR
-device=$1; out=$2; g=/tmp/gpu_recipes; mkdir -p "$out" $g/logs $g/results $g/checkpoints
+device=$1; out=$2; g=$(mktemp -d); mkdir -p "$out" $g/logs $g/results $g/checkpoints
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1
 run() {  # name, experiment, budget overrides...
   local name=$1 exp=$2; shift 2

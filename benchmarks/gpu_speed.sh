@@ -4,7 +4,7 @@
 # commit's src/, e.g. `git archive HEAD src | tar -x -C gpu_old`) and once with this tree.
 #   bash benchmarks/gpu_speed.sh gpu_old/src OUT_DIR     (on the GPU machine)
 # Each piece has a hard time limit, so the whole script stays inside one short device lease.
-old=$1; out=$2; mkdir -p "$out"
+old=$1; out=$2; runs=$(mktemp -d); mkdir -p "$out"
 export PYTHONUNBUFFERED=1
 row=experiments/gdrq/gdrq_w2a4_learnclip_20ep_resnet20_cifar10.yaml
 for tag in new old; do
@@ -15,6 +15,6 @@ for tag in new old; do
     --repeats 3 --name groupnet_step_gpu_$tag --out-dir "$out" > "$out/groupnet_$tag.log" 2>&1
   PYTHONPATH=$src timeout 30 python3 -m lowbit.cli reproduce $row --set train.device=cuda \
     --set data.name=folder:gpu_data/cifar10_sub --set train.progress=false \
-    --run-dir /tmp/trainer_$tag > "$out/trainer_$tag.log" 2>&1
+    --run-dir $runs/trainer_$tag > "$out/trainer_$tag.log" 2>&1
 done
 tail -n 30 "$out"/*.log

@@ -40,14 +40,18 @@ GPU_BUDGETS = {
 }
 
 
-def gpu_overrides(name: str, parallel: int) -> list[str]:
-    """`--set` arguments of a GPU row: the device, quiet progress, a share of the CPU cores
+def gpu_settings(name: str, parallel: int) -> list[str]:
+    """KEY=VALUE overrides of a GPU row: the device, quiet progress, a share of the CPU cores
     for its data pipeline, and its method's longer budget."""
     method = name.split("_")[0]
     budget = [] if name.endswith("_float") else GPU_BUDGETS.get(method, [])
     threads = f"train.threads={max(1, (os.cpu_count() or 1) // parallel)}"
-    return [a for kv in ["train.device=cuda", "train.progress=false", threads, *budget]
-            for a in ("--set", kv)]
+    return ["train.device=cuda", "train.progress=false", threads, *budget]
+
+
+def gpu_overrides(name: str, parallel: int) -> list[str]:
+    """`gpu_settings` as `--set` arguments."""
+    return [a for kv in gpu_settings(name, parallel) for a in ("--set", kv)]
 
 
 def experiments(paths: list[str]) -> list[Path]:
