@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.accounting import check_compliance
+from lowbit.engine.callbacks import LoopState
 from lowbit.nn import QuantConv2d
 from lowbit.quant import get_quantizer
 from lowbit.recipes import parse_quant_section, quant_section
@@ -114,3 +115,31 @@ def test_old_shape_section_migrates_to_the_same_recipe(caplog: pytest.LogCapture
     assert repr(a) == repr(b)
     x = torch.randn(2, 3, 16, 16)
     assert all(torch.equal(u, v) for u, v in zip(a(x), b(x), strict=True))
+
+
+def _step_with_blend(blend: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One recipe-driven step at lr 0: (latent before, its quantized value, latent after)."""
+    torch.manual_seed(0)
+    recipe = parse_quant_section({"method": "lbw", "weight": {"bits": 2}, "blend": blend})
+    model = recipe.prepare(TinyDetector())
+    layer = model.backbone[3]
+    before, target = layer.weight.detach().clone(), layer.quantized_weight()
+    cls, box = model(torch.randn(4, 3, 16, 16))
+    (cls.sum() + box.sum()).backward()
+    recipe.before_step(LoopState(model))  # the trainer's hook between backward and step
+    torch.optim.SGD(model.parameters(), lr=0.0).step()
+    return before, target, layer.weight.detach().clone()
+
+
+def test_blend_pulls_latent_weights_toward_their_quantized_values() -> None:
+    before, target, after = _step_with_blend(0.25)
+    assert not torch.equal(before, target)
+    torch.testing.assert_close(after, 0.75 * before + 0.25 * target)
+    before, _, after = _step_with_blend(0.0)  # the default: plain BinaryConnect
+    assert torch.equal(after, before)
+
+
+@pytest.mark.parametrize("blend", [-0.1, 1.0])
+def test_blend_outside_its_range_is_a_config_error(blend: float) -> None:
+    with pytest.raises(ConfigError, match="blend must be in"):
+        parse_quant_section({"method": "lbw", "weight": {"bits": 2}, "blend": blend})
