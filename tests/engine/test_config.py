@@ -73,6 +73,6 @@ def test_resolved_config_stores_the_canonical_quant_section() -> None:
     assert run.cfg.quant == {"method": "lbw", "weight": {
         "name": "lbw", "bits": 3, "method": "alternating", "r": 1.0, "iters": 20,
         "per_channel": False}, "act": None, "rules": None, "keep_float": "first_last",
-        "bn_recalibration_batches": 100}
+        "bn_recalibration_batches": 100, "blend": 0.0}
     again = load_run(base=run.cfg.to_dict())  # what a run directory stores loads back the same
     assert again.cfg == run.cfg and again.recipe.cfg == run.recipe.cfg
