@@ -71,4 +71,3 @@ class LBWRecipe(Recipe):
         if self.cfg.blend:
             for layer in self.layers:
                 layer.weight.lerp_(layer.quantized_weight(), self.cfg.blend)
-
