@@ -59,9 +59,10 @@ def write_subset(data_dir: str, out: Path, n_train: int, n_test: int) -> None:
     print(f"wrote {n_train} training and {n_test} test images under {out}/")
 
 
-def summarise(experiments: list[Path], results: Path, logs: Path, seconds: float) -> dict:
-    """One entry per experiment: ok / failed / not run, its speed, its projected full time."""
-    rows = {}
+def summarise(experiments: list[Path], work: Path, seconds: float) -> dict:
+    """One entry per experiment under the `work` folder: ok / failed / not run, its speed, its
+    projected full time (a log's tail names the work folder as $WORK, not this machine's path)."""
+    results, logs, rows = work / "results", work / "logs", {}
     for exp in experiments:
         name = exp.stem
         result, log = results / f"{name}.json", logs / f"{name}.log"
@@ -73,7 +74,8 @@ def summarise(experiments: list[Path], results: Path, logs: Path, seconds: float
                           "projected_full_train_s": round(r["epochs"] * TRAIN_IMAGES / ips, 1)
                           if ips else None}
         else:
-            tail = log.read_text().splitlines()[-15:] if log.exists() else []
+            lines = log.read_text().splitlines()[-15:] if log.exists() else []
+            tail = [line.replace(str(work), "$WORK") for line in lines]
             status = ("not run" if not log.exists() else
                       "stopped" if tail and tail[-1] == run_experiments.STOPPED else "failed")
             rows[name] = {"status": status, "log_tail": tail}
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
                           else None, "torch": torch.__version__, "python": sys.version.split()[0]},
               "command": "python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]),
               "data": args.data, "parallel": args.parallel, "deadline_s": args.deadline,
-              **summarise(experiments, results, logs, time.time() - start)}
+              **summarise(experiments, work, time.time() - start)}
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2) + "\n")
     for folder, name in ((results, "results.tar.gz"), (logs, "logs.tar.gz")):

@@ -31,13 +31,15 @@ def test_each_run_is_ok_failed_stopped_or_not_run(gc: ModuleType, tmp_path: Path
     (results / "a.json").write_text(json.dumps(
         {"epochs": 30, "top1": 80.0, "train_seconds": 12.0, "median_images_per_s": 1000.0}))
     (logs / "b.log").write_text("lowbit: error: something\n")
-    (logs / "c.log").write_text(f"epoch 3/30\n{gc.run_experiments.STOPPED}\n")
-    report = gc.summarise([Path(f"{n}.yaml") for n in "abcd"], results, logs, 5.0)
+    (logs / "c.log").write_text(f"saved {tmp_path}/runs/c/last.safetensors\nepoch 3/30\n"
+                                f"{gc.run_experiments.STOPPED}\n")
+    report = gc.summarise([Path(f"{n}.yaml") for n in "abcd"], tmp_path, 5.0)
     assert [report["rows"][n]["status"] for n in "abcd"] == ["ok", "failed", "stopped", "not run"]
     assert (report["ok"], report["failed"], report["stopped"], report["not run"]) == (1, 1, 1, 1)
     # 30 epochs of the real 50,000 training images at the measured 1,000 images/s
     assert report["rows"]["a"]["projected_full_train_s"] == 1500.0
     assert report["rows"]["b"]["log_tail"] == ["lowbit: error: something"]
+    assert report["rows"]["c"]["log_tail"][0] == "saved $WORK/runs/c/last.safetensors"
 
 
 def test_checkpoints_come_back_one_capped_tar_per_method(
