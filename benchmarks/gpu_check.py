@@ -59,10 +59,15 @@ def write_subset(data_dir: str, out: Path, n_train: int, n_test: int) -> None:
     print(f"wrote {n_train} training and {n_test} test images under {out}/")
 
 
+def work_folders(work: Path) -> tuple[Path, Path, Path]:
+    """The run's results, checkpoints and logs folders under its work folder."""
+    return work / "results", work / "checkpoints", work / "logs"
+
+
 def summarise(experiments: list[Path], work: Path, seconds: float) -> dict:
     """One entry per experiment under the `work` folder: ok / failed / not run, its speed, its
     projected full time (a log's tail names the work folder as $WORK, not this machine's path)."""
-    results, logs, rows = work / "results", work / "logs", {}
+    (results, _, logs), rows = work_folders(work), {}
     for exp in experiments:
         name = exp.stem
         result, log = results / f"{name}.json", logs / f"{name}.log"
@@ -109,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     out, work = Path(args.out), Path(args.work or tempfile.mkdtemp(prefix="gpu_check-"))
-    results, checkpoints, logs = work / "results", work / "checkpoints", work / "logs"
+    results, checkpoints, logs = work_folders(work)
     experiments = run_experiments.experiments(args.paths)
     argv = [*args.paths, "--data-dir", args.data_dir, "--gpu", "--parallel", str(args.parallel),
             "--runs", str(work / "runs"), "--results-dir", str(results),
